@@ -1,0 +1,54 @@
+# Everything the project needs on a fresh Debian machine, as root.
+#   make demo   installs everything, then runs the main job
+#   make test   installs everything, then runs lint, types and the test suite
+
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Debian packages the project uses: the OCI runtimes, the default image's busybox,
+# netlink-era networking tools for baselines, QEMU and the guest kernel, disk tools.
+DEB_PACKAGES := runc crun busybox-static iproute2 nftables kmod cpio e2fsprogs \
+	qemu-system-x86 linux-image-amd64 python3-venv procps util-linux
+
+.PHONY: all install system-packages venv demo test lint typecheck pytest bench clean
+
+all: demo
+
+install: system-packages venv
+
+system-packages:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+		| grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: install
+	$(PY) -m hcsoci.demo
+
+lint: venv
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+pytest: install
+	$(VENV)/bin/pytest -q
+
+test: lint typecheck pytest
+
+bench: install
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info

@@ -1,0 +1,192 @@
+"""Resources: the ordered record of everything a container's creation allocated.
+
+Each allocation is a :class:`Resource` record.  It is written to the state store
+*before* the allocation happens (:meth:`Resources.add`), so a controller that is
+killed halfway leaves a record another process can release.  Every
+``Resource.release`` therefore tolerates "never allocated" and "already gone".
+
+:func:`release_resources` releases in reverse order of allocation, keeps going
+past failures (what failed stays recorded, so a second call retries it), and with
+``all=False`` leaves utility-VM shares in place because the VM is about to go away.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import msgspec
+
+from hcsoci.context import Context
+from hcsoci.errors import HcsociError
+from hcsoci.store import Store, open_store
+
+if TYPE_CHECKING:
+    from hcsoci.uvm import UtilityVM
+
+__all__ = [
+    "ReleaseError",
+    "Resource",
+    "Resources",
+    "load_resources",
+    "release_resources",
+    "resource_kinds",
+]
+
+log = logging.getLogger(__name__)
+
+_KINDS: dict[str, type[Resource]] = {}
+
+
+class Resource(msgspec.Struct, kw_only=True):
+    """One allocation.  Subclasses set ``kind`` and implement :meth:`release`.
+
+    Fields are the record: they must be enough to release the allocation from
+    another process, after this one died.
+    """
+
+    kind: ClassVar[str] = ""
+    in_vm: ClassVar[bool] = False
+    """True for utility-VM shares (Plan9, SCSI, vPMEM): kept by ``release_resources(all=False)``."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.kind:
+            _KINDS[cls.kind] = cls
+
+    def release(self, ctx: Context, vm: UtilityVM | None) -> None:
+        """Undo the allocation.  Must succeed quietly when it is already undone."""
+        raise NotImplementedError
+
+
+def resource_kinds() -> dict[str, type[Resource]]:
+    """Every registered resource kind, by name."""
+    return dict(_KINDS)
+
+
+class ReleaseError(HcsociError):
+    """Some resources could not be released; they stay recorded for a retry."""
+
+    def __init__(self, failures: list[tuple[Resource, BaseException]]) -> None:
+        self.failures = failures
+        detail = "; ".join(f"{r.kind} {_describe(r)}: {e}" for r, e in failures)
+        super().__init__(f"failed to release {len(failures)} resource(s): {detail}")
+
+
+def _describe(resource: Resource) -> str:
+    return msgspec.json.encode(resource).decode()
+
+
+class Resources:
+    """What creating one container allocated, in order (the seed's ``Resources``).
+
+    It holds nothing a client needs but :attr:`net_ns`; pass it to
+    :func:`release_resources` when the container is gone.
+    """
+
+    def __init__(self, owner_id: str, store: Store | None = None) -> None:
+        self.owner_id = owner_id
+        self._store = store
+        self._items: list[tuple[int, Resource]] = []  # (state row id, record)
+        self._net_ns = ""
+        self.container_root_in_uvm = ""
+
+    @property
+    def net_ns(self) -> str:
+        """The network namespace the container joined ('' when none)."""
+        return self._net_ns
+
+    @net_ns.setter
+    def net_ns(self, value: str) -> None:
+        self._net_ns = value
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = open_store()
+        return self._store
+
+    def add(self, resource: Resource) -> Resource:
+        """Record ``resource`` durably.  Call this *before* making the allocation."""
+        row = self.store.execute(
+            "INSERT INTO resources (owner_id, kind, data) VALUES (?, ?, ?)",
+            (self.owner_id, resource.kind, msgspec.json.encode(resource)),
+        )
+        self._items.append((row, resource))
+        return resource
+
+    def update(self, resource: Resource) -> None:
+        """Re-record ``resource`` after its fields changed (an allocation learnt its name)."""
+        for row, item in self._items:
+            if item is resource:
+                self.store.execute(
+                    "UPDATE resources SET data = ? WHERE id = ?",
+                    (msgspec.json.encode(resource), row),
+                )
+                return
+        raise KeyError(resource)
+
+    def items(self) -> list[Resource]:
+        """The records still held, oldest first."""
+        return [item for _, item in self._items]
+
+    def find(self, kind: type[Resource]) -> list[Any]:
+        """The held records of one kind, oldest first."""
+        return [item for _, item in self._items if isinstance(item, kind)]
+
+    def forget(self, resource: Resource) -> None:
+        """Drop a record without releasing it (it was released some other way)."""
+        for index, (row, item) in enumerate(self._items):
+            if item is resource:
+                self.store.execute("DELETE FROM resources WHERE id = ?", (row,))
+                del self._items[index]
+                return
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        kinds = ", ".join(item.kind for _, item in self._items)
+        return f"<Resources {self.owner_id} [{kinds}]>"
+
+
+def load_resources(owner_id: str, store: Store | None = None) -> Resources:
+    """Rebuild the :class:`Resources` of ``owner_id`` from the state store (for gc)."""
+    resources = Resources(owner_id, store)
+    rows = resources.store.query(
+        "SELECT id, kind, data FROM resources WHERE owner_id = ? ORDER BY id", (owner_id,)
+    )
+    for row in rows:
+        cls = _KINDS.get(row["kind"])
+        if cls is None:
+            raise HcsociError(
+                f"state store: unknown resource kind {row['kind']!r} (row {row['id']})"
+            )
+        resources._items.append((row["id"], msgspec.json.decode(row["data"], type=cls)))
+    return resources
+
+
+def release_resources(
+    ctx: Context, resources: Resources, vm: UtilityVM | None = None, all: bool = True
+) -> None:
+    """Release ``resources`` in reverse order of allocation.
+
+    Already-released resources are fine, and the call may be repeated: what
+    fails stays recorded and the rest carry on.  With ``all=False`` utility-VM
+    shares are left in place (the VM is about to go away with them).
+    Raises :class:`ReleaseError` listing what could not be released.
+    """
+    failures: list[tuple[Resource, BaseException]] = []
+    for row, resource in reversed(list(resources._items)):
+        if resource.in_vm and not all:
+            continue
+        try:
+            resource.release(ctx, vm)
+        except Exception as err:  # keep releasing the rest; report at the end
+            log.error("release failed", extra={"kind": resource.kind, "error": str(err)})
+            failures.append((resource, err))
+            continue
+        resources.store.execute("DELETE FROM resources WHERE id = ?", (row,))
+        resources._items = [(r, i) for r, i in resources._items if r != row]
+    if failures:
+        raise ReleaseError(failures)
