@@ -1,0 +1,1 @@
+"""The ``hcsoci`` command line."""
