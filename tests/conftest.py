@@ -13,7 +13,13 @@ from collections.abc import Iterator
 
 import pytest
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = [
+    "fixtures_cmd",
+    "fixtures_hns",
+    "fixtures_images",
+    "fixtures_containers",
+    "fixtures_uvm",
+]
 
 
 @pytest.fixture(scope="session", autouse=True)

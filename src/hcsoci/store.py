@@ -34,9 +34,11 @@ CREATE TABLE IF NOT EXISTS containers (
     host            TEXT NOT NULL DEFAULT '',   -- '' for this machine, else a utility VM id
     bundle          TEXT NOT NULL DEFAULT '',
     state           TEXT NOT NULL,              -- creating, created, running, stopped
-    controller_pid  INTEGER NOT NULL,
+    controller_pid  INTEGER NOT NULL,           -- owning process; 0: handed to the user (CLI)
     controller_start INTEGER NOT NULL DEFAULT 0, -- /proc/PID/stat start time: pid reuse guard
-    created_at      REAL NOT NULL
+    created_at      REAL NOT NULL,
+    runtime         TEXT NOT NULL DEFAULT '',   -- OCI runtime (runc, crun) for host containers
+    init_pid        INTEGER NOT NULL DEFAULT 0  -- host pid of the init once started
 );
 
 CREATE TABLE IF NOT EXISTS resources (
@@ -46,6 +48,59 @@ CREATE TABLE IF NOT EXISTS resources (
     data        BLOB NOT NULL       -- the resource record, JSON
 );
 CREATE INDEX IF NOT EXISTS resources_owner ON resources(owner_id, id);
+
+CREATE TABLE IF NOT EXISTS vms (
+    id          TEXT PRIMARY KEY,
+    owner       TEXT NOT NULL,
+    state       TEXT NOT NULL,              -- created, running
+    state_dir   TEXT NOT NULL,              -- sockets, console log, Plan9 slot mounts
+    pid         INTEGER NOT NULL DEFAULT 0, -- qemu
+    pid_start   INTEGER NOT NULL DEFAULT 0, -- /proc/PID/stat start time: pid reuse guard
+    accel       TEXT NOT NULL DEFAULT '',
+    options     TEXT NOT NULL,              -- UVMOptions, JSON
+    created_at  REAL NOT NULL
+);
+
+-- hcsoci.hns: networks, namespaces, endpoints (IP allocations and membership).
+-- state: ready, or the transition in progress (creating, deleting, attaching,
+-- detaching) by owner_pid/owner_start; gc finishes transitions whose owner died.
+CREATE TABLE IF NOT EXISTS hns_networks (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    type        TEXT NOT NULL,              -- bridge or nat
+    subnet      TEXT NOT NULL,              -- IPv4 CIDR
+    gateway     TEXT NOT NULL,
+    bridge      TEXT NOT NULL UNIQUE,       -- bridge interface name
+    dns_servers TEXT NOT NULL DEFAULT '',   -- comma separated
+    state       TEXT NOT NULL,
+    owner_pid   INTEGER NOT NULL DEFAULT 0,
+    owner_start INTEGER NOT NULL DEFAULT 0
+);
+
+CREATE TABLE IF NOT EXISTS hns_namespaces (
+    id          TEXT PRIMARY KEY,
+    path        TEXT NOT NULL UNIQUE,       -- /var/run/netns/NAME
+    state       TEXT NOT NULL,
+    owner_pid   INTEGER NOT NULL DEFAULT 0,
+    owner_start INTEGER NOT NULL DEFAULT 0
+);
+
+CREATE TABLE IF NOT EXISTS hns_endpoints (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    network_id  TEXT NOT NULL REFERENCES hns_networks(id),
+    ip_address  TEXT NOT NULL,
+    mac_address TEXT NOT NULL,
+    host_interface TEXT NOT NULL UNIQUE,    -- veth side on the bridge
+    interface   TEXT NOT NULL UNIQUE,       -- other side's name outside any namespace
+    namespace_id TEXT REFERENCES hns_namespaces(id),
+    namespace_interface TEXT NOT NULL DEFAULT '',  -- eth0, eth1... inside namespace_id
+    state       TEXT NOT NULL,
+    owner_pid   INTEGER NOT NULL DEFAULT 0,
+    owner_start INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (network_id, ip_address)
+);
+CREATE INDEX IF NOT EXISTS hns_endpoints_namespace ON hns_endpoints(namespace_id);
 """
 
 

@@ -8,7 +8,12 @@ import logging
 import click
 
 # Each module defines `register(group: click.Group) -> None`.  Add a family here.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = [
+    "hcsoci.cli.containers",
+    "hcsoci.cli.network",
+    "hcsoci.cli.images",
+    "hcsoci.cli.uvm",
+]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,5 +1,102 @@
-"""The OCI runtime-spec model: typed structs with snake_case attributes, camelCase JSON."""
+"""The OCI runtime-spec model: typed structs with snake_case attributes, camelCase JSON.
 
-from hcsoci.oci.process import Box, LinuxCapabilities, POSIXRlimit, Process, User
+>>> spec = default_spec(["echo", "hi"])
+>>> decode_spec(encode_spec(spec)) == spec
+True
+"""
 
-__all__ = ["Box", "LinuxCapabilities", "POSIXRlimit", "Process", "User"]
+from hcsoci.oci.codec import decode_spec, encode_spec
+from hcsoci.oci.defaults import OCI_VERSION, default_mounts, default_spec
+from hcsoci.oci.process import (
+    Box,
+    CPUAffinity,
+    IOPriority,
+    LinuxCapabilities,
+    POSIXRlimit,
+    Process,
+    Scheduler,
+    User,
+)
+from hcsoci.oci.spec import (
+    Hook,
+    Hooks,
+    IDMapping,
+    Linux,
+    LinuxBlockIO,
+    LinuxCPU,
+    LinuxDevice,
+    LinuxDeviceCgroup,
+    LinuxHugepageLimit,
+    LinuxIntelRdt,
+    LinuxInterfacePriority,
+    LinuxMemory,
+    LinuxMemoryPolicy,
+    LinuxNamespace,
+    LinuxNetDevice,
+    LinuxNetwork,
+    LinuxPersonality,
+    LinuxPids,
+    LinuxRdma,
+    LinuxResources,
+    LinuxSeccomp,
+    LinuxSeccompArg,
+    LinuxSyscall,
+    LinuxThrottleDevice,
+    LinuxTimeOffset,
+    LinuxWeightDevice,
+    Mount,
+    Root,
+    Spec,
+    Windows,
+    WindowsNetwork,
+)
+from hcsoci.oci.validation import SpecError, validate_spec
+
+__all__ = [
+    "OCI_VERSION",
+    "Box",
+    "CPUAffinity",
+    "Hook",
+    "Hooks",
+    "IDMapping",
+    "IOPriority",
+    "Linux",
+    "LinuxBlockIO",
+    "LinuxCPU",
+    "LinuxCapabilities",
+    "LinuxDevice",
+    "LinuxDeviceCgroup",
+    "LinuxHugepageLimit",
+    "LinuxIntelRdt",
+    "LinuxInterfacePriority",
+    "LinuxMemory",
+    "LinuxMemoryPolicy",
+    "LinuxNamespace",
+    "LinuxNetDevice",
+    "LinuxNetwork",
+    "LinuxPersonality",
+    "LinuxPids",
+    "LinuxRdma",
+    "LinuxResources",
+    "LinuxSeccomp",
+    "LinuxSeccompArg",
+    "LinuxSyscall",
+    "LinuxThrottleDevice",
+    "LinuxTimeOffset",
+    "LinuxWeightDevice",
+    "Mount",
+    "POSIXRlimit",
+    "Process",
+    "Root",
+    "Scheduler",
+    "Spec",
+    "SpecError",
+    "User",
+    "Windows",
+    "WindowsNetwork",
+    "decode_spec",
+    "default_mounts",
+    "default_spec",
+    "encode_spec",
+    "validate_spec",
+]

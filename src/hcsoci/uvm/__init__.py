@@ -1,9 +1,32 @@
-"""Hypervisor isolation: the utility VM (QEMU) that hosts containers."""
+"""Hypervisor isolation: the utility VM (QEMU) that hosts containers.
 
-from __future__ import annotations
+>>> from hcsoci import context, command
+>>> from hcsoci.uvm import UVMOptions, create
+>>> vm = create(context.background(), UVMOptions())      # doctest: +SKIP
+>>> vm.start(context.background())                        # doctest: +SKIP
+>>> command(vm, "uname", "-r").output()                   # doctest: +SKIP
+"""
 
-__all__ = ["UtilityVM"]
+from hcsoci.uvm.assets import BootAssets, build_assets, load_assets
+from hcsoci.uvm.options import UVMOptions
+from hcsoci.uvm.plan9 import Plan9Share, VMPlan9Share
+from hcsoci.uvm.scsi import SCSIAttachment, SCSIControllerFullError, VMSCSIDisk
+from hcsoci.uvm.vm import UtilityVM, UVMStartError, create, list_vms, open_vm, remove_vm
 
-
-class UtilityVM:
-    """A QEMU utility VM (being built: see issue 5)."""
+__all__ = [
+    "BootAssets",
+    "Plan9Share",
+    "SCSIAttachment",
+    "SCSIControllerFullError",
+    "UVMOptions",
+    "UVMStartError",
+    "UtilityVM",
+    "VMPlan9Share",
+    "VMSCSIDisk",
+    "build_assets",
+    "create",
+    "list_vms",
+    "load_assets",
+    "open_vm",
+    "remove_vm",
+]

@@ -1,0 +1,187 @@
+"""Containers: hcsoci against raw runc (and crun) on the same bundle, interleaved in one run.
+
+    .venv/bin/python -m bench.bench_container [--rounds N] [--sequential N]
+
+1. lifecycle of a ``true`` container: create_container + start + wait + close +
+   release_resources, against ``runc run`` of the same config.json;
+2. ``Cmd`` exec of ``true`` in a running container, against ``runc exec``;
+3. N sequential ``true`` containers (crun's README table): hcsoci, runc, crun.
+
+Prints medians and ratios.  crun refuses this machine's hybrid cgroup layout
+(controllers on the cgroup v2 mount), so the benchmark runs in a private mount
+namespace with ``/sys/fs/cgroup/unified`` unmounted: every contender then sees
+the same plain cgroup v1 hierarchy.  Must run as root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+
+CLONE_NEWNS = 0x00020000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+
+
+def private_mount_namespace_without_unified_cgroup() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNS) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
+    if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+        raise OSError(ctypes.get_errno(), "make / private")
+    libc.umount2(b"/sys/fs/cgroup/unified", 0)  # absent is fine
+
+
+def median_ms(samples: list[float]) -> float:
+    return statistics.median(samples) * 1000
+
+
+def interleaved(rounds: int, contenders: dict[str, Callable[[], None]]) -> dict[str, list[float]]:
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    for run in contenders.values():  # warm up each once
+        run()
+    for _ in range(rounds):
+        for name, run in contenders.items():
+            started = time.perf_counter()
+            run()
+            samples[name].append(time.perf_counter() - started)
+    return samples
+
+
+def report(title: str, samples: dict[str, list[float]], baseline: str) -> None:
+    base = statistics.median(samples[baseline])
+    print(f"\n{title}")
+    for name, values in samples.items():
+        ratio = statistics.median(values) / base
+        print(f"  {name:<28} median {median_ms(values):8.2f} ms   {ratio:5.2f}x {baseline}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--sequential", type=int, default=100)
+    args = parser.parse_args()
+
+    private_mount_namespace_without_unified_cgroup()
+    work = Path(tempfile.mkdtemp(prefix="hcsoci-bench-", dir="/run"))
+    os.environ["HCSOCI_ROOT"] = str(work / "state")
+    os.environ.setdefault("HCSOCI_IMAGES", str(work / "images"))
+
+    # Imported after HCSOCI_ROOT is set: the store opens under it.
+    from hcsoci import context, images, oci
+    from hcsoci.cmd import command
+    from hcsoci.create import CreateOptions, create_container
+    from hcsoci.resources import release_resources
+
+    ctx = context.background()
+    try:
+        image = images.ensure_default_image()
+        rootfs = image.layer_folders[0]
+        spec = oci.default_spec(["true"])
+        spec.root = oci.Root(path=rootfs, readonly=True)
+        bundle = work / "bundle"
+        bundle.mkdir()
+        (bundle / "config.json").write_bytes(oci.encode_spec(spec))
+        runc_root, crun_root = work / "raw-runc", work / "raw-crun"
+
+        def raw(runtime: str, root: Path) -> Callable[[], None]:
+            def run() -> None:
+                subprocess.run(
+                    [runtime, "--root", str(root), "run", "b" + uuid.uuid4().hex[:12]],
+                    cwd=bundle, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=True,
+                )  # fmt: skip
+
+            return run
+
+        def hcsoci_lifecycle(runtime: str = "") -> Callable[[], None]:
+            def run() -> None:
+                container, resources = create_container(
+                    ctx, CreateOptions(spec=spec, runtime=runtime)
+                )
+                container.start(ctx)
+                container.wait()
+                container.close()
+                release_resources(ctx, resources, None, True)
+
+            return run
+
+        samples = interleaved(
+            args.rounds,
+            {"runc run": raw("runc", runc_root), "hcsoci lifecycle": hcsoci_lifecycle()},
+        )
+        report("lifecycle of a `true` container", samples, "runc run")
+
+        # exec in a running container
+        sleeper = oci.default_spec(["sleep", "3600"])
+        sleeper.root = oci.Root(path=rootfs, readonly=True)
+        container, resources = create_container(ctx, CreateOptions(spec=sleeper))
+        try:
+            container.start(ctx)
+            process_file = work / "process.json"
+            process = oci.Process(args=["true"], env=["PATH=/bin"], cwd="/")
+            process_file.write_bytes(msgspec.json.encode(process))
+            runc = Path(shutil.which("runc") or "runc")
+            exec_root = work / "state" / "runc"
+
+            def raw_exec() -> None:
+                subprocess.run(
+                    [str(runc), "--root", str(exec_root), "exec", "--process",
+                     str(process_file), container.id()],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=True,
+                )  # fmt: skip
+
+            def cmd_exec() -> None:
+                cmd = command(container, "true")
+                cmd.spec = process
+                cmd.run()
+
+            samples = interleaved(args.rounds, {"runc exec": raw_exec, "hcsoci Cmd exec": cmd_exec})
+            report("exec of `true` in a running container", samples, "runc exec")
+        finally:
+            container.terminate(ctx)
+            container.wait()
+            container.close()
+            release_resources(ctx, resources, None, True)
+
+        # N sequential containers, in blocks of 10 so load changes hit everyone alike
+        blocks = max(1, args.sequential // 10)
+
+        def block(run: Callable[[], None]) -> Callable[[], None]:
+            def ten() -> None:
+                for _ in range(10):
+                    run()
+
+            return ten
+
+        contenders = {
+            "runc run": block(raw("runc", runc_root)),
+            "crun run": block(raw("crun", crun_root)),
+            "hcsoci (runc)": block(hcsoci_lifecycle()),
+            "hcsoci (crun)": block(hcsoci_lifecycle("crun")),
+        }
+        totals = {name: 0.0 for name in contenders}
+        for _ in range(blocks):
+            for name, run in contenders.items():
+                started = time.perf_counter()
+                run()
+                totals[name] += time.perf_counter() - started
+        print(f"\n{blocks * 10} sequential `true` containers (total seconds)")
+        for name, total in totals.items():
+            print(f"  {name:<28} {total:7.2f} s   {total / totals['runc run']:5.2f}x runc run")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,479 @@
+"""``hcsoci run | create | start | exec | ps | list | state | kill | delete | gc``.
+
+Containers made by ``run`` (without ``--rm``) and ``create`` are *handed over*
+to the user: their controller pid becomes 0, so ``gc`` leaves them alone and
+``delete`` releases them.  ``run --rm`` keeps the command as controller, so a
+``run`` killed halfway is collected by ``gc``.  The scratch folder of an image
+container lives at ``<state root>/scratch/<id>`` and goes with ``delete``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+import termios
+import time
+import tty
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hcsoci import context, oci
+from hcsoci.cmd import Cmd, ExitError
+from hcsoci.container import Container, open_container
+from hcsoci.create import CreateOptions, create_container
+from hcsoci.errors import HcsociError, InvalidArgumentError, StateError
+from hcsoci.gc import collect, release_container
+from hcsoci.resources import Resources, release_resources
+from hcsoci.store import open_store, state_root
+
+__all__ = ["register"]
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_SCRATCH_SWEEP_AGE = 60.0  # seconds: younger scratch folders may belong to a create in flight
+
+
+def _scratch_dir(container_id: str) -> Path:
+    return state_root() / "scratch" / container_id
+
+
+def _remove_scratch(container_id: str) -> None:
+    shutil.rmtree(_scratch_dir(container_id), ignore_errors=True)
+
+
+def _fail(err: Exception) -> click.ClickException:
+    return click.ClickException(str(err))
+
+
+def _build_spec(
+    container_id: str,
+    args: tuple[str, ...],
+    image: str | None,
+    rootfs: str | None,
+    env: tuple[str, ...],
+    workdir: str | None,
+    terminal: bool,
+) -> oci.Spec:
+    for entry in env:
+        if "=" not in entry:
+            raise InvalidArgumentError(f"--env: {entry!r} is not NAME=VALUE")
+    if rootfs is not None:
+        if image is not None:
+            raise InvalidArgumentError("--image and --rootfs: give one, not both")
+        if not args:
+            raise InvalidArgumentError("CMD: a --rootfs container needs a command")
+        spec = oci.default_spec(list(args), terminal=terminal)
+        spec.root = oci.Root(path=os.path.abspath(rootfs), readonly=False)
+        assert spec.process is not None
+        spec.process.env = [f"PATH={DEFAULT_PATH}", *env, *(["TERM=xterm"] if terminal else [])]
+        if workdir:
+            spec.process.cwd = workdir
+        return spec
+    from hcsoci import images  # the image store is only needed here
+
+    store = images.ImageStore()
+    found = images.ensure_default_image(store) if image is None else store.get(image)
+    spec = images.spec_for_image(found, list(args) or None, env, workdir, terminal=terminal)
+    scratch = _scratch_dir(container_id)
+    scratch.mkdir(parents=True, exist_ok=True, mode=0o700)
+    assert spec.windows is not None and spec.windows.layer_folders is not None
+    spec.windows.layer_folders = [*spec.windows.layer_folders, str(scratch)]
+    return spec
+
+
+def _create(
+    container_id: str,
+    args: tuple[str, ...],
+    image: str | None,
+    rootfs: str | None,
+    env: tuple[str, ...],
+    workdir: str | None,
+    terminal: bool,
+    runtime: str,
+    endpoints: tuple[str, ...] = (),
+    networks: tuple[str, ...] = (),
+) -> tuple[Container, Resources, Resources]:
+    """Create the container; returns it, its resources, and the run's own endpoints.
+
+    Endpoints made for ``--network`` are recorded under the container's id too,
+    before the container's own records, so one release (or gc) of that id
+    detaches and deletes them in the right order.
+    """
+    ctx = context.background()
+    run_endpoints = Resources(container_id)
+    try:
+        spec = _build_spec(container_id, args, image, rootfs, env, workdir, terminal)
+        _attach_networks(spec, run_endpoints, endpoints, networks)
+        container, resources = create_container(
+            ctx, CreateOptions(id=container_id, spec=spec, owner="hcsoci", runtime=runtime)
+        )
+        return container, resources, run_endpoints
+    except BaseException as err:
+        with contextlib.suppress(HcsociError):
+            release_resources(ctx, run_endpoints, None, True)
+        _remove_scratch(container_id)
+        if isinstance(err, HcsociError):
+            raise _fail(err) from err
+        raise
+
+
+def _attach_networks(
+    spec: oci.Spec, run_endpoints: Resources, endpoints: tuple[str, ...], networks: tuple[str, ...]
+) -> None:
+    """List ``--endpoint`` ids in the spec, and make a throwaway endpoint per ``--network``."""
+    if endpoints:
+        from hcsoci import hns
+
+        if spec.windows is None:
+            spec.windows = oci.Windows()
+        if spec.windows.network is None:
+            spec.windows.network = oci.WindowsNetwork()
+        known = [hns.get_endpoint_by_id(endpoint).id for endpoint in endpoints]
+        spec.windows.network.endpoint_list = [*(spec.windows.network.endpoint_list or []), *known]
+    if networks:
+        from hcsoci.network import create_container_endpoint
+
+        for network in networks:
+            create_container_endpoint(run_endpoints, spec, network)
+
+
+def _hand_over(container_id: str) -> None:
+    open_store().execute(
+        "UPDATE containers SET controller_pid = 0, controller_start = 0 WHERE id = ?",
+        (container_id,),
+    )
+
+
+@contextlib.contextmanager
+def _raw_terminal(enabled: bool) -> Iterator[None]:
+    """Put our terminal in raw mode while a container terminal is attached."""
+    if not enabled or not sys.stdin.isatty():
+        yield
+        return
+    saved = termios.tcgetattr(sys.stdin.fileno())
+    tty.setraw(sys.stdin.fileno())
+    try:
+        yield
+    finally:
+        termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)
+
+
+def _terminal_size() -> oci.Box | None:
+    with contextlib.suppress(OSError):
+        size = os.get_terminal_size(sys.stdout.fileno())
+        return oci.Box(height=size.lines, width=size.columns)
+    return None
+
+
+def _run_cmd(cmd: Cmd, interactive: bool, terminal: bool) -> int:
+    cmd.stdin = sys.stdin.buffer if interactive else None
+    cmd.stdout = sys.stdout.buffer
+    cmd.stderr = None if terminal else sys.stderr.buffer
+    with _raw_terminal(terminal and interactive):
+        try:
+            cmd.start()
+            process = cmd.process
+            if terminal and process is not None:
+
+                def on_resize(signum: int, frame: Any) -> None:
+                    size = _terminal_size()
+                    if size is not None:
+                        with contextlib.suppress(HcsociError):
+                            process.resize_console(context.background(), size.width, size.height)
+
+                signal.signal(signal.SIGWINCH, on_resize)
+            cmd.wait()
+        except ExitError as err:
+            return err.exit_code
+    return 0
+
+
+def _container_options(function: Any) -> Any:
+    for option in reversed(
+        [
+            click.option("--image", help="Image to run (default: the busybox image)."),
+            click.option("--rootfs", type=click.Path(exists=True, file_okay=False),
+                         help="A root file system directory instead of an image."),
+            click.option("-e", "--env", multiple=True, help="NAME=VALUE for the process."),
+            click.option("-w", "--workdir", help="Working directory in the container."),
+            click.option("--name", "container_id", help="Container id (default: a uuid)."),
+            click.option("-t", "--tty", "terminal", is_flag=True, help="Allocate a terminal."),
+            click.option("--runtime", default="", help="OCI runtime: runc (default) or crun."),
+            click.option("--endpoint", "endpoints", multiple=True,
+                         help="Attach this existing endpoint (id) to the container."),
+            click.option("--network", "networks", multiple=True,
+                         help="Attach a new endpoint on this network, deleted with the container."),
+        ]
+    ):  # fmt: skip
+        function = option(function)
+    return function
+
+
+@click.command()
+@click.option("--rm", "remove", is_flag=True, help="Delete the container when it exits.")
+@click.option("-i", "--interactive", is_flag=True, help="Relay stdin to the process.")
+@_container_options
+@click.argument("args", nargs=-1)
+def run(
+    remove: bool,
+    interactive: bool,
+    image: str | None,
+    rootfs: str | None,
+    env: tuple[str, ...],
+    workdir: str | None,
+    container_id: str | None,
+    terminal: bool,
+    runtime: str,
+    endpoints: tuple[str, ...],
+    networks: tuple[str, ...],
+    args: tuple[str, ...],
+) -> None:
+    """Create a container, run its command with this terminal's stdio; exit with its status."""
+    container_id = container_id or str(uuid.uuid4())
+    container, resources, run_endpoints = _create(
+        container_id, args, image, rootfs, env, workdir, terminal, runtime, endpoints, networks
+    )
+    if not remove:
+        _hand_over(container_id)
+    try:
+        if terminal and container.spec.process is not None:
+            container.spec.process.console_size = _terminal_size()
+        cmd = Cmd(container, None)
+        status = _run_cmd(cmd, interactive, terminal)
+    finally:
+        container.close()
+        if remove:
+            release_resources(context.background(), resources, None, True)
+            release_resources(context.background(), run_endpoints, None, True)
+            _remove_scratch(container_id)
+    sys.exit(status)
+
+
+@click.command()
+@_container_options
+@click.argument("args", nargs=-1)
+def create(
+    image: str | None,
+    rootfs: str | None,
+    env: tuple[str, ...],
+    workdir: str | None,
+    container_id: str | None,
+    terminal: bool,
+    runtime: str,
+    endpoints: tuple[str, ...],
+    networks: tuple[str, ...],
+    args: tuple[str, ...],
+) -> None:
+    """Create a container (not started); prints its id."""
+    if terminal:
+        raise click.UsageError("-t: a created container's init logs to a file; use `run -t`")
+    container_id = container_id or str(uuid.uuid4())
+    container, _, _ = _create(
+        container_id, args, image, rootfs, env, workdir, False, runtime, endpoints, networks
+    )
+    _hand_over(container_id)
+    container.close()
+    click.echo(container_id)
+
+
+def _open(container_id: str) -> Container:
+    try:
+        return open_container(container_id)
+    except HcsociError as err:
+        raise _fail(err) from err
+
+
+@click.command()
+@click.argument("container_id")
+def start(container_id: str) -> None:
+    """Start a created container's init (output to its log file)."""
+    container = _open(container_id)
+    try:
+        container.start(context.background())
+    except HcsociError as err:
+        raise _fail(err) from err
+    finally:
+        container.close()
+
+
+@click.command(name="exec")
+@click.option("-i", "--interactive", is_flag=True, help="Relay stdin to the process.")
+@click.option("-t", "--tty", "terminal", is_flag=True, help="Allocate a terminal.")
+@click.option("-e", "--env", multiple=True, help="NAME=VALUE added to the init's environment.")
+@click.option("-w", "--workdir", help="Working directory (default: the init's).")
+@click.argument("container_id")
+@click.argument("args", nargs=-1, required=True)
+def exec_(
+    interactive: bool,
+    terminal: bool,
+    env: tuple[str, ...],
+    workdir: str | None,
+    container_id: str,
+    args: tuple[str, ...],
+) -> None:
+    """Run a command in a running container; exit with its status."""
+    container = _open(container_id)
+    init = container.spec.process or oci.Process()
+    process = oci.Process(
+        args=list(args),
+        env=[*(init.env or [f"PATH={DEFAULT_PATH}"]), *env],
+        cwd=workdir or init.cwd,
+        user=init.user,
+        terminal=terminal,
+        console_size=_terminal_size() if terminal else None,
+        capabilities=init.capabilities,
+        no_new_privileges=init.no_new_privileges,
+    )
+    try:
+        status = _run_cmd(Cmd(container, process), interactive, terminal)
+    except HcsociError as err:
+        raise _fail(err) from err
+    finally:
+        container.close()
+    sys.exit(status)
+
+
+@click.command()
+@click.argument("container_id")
+def ps(container_id: str) -> None:
+    """List the host pids of the processes in a container."""
+    container = _open(container_id)
+    props = container.properties(context.background())
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("PID", "COMMAND")
+    for pid in props.processes:
+        with contextlib.suppress(OSError):
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").strip()
+            table.add_row(str(pid), command.decode(errors="replace"))
+    Console().print(table)
+
+
+@click.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def list_(as_json: bool) -> None:
+    """List the containers in the state store."""
+    rows = open_store().query(
+        "SELECT id, owner, state, created_at, controller_pid FROM containers WHERE host = ''"
+        " ORDER BY created_at"
+    )
+    found = []
+    for row in rows:
+        state = row["state"]
+        if state not in ("creating",):
+            with contextlib.suppress(HcsociError):
+                state = open_container(row["id"]).properties(context.background()).state
+        found.append(
+            {
+                "id": row["id"],
+                "owner": row["owner"],
+                "state": state,
+                "created": row["created_at"],
+                "controller_pid": row["controller_pid"],
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("ID", "STATE", "OWNER", "CREATED")
+    for item in found:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(item["created"]))
+        table.add_row(item["id"], item["state"], item["owner"], created)
+    Console().print(table)
+
+
+@click.command()
+@click.argument("container_id")
+def state(container_id: str) -> None:
+    """Print a container's properties as JSON."""
+    props = _open(container_id).properties(context.background())
+    click.echo(json.dumps(props.to_dict(), indent=2))
+
+
+def _parse_signal(text: str) -> int:
+    if text.isdigit():
+        return int(text)
+    name = text.upper()
+    name = name if name.startswith("SIG") else f"SIG{name}"
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        raise InvalidArgumentError(f"SIGNAL: {text!r} is not a signal") from None
+
+
+@click.command()
+@click.argument("container_id")
+@click.argument("sig", default="TERM")
+def kill(container_id: str, sig: str) -> None:
+    """Send a signal (default TERM) to a container's init."""
+    container = _open(container_id)
+    try:
+        number = _parse_signal(sig)
+        if container.properties(context.background()).state not in ("running", "paused"):
+            raise StateError(f"container {container_id}: not running")
+        container.runtime.kill(container_id, number)
+    except HcsociError as err:
+        raise _fail(err) from err
+
+
+@click.command()
+@click.option("-f", "--force", is_flag=True, help="Kill the container if it runs.")
+@click.argument("container_id")
+def delete(force: bool, container_id: str) -> None:
+    """Release a container and everything it holds."""
+    ctx = context.background()
+    try:
+        rows = open_store().query("SELECT state FROM containers WHERE id = ?", (container_id,))
+        if rows and not force:
+            recorded = rows[0]["state"]
+            if recorded == "creating":
+                raise StateError(f"container {container_id} is being created; use delete -f")
+            current = recorded
+            if recorded == "running":
+                with contextlib.suppress(HcsociError):
+                    current = open_container(container_id).properties(ctx).state
+            if current in ("running", "paused"):
+                raise StateError(f"container {container_id} is {current}; use delete -f")
+        release_container(ctx, container_id)
+    except HcsociError as err:
+        raise _fail(err) from err
+    finally:
+        _remove_scratch(container_id)
+
+
+@click.command()
+def gc() -> None:
+    """Release containers, namespaces and endpoints whose controller died; prints them."""
+    from hcsoci import hns
+
+    try:
+        for container_id in collect(context.background()):
+            _remove_scratch(container_id)
+            click.echo(container_id)
+        for line in hns.gc(context.background()):
+            click.echo(line)
+    except HcsociError as err:
+        raise _fail(err) from err
+    scratch_root = state_root() / "scratch"
+    if scratch_root.is_dir():
+        known = {row["id"] for row in open_store().query("SELECT id FROM containers")}
+        for entry in scratch_root.iterdir():
+            if entry.name not in known and time.time() - entry.stat().st_mtime > _SCRATCH_SWEEP_AGE:
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+def register(group: click.Group) -> None:
+    """Add the container commands to the ``hcsoci`` group."""
+    for command in (run, create, start, exec_, ps, list_, state, kill, delete, gc):
+        group.add_command(command)

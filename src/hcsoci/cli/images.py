@@ -1,0 +1,144 @@
+"""``hcsoci images ...``: import, list, remove and build the default image."""
+
+from __future__ import annotations
+
+import datetime
+import sys
+from pathlib import Path
+
+import click
+import msgspec
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from hcsoci import images
+from hcsoci.errors import HcsociError
+
+
+def _fail(err: HcsociError) -> None:
+    click.echo(f"hcsoci: {err}", err=True)
+    sys.exit(1)
+
+
+def _store(root: str | None) -> images.ImageStore:
+    return images.ImageStore(root)
+
+
+def _short(image_id: str) -> str:
+    return image_id.removeprefix("sha256:")[:12]
+
+
+def _size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{size} B"
+
+
+_root_option = click.option(
+    "--root",
+    envvar="HCSOCI_IMAGES",
+    default=None,
+    help="Image store root (default $HCSOCI_IMAGES or /var/lib/hcsoci/images).",
+)
+
+
+@click.group("images")
+def images_group() -> None:
+    """Images: import docker save / OCI layout archives, list, remove."""
+
+
+@images_group.command("import")
+@click.argument("archive", type=click.Path(path_type=Path))
+@click.option(
+    "--name", default=None, help="Name (repo:tag) for the image; overrides the archive's."
+)
+@_root_option
+def import_command(archive: Path, name: str | None, root: str | None) -> None:
+    """Import ARCHIVE: a docker save tarball or an OCI image layout (directory or tar)."""
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("importing [bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(archive.name, total=None)
+
+        def report(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        try:
+            imported = _store(root).import_image(archive, name, report)
+        except HcsociError as err:
+            progress.stop()
+            _fail(err)
+    for image in imported:
+        click.echo(f"{image.name} {image.id}")
+
+
+@images_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_root_option
+def list_command(as_json: bool, root: str | None) -> None:
+    """List the images in the store."""
+    try:
+        found = _store(root).list_images()
+    except HcsociError as err:
+        _fail(err)
+    if as_json:
+        click.echo(msgspec.json.format(msgspec.json.encode(found)).decode())
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("NAME", "IMAGE ID", "LAYERS", "SIZE", "CREATED"):
+        table.add_column(column)
+    for image in found:
+        table.add_row(
+            image.name, _short(image.id), str(len(image.layers)), _size(image.size), image.created
+        )
+    Console().print(table)
+
+
+@images_group.command("rm")
+@click.argument("names", nargs=-1, required=True)
+@_root_option
+def rm_command(names: tuple[str, ...], root: str | None) -> None:
+    """Remove images NAMES (and layers no other image uses)."""
+    store = _store(root)
+    for name in names:
+        try:
+            store.remove(name)
+        except HcsociError as err:
+            _fail(err)
+        click.echo(name)
+
+
+@images_group.command("build-default")
+@_root_option
+def build_default_command(root: str | None) -> None:
+    """(Re)build the default busybox image from this machine's busybox-static."""
+    started = datetime.datetime.now()
+    try:
+        image = images.build_default_image(_store(root))
+    except HcsociError as err:
+        _fail(err)
+    elapsed = (datetime.datetime.now() - started).total_seconds()
+    click.echo(f"{image.name} {image.id} ({elapsed:.2f}s)")
+
+
+def register(group: click.Group) -> None:
+    """Add ``hcsoci images`` to the command line."""
+    group.add_command(images_group)

@@ -1,0 +1,135 @@
+"""``hcsoci uvm ...``: build the boot assets, create, list, remove and exec in utility VMs."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from hcsoci import context
+from hcsoci.cmd import ExitError, command
+from hcsoci.errors import HcsociError
+from hcsoci.uvm import UVMOptions, build_assets, create, list_vms, open_vm, remove_vm
+from hcsoci.uvm.accel import resolve_accel
+
+
+def _fail(err: HcsociError) -> None:
+    click.echo(f"hcsoci: {err}", err=True)
+    sys.exit(1)
+
+
+@click.group("uvm")
+def uvm_group() -> None:
+    """Utility VMs: QEMU guests that isolate containers."""
+
+
+@uvm_group.command("build-assets")
+@click.option("--gzip", "compress", is_flag=True, help="Gzip the initramfs (slower boot).")
+@click.option("--no-probe", is_flag=True, help="Do not probe whether KVM boots here.")
+def build_assets_command(compress: bool, no_probe: bool) -> None:
+    """Build (or reuse) the guest kernel + initramfs in $HCSOCI_ASSETS."""
+    try:
+        assets = build_assets(compress=compress)
+        click.echo(f"boot assets: {assets.directory}")
+        if not no_probe:
+            click.echo(f"accelerator for 'auto': {resolve_accel('auto', assets)}")
+    except HcsociError as err:
+        _fail(err)
+
+
+@uvm_group.command("create")
+@click.option("--id", "uvm_id", default="", help="VM id (default: generated).")
+@click.option("--memory", "memory_mb", default=1024, show_default=True, help="Memory, MiB.")
+@click.option("--cpus", "cpu_count", default=2, show_default=True, help="Virtual CPUs.")
+@click.option(
+    "--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto", show_default=True
+)
+@click.option("--boot-timeout", default=120.0, show_default=True, help="Seconds.")
+def create_command(
+    uvm_id: str, memory_mb: int, cpu_count: int, accel: str, boot_timeout: float
+) -> None:
+    """Boot a VM that keeps running after this command; print its id."""
+    ctx = context.background()
+    options = UVMOptions(
+        id=uvm_id,
+        owner="hcsoci-cli",
+        memory_mb=memory_mb,
+        cpu_count=cpu_count,
+        accel=accel,
+        boot_timeout=boot_timeout,
+    )
+    try:
+        vm = create(ctx, options)
+        vm.start(ctx)
+        vm.detach()
+    except HcsociError as err:
+        _fail(err)
+    click.echo(vm.id())
+
+
+@uvm_group.command("list")
+def list_command() -> None:
+    """List the recorded VMs."""
+    table = Table("ID", "STATE", "PID", "ACCEL", "AGE", "CONSOLE", box=None)
+    for record in list_vms():
+        state = record["state"] if record["alive"] else "dead"
+        age = f"{time.time() - float(record['created_at']):.0f}s"
+        table.add_row(
+            record["id"],
+            state,
+            str(record["pid"]),
+            record["accel"],
+            age,
+            f"{record['state_dir']}/console.log",
+        )
+    Console().print(table)
+
+
+@uvm_group.command("rm")
+@click.argument("uvm_ids", nargs=-1, required=True)
+def rm_command(uvm_ids: tuple[str, ...]) -> None:
+    """Kill VMs and release their host state."""
+    failed = False
+    for uvm_id in uvm_ids:
+        try:
+            remove_vm(uvm_id)
+        except HcsociError as err:
+            click.echo(f"hcsoci: {err}", err=True)
+            failed = True
+    if failed:
+        sys.exit(1)
+
+
+@uvm_group.command("exec", context_settings={"ignore_unknown_options": True})
+@click.argument("uvm_id")
+@click.argument("args", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_command(uvm_id: str, args: tuple[str, ...]) -> None:
+    """Run a command in a VM's own OS with this terminal's stdio: exec ID -- CMD..."""
+    ctx = context.background()
+    try:
+        vm = open_vm(ctx, uvm_id)
+    except HcsociError as err:
+        _fail(err)
+    code = 0
+    try:
+        cmd = command(vm, args[0], *args[1:])
+        cmd.stdin = None if sys.stdin.isatty() else sys.stdin.buffer
+        cmd.stdout = sys.stdout.buffer
+        cmd.stderr = sys.stderr.buffer
+        cmd.run()
+    except ExitError as err:
+        code = err.exit_code
+    except HcsociError as err:
+        click.echo(f"hcsoci: {err}", err=True)
+        code = 1
+    finally:
+        vm.detach()
+    sys.exit(code)
+
+
+def register(group: click.Group) -> None:
+    """Add ``uvm`` to the ``hcsoci`` command."""
+    group.add_command(uvm_group)

@@ -1,0 +1,397 @@
+"""``create_container``: an OCI spec in, a created container out (hcsshim's create.go).
+
+The flow follows the seed's ``CreateContainer``:
+
+1. defaults: a uuid id, the program's name as owner; a spec is required;
+2. the container's row goes into the state store (state ``creating``, this
+   process as controller) *before* anything is allocated;
+3. allocations, each recorded in :class:`~hcsoci.resources.Resources` before it
+   is made: the bundle directory, the network namespace (when the spec asks for
+   one), the root file system (an overlay of ``windows.layer_folders``, or
+   ``root.path`` as given), virtual disks (loop device + host mount, bound into
+   the container), and the runtime's container state;
+4. the bundle's ``config.json`` is written from the resolved spec;
+5. on failure everything is released (unless
+   ``do_not_release_resources_on_failure``), and the raised error carries
+   ``.resources``.
+
+The runtime container itself comes to life at ``start`` (see
+:mod:`hcsoci.container` for why); until then it is ``created`` in the store.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import re
+import shutil
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from hcsoci import oci
+from hcsoci.container import Container
+from hcsoci.context import Context
+from hcsoci.errors import AlreadyExistsError, HcsociError, InvalidArgumentError, NotFoundError
+from hcsoci.gc import controller_identity
+from hcsoci.layers import mount_container_layers
+from hcsoci.mounts import (
+    MS_RDONLY,
+    AutomanagedFile,
+    HostMount,
+    LoopDevice,
+    MountError,
+    attach_loop_device,
+    check_virtual_disk,
+    mount,
+)
+from hcsoci.resources import Resource, Resources, release_resources
+from hcsoci.runtime import Runtime
+from hcsoci.store import Store, open_store, state_root
+
+if TYPE_CHECKING:
+    from hcsoci.uvm import UtilityVM
+
+__all__ = [
+    "BundleDir",
+    "ContainerRecord",
+    "CreateOptions",
+    "RuntimeContainer",
+    "create_container",
+]
+
+log = logging.getLogger(__name__)
+
+VIRTUAL_DISK_TYPES = ("virtual-disk", "automanage-virtual-disk")
+# Mount types runc handles without a kernel file system of that name.
+_BIND_TYPES = ("bind", "rbind")
+_VALID_ID = re.compile(r"[A-Za-z0-9_+.-]{1,1024}")
+
+
+@dataclass
+class CreateOptions:
+    """What to create (the seed's ``CreateOptions``).
+
+    ``id`` defaults to a new uuid and ``owner`` to the program's name.  ``spec``
+    is required.  ``hosting_system`` (a utility VM) is not supported for now.
+    ``network_namespace`` names an existing namespace to join.  With
+    ``do_not_release_resources_on_failure`` a failed create leaves its
+    allocations in place (and recorded) for debugging; release them with
+    :func:`~hcsoci.release_resources` on the error's ``.resources``.
+    ``runtime`` picks the OCI runtime (``runc`` or ``crun``; default
+    ``$HCSOCI_RUNTIME``, else ``runc``).
+    """
+
+    id: str = ""
+    owner: str = ""
+    spec: oci.Spec | None = None
+    hosting_system: UtilityVM | None = None
+    network_namespace: str = ""
+    do_not_release_resources_on_failure: bool = False
+    runtime: str = ""
+
+
+# --- resource kinds this module allocates ---
+
+
+class ContainerRecord(Resource, kw_only=True):
+    """The container's row in the state store: recorded first, so it goes last."""
+
+    kind = "container-record"
+    container_id: str
+
+    def release(self, ctx: Context, vm: UtilityVM | None) -> None:
+        open_store().execute("DELETE FROM containers WHERE id = ?", (self.container_id,))
+
+
+class BundleDir(Resource, kw_only=True):
+    """The OCI bundle directory (config.json, rootfs mount point, logs)."""
+
+    kind = "bundle-dir"
+    path: str
+
+    def release(self, ctx: Context, vm: UtilityVM | None) -> None:
+        if not os.path.exists(self.path):
+            return
+        # Never delete through a mount that is still there (an image layer, a disk).
+        still_mounted = _mounts_under(self.path)
+        if still_mounted:
+            raise HcsociError(f"bundle {self.path!r} still has mounts: {', '.join(still_mounted)}")
+        shutil.rmtree(self.path)
+
+
+class RuntimeContainer(Resource, kw_only=True):
+    """The OCI runtime's state for the container (``runc delete --force`` undoes it)."""
+
+    kind = "runtime-container"
+    container_id: str
+    runtime: str
+    root: str
+
+    def release(self, ctx: Context, vm: UtilityVM | None) -> None:
+        Runtime(self.runtime, self.root).delete(self.container_id, force=True)
+
+
+def _mounts_under(path: str) -> list[str]:
+    prefix = os.path.realpath(path) + "/"
+    found = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mountinfo:
+        for line in mountinfo:
+            mount_point = line.split(" ", 5)[4]
+            if mount_point.startswith(prefix):
+                found.append(mount_point)
+    return found
+
+
+# --- the create flow ---
+
+
+def create_container(ctx: Context, options: CreateOptions) -> tuple[Container, Resources]:
+    """Create a container from ``options.spec``; returns it and what it holds.
+
+    On failure the raised error (an :class:`~hcsoci.errors.HcsociError`; bad
+    input is an :class:`~hcsoci.errors.InvalidArgumentError` or
+    :class:`~hcsoci.errors.NotFoundError` naming the field and value) has a
+    ``.resources`` attribute: what was allocated, already released unless
+    ``do_not_release_resources_on_failure``.
+    """
+    container_id = options.id or str(uuid.uuid4())
+    owner = options.owner or os.path.basename(sys.argv[0] or "python")
+    resources = Resources(container_id)
+    try:
+        _check_context(ctx)
+        _check_options(options, container_id)
+        runtime = Runtime(options.runtime)
+        store = open_store()
+        bundle = state_root() / "containers" / container_id
+        # The row comes before any allocation: from here on gc can find what we leave.
+        _insert_row(store, container_id, owner, bundle, runtime.name)
+    except BaseException as err:
+        err.resources = resources  # type: ignore[attr-defined]
+        raise
+
+    resources = Resources(container_id, store)
+    try:
+        resources.add(ContainerRecord(container_id=container_id))
+        spec = _allocate(ctx, options, resources, runtime, bundle)
+        container = Container(container_id, bundle, runtime, spec, store, owner=owner)
+    except BaseException as err:
+        if not options.do_not_release_resources_on_failure:
+            try:
+                release_resources(ctx, resources, None, True)
+            except Exception as release_err:
+                log.error("release after failed create: %s", release_err)
+                err.add_note(f"releasing what was allocated failed too: {release_err}")
+        err.resources = resources  # type: ignore[attr-defined]
+        raise
+    log.debug("container created", extra={"id": container_id, "bundle": str(bundle)})
+    return container, resources
+
+
+def _check_options(options: CreateOptions, container_id: str) -> None:
+    if options.spec is None:
+        raise InvalidArgumentError("CreateOptions.spec: must be supplied")
+    if options.hosting_system is not None:
+        # The one place hypervisor isolation is refused until hcsoci.uvm grows it.
+        raise InvalidArgumentError(
+            "CreateOptions.hosting_system: containers inside a utility VM are not supported yet"
+        )
+    _check_id(container_id)
+    oci.validate_spec(options.spec)
+    if options.spec.process is None:
+        raise InvalidArgumentError("spec.process: a container needs a process to run as its init")
+
+
+def _check_context(ctx: Context) -> None:
+    err = ctx.err()
+    if err is not None:
+        raise err
+
+
+def _check_id(container_id: str) -> None:
+    if container_id in (".", "..") or not _VALID_ID.fullmatch(container_id):
+        raise InvalidArgumentError(
+            f"CreateOptions.id: {container_id!r} is not a valid container id "
+            "(1 to 1024 of letters, digits, _ + - .)"
+        )
+
+
+def _insert_row(store: Store, container_id: str, owner: str, bundle: Path, runtime: str) -> None:
+    pid, start = controller_identity()
+    try:
+        store.execute(
+            "INSERT INTO containers (id, owner, bundle, state, controller_pid, controller_start,"
+            " created_at, runtime) VALUES (?, ?, ?, 'creating', ?, ?, ?, ?)",
+            (container_id, owner, str(bundle), pid, start, time.time(), runtime),
+        )
+    except Exception as err:
+        if "UNIQUE" in str(err):
+            raise AlreadyExistsError(
+                f"CreateOptions.id: container {container_id!r} already exists"
+            ) from err
+        raise
+
+
+def _allocate(
+    ctx: Context, options: CreateOptions, resources: Resources, runtime: Runtime, bundle: Path
+) -> oci.Spec:
+    """Make every allocation; returns the resolved spec written to config.json."""
+    assert options.spec is not None
+    # A private copy: the caller's spec is never modified.
+    spec = msgspec.convert(msgspec.to_builtins(options.spec), oci.Spec)
+    resources.add(BundleDir(path=str(bundle)))
+    bundle.mkdir(parents=True, mode=0o711)
+
+    network = spec.windows.network if spec.windows is not None else None
+    if (network is not None and network.endpoint_list) or options.network_namespace:
+        # The hns part, imported only when a spec asks for networking.
+        network_module = importlib.import_module("hcsoci.network")
+        network_module.setup_container_network(ctx, resources, spec, options.network_namespace)
+
+    spec.root = _resolve_root(spec, resources, bundle)
+    spec.mounts = _resolve_mounts(spec.mounts or [], resources, bundle)
+    _pause_for_test("mounted")
+    _check_context(ctx)
+
+    spec.windows = None  # consumed here; the runtime has no use for it
+    (bundle / "config.json").write_bytes(oci.encode_spec(spec))
+    resources.add(
+        RuntimeContainer(
+            container_id=resources.owner_id, runtime=runtime.name, root=str(runtime.root)
+        )
+    )
+    resources.store.execute(
+        "UPDATE containers SET state = 'created' WHERE id = ?", (resources.owner_id,)
+    )
+    return spec
+
+
+def _resolve_root(spec: oci.Spec, resources: Resources, bundle: Path) -> oci.Root:
+    layer_folders = spec.windows.layer_folders if spec.windows is not None else None
+    root = spec.root
+    if layer_folders:
+        if root is not None and os.path.isabs(root.path):
+            raise InvalidArgumentError(
+                f"spec.root.path: {root.path!r} contradicts spec.windows.layer_folders "
+                "(the layers make the root file system; leave root.path relative or empty)"
+            )
+        target = bundle / "rootfs"
+        mount_container_layers(resources, layer_folders, target)
+        return oci.Root(path=str(target), readonly=root.readonly if root is not None else False)
+    if root is None or not root.path:
+        raise InvalidArgumentError(
+            "spec.root.path: no root file system (set spec.root.path or spec.windows.layer_folders)"
+        )
+    if not os.path.isabs(root.path):
+        raise InvalidArgumentError(
+            f"spec.root.path: {root.path!r} is relative; without spec.windows.layer_folders "
+            "it must be an absolute path"
+        )
+    if not os.path.exists(root.path):
+        raise NotFoundError(f"spec.root.path: {root.path!r} does not exist")
+    if not os.path.isdir(root.path):
+        raise InvalidArgumentError(f"spec.root.path: {root.path!r} is not a directory")
+    return root
+
+
+def _kernel_filesystems() -> set[str]:
+    with open("/proc/filesystems", encoding="ascii") as filesystems:
+        return {line.split()[-1] for line in filesystems if line.strip()}
+
+
+def _resolve_mounts(mounts: list[oci.Mount], resources: Resources, bundle: Path) -> list[oci.Mount]:
+    filesystems: set[str] | None = None
+    resolved = []
+    for index, spec_mount in enumerate(mounts):
+        field = f"spec.mounts[{index}]"
+        options = spec_mount.options or []
+        if not spec_mount.destination:
+            raise InvalidArgumentError(f"{field}.destination: required")
+        if not os.path.isabs(spec_mount.destination):
+            raise InvalidArgumentError(
+                f"{field}.destination: {spec_mount.destination!r} is not an absolute path"
+            )
+        if spec_mount.type in VIRTUAL_DISK_TYPES:
+            resolved.append(_attach_virtual_disk(field, index, spec_mount, resources, bundle))
+            continue
+        if spec_mount.type in _BIND_TYPES or "bind" in options or "rbind" in options:
+            if not spec_mount.source:
+                raise InvalidArgumentError(f"{field}.source: a bind mount needs a source")
+            if not os.path.isabs(spec_mount.source):
+                raise InvalidArgumentError(
+                    f"{field}.source: {spec_mount.source!r} is not an absolute path"
+                )
+            if not os.path.exists(spec_mount.source):
+                raise NotFoundError(f"{field}.source: {spec_mount.source!r} does not exist")
+            if spec_mount.type == "":
+                spec_mount.type = "bind"
+            if "bind" not in options and "rbind" not in options:
+                spec_mount.options = [*options, "rbind"]
+            resolved.append(spec_mount)
+            continue
+        if filesystems is None:
+            filesystems = _kernel_filesystems()
+        if spec_mount.type not in filesystems:
+            raise InvalidArgumentError(
+                f"{field}.type: {spec_mount.type!r} is not a file system this kernel knows "
+                "(nor bind, virtual-disk, automanage-virtual-disk)"
+            )
+        resolved.append(spec_mount)
+    return resolved
+
+
+def _attach_virtual_disk(
+    field: str, index: int, spec_mount: oci.Mount, resources: Resources, bundle: Path
+) -> oci.Mount:
+    """Loop-mount an ext4 image on the host and turn the spec mount into a bind of it."""
+    image = check_virtual_disk(f"{field}.source", spec_mount.source)
+    options = list(spec_mount.options or [])
+    read_only = "ro" in options
+    if spec_mount.type == "automanage-virtual-disk":
+        resources.add(AutomanagedFile(path=str(image)))  # recorded first: deleted last
+    mount_point = bundle / "disks" / str(index)
+    mount_point.mkdir(parents=True)
+    loop = LoopDevice(backing_file=str(image))
+    resources.add(loop)
+    device, device_fd = attach_loop_device(image, read_only)
+    try:
+        loop.device = device
+        resources.update(loop)
+        resources.add(HostMount(target=str(mount_point)))
+        try:
+            mount(device, mount_point, "ext4", MS_RDONLY if read_only else 0)
+        except MountError as err:
+            raise InvalidArgumentError(
+                f"{field}.source: {spec_mount.source!r} is not a mountable ext4 image ({err})"
+            ) from err
+    finally:
+        os.close(device_fd)  # autoclear: from now on the mount alone holds the device
+    kept = [option for option in options if option not in ("bind", "rbind")]
+    return oci.Mount(
+        destination=spec_mount.destination,
+        type="bind",
+        source=str(mount_point),
+        options=["rbind", *kept],
+    )
+
+
+def _pause_for_test(point: str) -> None:
+    """Test hook: stop here so a test can SIGKILL this controller mid-create.
+
+    The kill-and-gc test must kill a controller at a known point between
+    allocations; a signal at a random moment would test something else each run.
+    With ``HCSOCI_TEST_PAUSE_AT=point`` and ``HCSOCI_TEST_PAUSE_FD`` (a pipe's
+    write end), create writes the point's name to the pipe and blocks forever.
+    """
+    if os.environ.get("HCSOCI_TEST_PAUSE_AT") != point:
+        return
+    fd = int(os.environ["HCSOCI_TEST_PAUSE_FD"])
+    os.write(fd, point.encode() + b"\n")
+    threading.Event().wait()

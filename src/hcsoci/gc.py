@@ -1,0 +1,157 @@
+"""Garbage collection: release what a killed controller left behind.
+
+Every container row names its *controller*: the process that created it and is
+responsible for releasing it (pid plus its start time from ``/proc/PID/stat``,
+so a recycled pid is not mistaken for the controller).  When that process is
+gone, nobody will ever release the container's resources, so :func:`collect`
+does: it rebuilds the :class:`~hcsoci.resources.Resources` from the state store
+and releases them, which kills the runc container (``delete --force``),
+unmounts, frees loop devices and removes the bundle.  Containers handed over to
+the user by the CLI (controller pid 0) are left for ``hcsoci delete``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from dataclasses import dataclass
+
+from hcsoci.context import Context
+from hcsoci.errors import NotFoundError
+from hcsoci.resources import load_resources, release_resources
+from hcsoci.store import Store, open_store
+
+__all__ = [
+    "ContainerRecordInfo",
+    "collect",
+    "controller_alive",
+    "controller_identity",
+    "process_start_time",
+    "release_container",
+]
+
+log = logging.getLogger(__name__)
+
+# Modules that define Resource kinds a container may hold: importing them registers
+# the kinds, so records written by any of them can be loaded back.  Parts that are
+# not built yet simply do not register anything.
+_RESOURCE_MODULES = (
+    "hcsoci.create",
+    "hcsoci.layers",
+    "hcsoci.mounts",
+    "hcsoci.network",
+    "hcsoci.hns",
+    "hcsoci.uvm",
+)
+
+
+def _register_resource_kinds() -> None:
+    for name in _RESOURCE_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name != name:
+                raise
+
+
+def process_start_time(pid: int) -> int | None:
+    """The start time (clock ticks since boot) of ``pid``, or None when it does not exist."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            data = stat.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
+    fields = data[data.rindex(b")") + 2 :].split()
+    return int(fields[19])  # field 22 overall
+
+
+def controller_identity() -> tuple[int, int]:
+    """(pid, start time) of this process, as recorded in a container row."""
+    pid = os.getpid()
+    return pid, process_start_time(pid) or 0
+
+
+def controller_alive(pid: int, start_time: int) -> bool:
+    """Whether the controller recorded as (pid, start_time) still runs."""
+    if pid <= 0:
+        return True  # handed over to the user: never garbage
+    started = process_start_time(pid)
+    return started is not None and (start_time == 0 or started == start_time)
+
+
+@dataclass(frozen=True)
+class ContainerRecordInfo:
+    """One container row, as gc sees it."""
+
+    id: str
+    state: str
+    controller_pid: int
+    controller_start: int
+
+
+def release_container(ctx: Context, container_id: str, store: Store | None = None) -> None:
+    """Release everything recorded for ``container_id`` and drop its row.
+
+    Raises :class:`~hcsoci.errors.NotFoundError` for an unknown id and
+    :class:`~hcsoci.resources.ReleaseError` when something could not be released
+    (what failed stays recorded for another try).
+    """
+    store = store or open_store()
+    _register_resource_kinds()
+    rows = store.query("SELECT id FROM containers WHERE id = ?", (container_id,))
+    held = store.query("SELECT 1 FROM resources WHERE owner_id = ? LIMIT 1", (container_id,))
+    if not rows and not held:
+        raise NotFoundError(f"container id: {container_id!r} does not exist")
+    resources = load_resources(container_id, store)
+    release_resources(ctx, resources, None, True)
+    store.execute("DELETE FROM containers WHERE id = ?", (container_id,))
+
+
+def orphans(store: Store | None = None) -> list[ContainerRecordInfo]:
+    """Containers whose controller is dead (their resources are nobody's)."""
+    store = store or open_store()
+    rows = store.query(
+        "SELECT id, state, controller_pid, controller_start FROM containers WHERE host = ''"
+    )
+    found = []
+    for row in rows:
+        info = ContainerRecordInfo(
+            row["id"], row["state"], row["controller_pid"], row["controller_start"]
+        )
+        if not controller_alive(info.controller_pid, info.controller_start):
+            found.append(info)
+    # Resource records whose container row was already dropped (a release cut short).
+    for row in store.query(
+        "SELECT DISTINCT owner_id FROM resources WHERE owner_id NOT IN "
+        "(SELECT id FROM containers) AND kind IN "
+        "('container-record', 'bundle-dir', 'layer-mount', 'runtime-container')"
+    ):
+        found.append(ContainerRecordInfo(row["owner_id"], "released", 0, 0))
+    return found
+
+
+def collect(ctx: Context, store: Store | None = None) -> list[str]:
+    """Release every container whose controller died; returns their ids.
+
+    A container that fails to release is logged and left recorded, and the
+    others are still collected; the last error is raised at the end.
+    """
+    store = store or open_store()
+    collected: list[str] = []
+    failure: Exception | None = None
+    for info in orphans(store):
+        log.info("collecting container %s (state %s)", info.id, info.state)
+        try:
+            release_container(ctx, info.id, store)
+        except NotFoundError:
+            continue  # someone else collected it meanwhile
+        except Exception as err:  # keep collecting the rest
+            log.error("gc of container %s failed: %s", info.id, err)
+            failure = err
+            continue
+        collected.append(info.id)
+    if failure is not None:
+        raise failure
+    return collected

@@ -1,0 +1,776 @@
+"""The guest agent (GCS): runs inside the utility VM and serves the host's bridge.
+
+It is started by the guest's init as ``python3 -S -I /path/to/agent.py`` from
+the host's root shared over 9p, so it imports as little as it can: a few
+stdlib modules, and :mod:`protocol` loaded by path.  Modules needed only by
+rare requests (``subprocess`` for ``mount``) are imported on first use.
+
+One thread multiplexes all IO with epoll: the virtio-serial port and every
+process's pipes.  Requests that may block (mounts, waiting for a hot-plugged
+disk) run on worker threads and hand their response back through an eventfd.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import select
+import struct
+import sys
+import termios
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+if __package__:
+    from hcsoci.gcs import protocol
+else:
+    sys.path.append(os.path.dirname(os.path.abspath(__file__)))
+    import protocol  # type: ignore[import-not-found,no-redef]
+
+_READ_CHUNK = 1024 * 1024
+_FIONREAD = 0x541B
+_F_SETPIPE_SZ = 1031
+_PIPE_SIZE = 1024 * 1024
+# Host-to-guest data in flight per stdin stream.  Kept well below the 512 KiB
+# of receive buffers the guest driver posts on the port: when the host fills
+# them, QEMU throttles the port and we saw it stall for good under TCG.
+_STDIN_WINDOW = 128 * 1024
+_PORT_CLASS = "/sys/class/virtio-ports"
+
+
+def log(message: str) -> None:
+    """A line on the guest console (the VM's console log on the host)."""
+    os.write(2, f"hcsoci-gcs: {message}\n".encode(errors="replace"))
+
+
+class RequestError(Exception):
+    """A request failed; the message goes back to the host."""
+
+    def __init__(self, message: str, err: int = 0) -> None:
+        super().__init__(message)
+        self.errno = err
+
+
+class GuestProcess:
+    """A process the agent started, its pipes and its stream credit."""
+
+    def __init__(self, key: int, pid: int, pidfd: int) -> None:
+        self.key = key
+        self.pid = pid
+        self.pidfd = pidfd
+        self.status: int | None = None
+        self.stdin: int = -1
+        self.stdin_buffer = bytearray()
+        self.stdin_eof = False
+        self.outputs: dict[int, int] = {}  # stream fd (1, 2) -> pipe fd
+        self.credit: dict[int, int] = {}
+        self.paused: set[int] = set()
+        self.console: int = -1  # pty master, for resize
+
+
+class Agent:
+    """The bridge server: one per guest, for the life of the guest."""
+
+    def __init__(self, port_path: str) -> None:
+        self.port_path = port_path
+        # Blocking: writes wait for the host (whose reader never stops reading);
+        # reads happen only when epoll says the port is readable.
+        self.port = os.open(port_path, os.O_RDWR | os.O_CLOEXEC)
+        self.epoll = select.epoll()
+        self.wakeup = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.epoll.register(self.wakeup, select.EPOLLIN)
+        self.inbuf = bytearray()
+        self.connected = False
+        self.epoll.register(self.port, select.EPOLLIN)
+        self.processes: dict[int, GuestProcess] = {}
+        self.handlers: dict[int, tuple[GuestProcess, int]] = {}  # fd -> (process, role)
+        self.completions: deque[bytes] = deque()
+        self.version = 0
+        self.ops: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+            "create_process": self.op_create_process,
+            "signal_process": self.op_signal_process,
+            "close_process": self.op_close_process,
+            "resize_console": self.op_resize_console,
+            "ping": lambda _: {"pid": os.getpid()},
+        }
+        self.slow_ops: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+            "mount": op_mount,
+            "unmount": op_unmount,
+            "mount_plan9": op_mount_plan9,
+            "mount_scsi": op_mount_scsi,
+            "remove_scsi_device": op_remove_scsi_device,
+            "mount_overlay": op_mount_overlay,
+            "shutdown": op_shutdown,
+        }
+
+    # -- the loop -----------------------------------------------------------
+
+    def serve(self) -> None:
+        """Serve the bridge until the guest stops."""
+        with open("/proc/uptime") as uptime:
+            since_boot = uptime.read().split()[0]
+        log(f"ready on {self.port_path} (pid {os.getpid()}, {since_boot} s after boot)")
+        disconnected = False
+        while True:
+            timeout = 0.1 if disconnected else -1
+            for fd, events in self.epoll.poll(timeout):
+                if fd == self.port:
+                    if events & select.EPOLLHUP and not events & select.EPOLLIN:
+                        disconnected = True
+                        self._host_gone()
+                        continue
+                    if events & select.EPOLLIN:
+                        self._read_port()
+                elif fd == self.wakeup:
+                    os.eventfd_read(self.wakeup)
+                    while self.completions:
+                        self._send(self.completions.popleft())
+                else:
+                    self._on_fd(fd, events)
+            if disconnected and self._host_back():
+                disconnected = False
+
+    def _host_gone(self) -> None:
+        # The host closed its end: park the port until a host connects again.
+        log("host disconnected")
+        self.epoll.modify(self.port, 0)
+        self.inbuf.clear()
+        self.connected = False
+        for process in list(self.processes.values()):
+            self._drop_process(process)
+
+    def _host_back(self) -> bool:
+        poller = select.poll()
+        poller.register(self.port, select.POLLIN)
+        ready = poller.poll(0)
+        if ready and ready[0][1] & select.POLLHUP:
+            return False
+        self.epoll.modify(self.port, select.EPOLLIN)
+        log("host connected")
+        return True
+
+    def _read_port(self) -> None:
+        try:
+            chunk = os.read(self.port, _READ_CHUNK)
+        except BlockingIOError:
+            return
+        if not chunk:
+            return
+        self.inbuf += chunk
+        buffer = self.inbuf
+        offset = 0
+        try:
+            while len(buffer) - offset >= protocol.HEADER_SIZE:
+                frame_type, frame_id, length = protocol.parse_header(buffer, offset)
+                start = offset + protocol.HEADER_SIZE
+                if start + length > len(buffer):
+                    break
+                payload = bytes(buffer[start : start + length])
+                offset = start + length
+                self._dispatch(frame_type, frame_id, payload)
+        except protocol.ProtocolError as err:
+            log(f"protocol error, dropping input: {err}")
+            offset = len(buffer)
+        del buffer[:offset]
+
+    def _dispatch(self, frame_type: int, frame_id: int, payload: bytes) -> None:
+        if frame_type == protocol.REQUEST:
+            self._request(frame_id, protocol.parse_message(payload))
+        elif frame_type == protocol.DATA:
+            self._stdin_data(frame_id, payload)
+        elif frame_type == protocol.WINDOW:
+            self._window(frame_id, protocol.parse_credit(payload))
+        elif frame_type == protocol.EOF:
+            self._stdin_eof(frame_id)
+        else:
+            log(f"unexpected frame type {frame_type} from the host")
+
+    def _send(self, frame: bytes) -> None:
+        if self.connected:
+            self._write_all(frame)
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self.port, view) :]
+        except OSError as err:
+            # The host went away mid-frame; _host_gone resets the session.
+            log(f"port write failed: {err}")
+            self.connected = False
+
+    def _send_spliced(self, stream: int, pipe: int, length: int) -> None:
+        """A DATA frame whose payload moves from ``pipe`` to the port in the kernel."""
+        self._write_all(protocol.header(protocol.DATA, stream, length))
+        try:
+            while length and self.connected:
+                moved = os.splice(pipe, self.port, length)
+                if moved == 0:
+                    raise OSError(errno.EPIPE, "pipe drained while splicing")
+                length -= moved
+        except OSError as err:
+            log(f"splice to the port failed: {err}")
+            self.connected = False
+
+    # -- requests -----------------------------------------------------------
+
+    def _request(self, request_id: int, body: dict[str, Any]) -> None:
+        op = body.get("op")
+        if op == "negotiate":
+            self._negotiate(request_id, body)
+            return
+        if not self.connected:
+            return
+        handler = self.ops.get(str(op))
+        if handler is not None:
+            self._send(_response(request_id, lambda: handler(body)))
+            return
+        slow = self.slow_ops.get(str(op))
+        if slow is None:
+            self._send(_response(request_id, lambda: _unknown(op)))
+            return
+
+        def run() -> None:
+            self.completions.append(_response(request_id, lambda: slow(body)))
+            os.eventfd_write(self.wakeup, 1)
+
+        threading.Thread(target=run, name=f"gcs-{op}", daemon=True).start()
+
+    def _negotiate(self, request_id: int, body: dict[str, Any]) -> None:
+        # A new host session: forget the old one's streams.
+        for process in list(self.processes.values()):
+            self._drop_process(process)
+        self.connected = True
+        common = set(body.get("versions", [])) & set(protocol.PROTOCOL_VERSIONS)
+        if not common:
+            self._send(
+                protocol.message_frame(
+                    protocol.RESPONSE,
+                    request_id,
+                    {
+                        "error": {
+                            "type": "version",
+                            "message": f"no common protocol version: host {body.get('versions')}"
+                            f", guest {list(protocol.PROTOCOL_VERSIONS)}",
+                            "errno": 0,
+                        }
+                    },
+                )
+            )
+            return
+        self.version = max(common)
+        with open("/proc/sys/kernel/random/boot_id") as boot_id:
+            boot = boot_id.read().strip()
+        result = {"version": self.version, "pid": os.getpid(), "boot_id": boot}
+        self._send(protocol.message_frame(protocol.RESPONSE, request_id, {"result": result}))
+
+    def op_create_process(self, body: dict[str, Any]) -> dict[str, Any]:
+        key = int(body["key"])
+        if key in self.processes:
+            raise RequestError(f"process key {key} is in use", errno.EEXIST)
+        args = [str(a) for a in body.get("args") or []]
+        if not args:
+            raise RequestError("args: empty command line", errno.EINVAL)
+        window = int(body.get("window") or protocol.DEFAULT_WINDOW)
+        terminal = bool(body.get("terminal"))
+        parent_fds: dict[int, int] = {}
+        child_fds: list[int] = []
+        try:
+            if terminal:
+                master, slave = os.openpty()
+                os.set_inheritable(master, False)
+                child_stdio = [slave, slave, slave]
+                child_fds.append(slave)
+                if body.get("stdin"):
+                    parent_fds[0] = os.dup(master)
+                if body.get("stdout"):
+                    parent_fds[1] = os.dup(master)
+                parent_fds[-1] = master
+                rows, cols = body.get("console_size") or (0, 0)
+                if rows and cols:
+                    _set_winsize(master, int(cols), int(rows))
+            else:
+                null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+                child_fds.append(null)
+                child_stdio = [null, null, null]
+                for fd, wanted in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+                    if body.get(wanted):
+                        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+                        try:  # room for a whole DATA frame per splice
+                            fcntl.fcntl(read_end, _F_SETPIPE_SZ, _PIPE_SIZE)
+                        except OSError:
+                            pass
+                        if fd == 0:
+                            child_stdio[0], parent_fds[0] = read_end, write_end
+                            child_fds.append(read_end)
+                        else:
+                            child_stdio[fd], parent_fds[fd] = write_end, read_end
+                            child_fds.append(write_end)
+            pid = _spawn(body, args, child_stdio, terminal)
+        except BaseException:
+            for fd in (*parent_fds.values(), *child_fds):
+                os.close(fd)
+            raise
+        for fd in child_fds:
+            os.close(fd)
+        process = GuestProcess(key, pid, os.pidfd_open(pid))
+        self.processes[key] = process
+        self.handlers[process.pidfd] = (process, -1)
+        self.epoll.register(process.pidfd, select.EPOLLIN)
+        process.console = parent_fds.pop(-1, -1)
+        if 0 in parent_fds:
+            process.stdin = parent_fds[0]
+            os.set_blocking(process.stdin, False)
+        for fd in (1, 2):
+            if fd in parent_fds:
+                process.outputs[fd] = parent_fds[fd]
+                process.credit[fd] = window
+                os.set_blocking(parent_fds[fd], False)
+                self.handlers[parent_fds[fd]] = (process, fd)
+                self.epoll.register(parent_fds[fd], select.EPOLLIN)
+        return {"pid": pid, "stdin_window": _STDIN_WINDOW}
+
+    def op_signal_process(self, body: dict[str, Any]) -> dict[str, Any]:
+        process = self._process(body)
+        if process.status is not None:
+            return {"delivered": False}
+        try:
+            os.kill(process.pid, int(body["signal"]))
+        except ProcessLookupError:
+            return {"delivered": False}
+        return {"delivered": True}
+
+    def op_close_process(self, body: dict[str, Any]) -> dict[str, Any]:
+        process = self.processes.get(int(body["key"]))
+        if process is not None:
+            self._drop_process(process)
+        return {}
+
+    def op_resize_console(self, body: dict[str, Any]) -> dict[str, Any]:
+        process = self._process(body)
+        if process.console < 0:
+            raise RequestError(f"process {process.pid} has no console", errno.ENOTTY)
+        _set_winsize(process.console, int(body["width"]), int(body["height"]))
+        return {}
+
+    def _process(self, body: dict[str, Any]) -> GuestProcess:
+        process = self.processes.get(int(body["key"]))
+        if process is None:
+            raise RequestError(f"no process with key {body['key']}", errno.ESRCH)
+        return process
+
+    # -- process streams ----------------------------------------------------
+
+    def _on_fd(self, fd: int, events: int) -> None:
+        entry = self.handlers.get(fd)
+        if entry is None:
+            return
+        process, role = entry
+        if role == -1:
+            self._reap(process)
+        elif role == 0:
+            self._write_stdin(process)
+        else:
+            self._read_output(process, role)
+
+    def _read_output(self, process: GuestProcess, fd: int) -> None:
+        pipe = process.outputs[fd]
+        stream = protocol.stream_id(process.key, fd)
+        budget = 4  # frames per wakeup, so that one chatty process cannot starve the rest
+        while budget and process.credit[fd] > 0 and self.connected:
+            budget -= 1
+            limit = min(process.credit[fd], protocol.MAX_DATA_FRAME)
+            if process.console < 0:
+                # A pipe: splice what it holds straight to the port, no copy in Python.
+                available = struct.unpack("i", fcntl.ioctl(pipe, _FIONREAD, b"\0\0\0\0"))[0]
+                if available:
+                    length = min(available, limit)
+                    process.credit[fd] -= length
+                    self._send_spliced(stream, pipe, length)
+                    continue
+            try:
+                data = os.read(pipe, limit)
+            except BlockingIOError:
+                return
+            except OSError as err:
+                # EIO is how a pty reports that its last slave closed.
+                if err.errno != errno.EIO:
+                    log(f"read of process {process.pid} fd {fd} failed: {err}")
+                data = b""
+            if not data:
+                self._close_output(process, fd)
+                self._send(protocol.eof_frame(stream))
+                return
+            process.credit[fd] -= len(data)
+            self._send(protocol.header(protocol.DATA, stream, len(data)) + data)
+        if process.credit[fd] <= 0:
+            self.epoll.unregister(pipe)
+            process.paused.add(fd)
+
+    def _close_output(self, process: GuestProcess, fd: int) -> None:
+        pipe = process.outputs.pop(fd, -1)
+        if pipe < 0:
+            return
+        if fd not in process.paused:
+            self.epoll.unregister(pipe)
+        process.paused.discard(fd)
+        self.handlers.pop(pipe, None)
+        os.close(pipe)
+
+    def _window(self, stream: int, credit: int) -> None:
+        key, fd = protocol.split_stream_id(stream)
+        process = self.processes.get(key)
+        if process is None or fd not in process.outputs:
+            return
+        process.credit[fd] += credit
+        if fd in process.paused and process.credit[fd] > 0:
+            process.paused.discard(fd)
+            self.epoll.register(process.outputs[fd], select.EPOLLIN)
+
+    def _stdin_data(self, stream: int, data: bytes) -> None:
+        key, _ = protocol.split_stream_id(stream)
+        process = self.processes.get(key)
+        if process is None or process.stdin < 0:
+            return
+        was_empty = not process.stdin_buffer
+        process.stdin_buffer += data
+        if was_empty:
+            self._write_stdin(process)
+
+    def _stdin_eof(self, stream: int) -> None:
+        key, _ = protocol.split_stream_id(stream)
+        process = self.processes.get(key)
+        if process is None or process.stdin < 0:
+            return
+        process.stdin_eof = True
+        if not process.stdin_buffer:
+            self._close_stdin(process)
+
+    def _write_stdin(self, process: GuestProcess) -> None:
+        written = 0
+        try:
+            while process.stdin_buffer:
+                n = os.write(process.stdin, process.stdin_buffer[: protocol.MAX_DATA_FRAME])
+                del process.stdin_buffer[:n]
+                written += n
+        except BlockingIOError:
+            pass
+        except OSError:  # the process closed its stdin: drop what it will never read
+            written += len(process.stdin_buffer)
+            process.stdin_buffer.clear()
+            process.stdin_eof = True
+        if written:
+            self._send(protocol.window_frame(protocol.stream_id(process.key, 0), written))
+        registered = process.stdin in self.handlers
+        if process.stdin_buffer and not registered:
+            self.handlers[process.stdin] = (process, 0)
+            self.epoll.register(process.stdin, select.EPOLLOUT)
+        elif not process.stdin_buffer:
+            if registered:
+                self.handlers.pop(process.stdin)
+                self.epoll.unregister(process.stdin)
+            if process.stdin_eof:
+                self._close_stdin(process)
+
+    def _close_stdin(self, process: GuestProcess) -> None:
+        if process.stdin < 0:
+            return
+        if self.handlers.pop(process.stdin, None) is not None:
+            self.epoll.unregister(process.stdin)
+        os.close(process.stdin)
+        process.stdin = -1
+
+    def _reap(self, process: GuestProcess) -> None:
+        _, status = os.waitpid(process.pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        process.status = 128 - code if code < 0 else code
+        self.epoll.unregister(process.pidfd)
+        self.handlers.pop(process.pidfd, None)
+        os.close(process.pidfd)
+        process.pidfd = -1
+        if process.console >= 0 and 1 not in process.outputs:
+            os.close(process.console)
+            process.console = -1
+        body = {"event": "exit", "key": process.key, "status": process.status}
+        self._send(protocol.message_frame(protocol.NOTIFY, 0, body))
+
+    def _drop_process(self, process: GuestProcess) -> None:
+        self.processes.pop(process.key, None)
+        for fd in list(process.outputs):
+            self._close_output(process, fd)
+        self._close_stdin(process)
+        if process.console >= 0:
+            os.close(process.console)
+            process.console = -1
+        if process.pidfd >= 0:
+            # Still running: it keeps running, but is no longer tracked; reap it
+            # later through PID 1 adoption is impossible, so leave the pidfd to
+            # a reaper thread.
+            self.epoll.unregister(process.pidfd)
+            self.handlers.pop(process.pidfd, None)
+            pidfd, pid = process.pidfd, process.pid
+            process.pidfd = -1
+            threading.Thread(target=_reap_later, args=(pid, pidfd), daemon=True).start()
+
+
+def _reap_later(pid: int, pidfd: int) -> None:
+    try:
+        select.select([pidfd], [], [])
+        os.waitpid(pid, 0)
+    except OSError:
+        pass
+    finally:
+        os.close(pidfd)
+
+
+def _response(request_id: int, call: Callable[[], dict[str, Any]]) -> bytes:
+    try:
+        body: dict[str, Any] = {"result": call()}
+    except RequestError as err:
+        body = {"error": {"type": "request", "message": str(err), "errno": err.errno}}
+    except OSError as err:
+        body = {"error": {"type": "os", "message": str(err), "errno": err.errno or 0}}
+    except (KeyError, ValueError, TypeError) as err:
+        body = {"error": {"type": "invalid", "message": f"bad request: {err!r}", "errno": 22}}
+    return protocol.message_frame(protocol.RESPONSE, request_id, body)
+
+
+def _unknown(op: object) -> dict[str, Any]:
+    raise RequestError(f"unknown operation {op!r}", errno.EOPNOTSUPP)
+
+
+def _set_winsize(fd: int, width: int, height: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
+
+
+def _spawn(body: dict[str, Any], args: list[str], stdio: list[int], terminal: bool) -> int:
+    """Fork and exec one process; an exec failure comes back as an OSError here."""
+    env = {}
+    for item in body.get("env") or []:
+        name, _, value = str(item).partition("=")
+        env[name] = value
+    cwd = str(body.get("cwd") or "/")
+    uid, gid, groups = _resolve_user(str(body.get("user") or ""))
+    errors_read, errors_write = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # the child: only async-signal-safe-ish os calls until exec
+        try:
+            os.setsid()
+            for target, fd in enumerate(stdio):
+                os.dup2(fd, target)
+            if terminal:
+                fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+            if gid is not None:
+                os.setgroups(groups)
+                os.setgid(gid)
+            if uid is not None:
+                os.setuid(uid)
+            os.chdir(cwd)
+            os.execvpe(args[0], args, env)
+        except OSError as err:
+            os.write(errors_write, f"{err.errno}:{err.strerror}".encode())
+        except BaseException as err:
+            os.write(errors_write, f"0:{err}".encode())
+        os._exit(127)
+    os.close(errors_write)
+    with os.fdopen(errors_read, "rb") as errors_pipe:
+        failure = errors_pipe.read()
+    if failure:
+        os.waitpid(pid, 0)
+        code, _, message = failure.decode(errors="replace").partition(":")
+        raise RequestError(f"cannot start {args[0]!r} in {cwd!r}: {message}", int(code or 0))
+    return pid
+
+
+def _resolve_user(user: str) -> tuple[int | None, int | None, list[int]]:
+    if not user:
+        return None, None, []
+    name, _, group = user.partition(":")
+    if name.isdigit():
+        uid = int(name)
+        gid = int(group) if group.isdigit() else uid
+        return uid, gid, [gid]
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise RequestError(f"user {name!r} not found in the guest", errno.ENOENT) from None
+    gid = int(group) if group.isdigit() else entry.pw_gid
+    return entry.pw_uid, gid, [gid]
+
+
+# -- slow requests: run on worker threads --------------------------------------
+
+
+def _run(argv: list[str]) -> None:
+    import subprocess
+
+    done = subprocess.run(argv, capture_output=True, text=True)
+    if done.returncode != 0:
+        message = (done.stderr or done.stdout).strip() or f"exit status {done.returncode}"
+        raise RequestError(f"{' '.join(argv)}: {message}", errno.EIO)
+
+
+def _ensure_dir(path: str) -> None:
+    if not path.startswith("/"):
+        raise RequestError(f"guest path {path!r} is not absolute", errno.EINVAL)
+    os.makedirs(path, exist_ok=True)
+
+
+def op_mount(body: dict[str, Any]) -> dict[str, Any]:
+    target = str(body["target"])
+    _ensure_dir(target)
+    argv = ["mount", "-t", str(body["fstype"])]
+    if body.get("options"):
+        argv += ["-o", ",".join(body["options"])]
+    _run([*argv, str(body.get("source") or "none"), target])
+    return {}
+
+
+def op_unmount(body: dict[str, Any]) -> dict[str, Any]:
+    target = str(body["target"])
+    if not os.path.ismount(target):
+        return {"unmounted": False}
+    _run(["umount", target])
+    if body.get("remove_dir"):
+        try:
+            os.rmdir(target)
+        except OSError:
+            pass
+    return {"unmounted": True}
+
+
+def op_mount_plan9(body: dict[str, Any]) -> dict[str, Any]:
+    target = str(body["target"])
+    _ensure_dir(target)
+    options = ["trans=virtio", "version=9p2000.L", "msize=262144", "cache=" + str(body["cache"])]
+    if body.get("read_only"):
+        options.append("ro")
+    deadline = time.monotonic() + float(body.get("timeout", 30))
+    while True:  # the hot-plugged device's tag appears once its driver has probed it
+        try:
+            _run(["mount", "-t", "9p", "-o", ",".join(options), str(body["tag"]), target])
+            return {}
+        except RequestError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _scsi_device(body: dict[str, Any]) -> str:
+    """The sysfs directory of the disk at (target, lun) on the virtio-scsi controller."""
+    for host in os.listdir("/sys/class/scsi_host"):
+        try:
+            with open(f"/sys/class/scsi_host/{host}/proc_name") as proc_name:
+                if proc_name.read().strip() != "virtio_scsi":
+                    continue
+        except OSError:
+            continue
+        number = host.removeprefix("host")
+        return f"/sys/bus/scsi/devices/{number}:0:{int(body['target'])}:{int(body['lun'])}"
+    return ""
+
+
+def op_mount_scsi(body: dict[str, Any]) -> dict[str, Any]:
+    _run(["modprobe", "-a", "virtio_scsi", "sd_mod", str(body.get("fstype") or "ext4")])
+    deadline = time.monotonic() + float(body.get("timeout", 30))
+    block_dir = ""
+    while True:  # hot-plug is asynchronous: wait for the disk's block device
+        device = _scsi_device(body)
+        if device and os.path.isdir(device + "/block"):
+            names = os.listdir(device + "/block")
+            if names and os.path.exists("/dev/" + names[0]):
+                block_dir = names[0]
+                break
+        if time.monotonic() > deadline:
+            raise RequestError(
+                f"SCSI disk at target {body['target']} lun {body['lun']} did not appear",
+                errno.ENODEV,
+            )
+        time.sleep(0.05)
+    target = str(body["target_path"])
+    _ensure_dir(target)
+    options = ["ro"] if body.get("read_only") else []
+    options += [str(o) for o in body.get("options") or []]
+    argv = ["mount", "-t", str(body.get("fstype") or "ext4")]
+    if options:
+        argv += ["-o", ",".join(options)]
+    _run([*argv, "/dev/" + block_dir, target])
+    return {"device": "/dev/" + block_dir}
+
+
+def op_remove_scsi_device(body: dict[str, Any]) -> dict[str, Any]:
+    device = _scsi_device(body)
+    if device and os.path.exists(device + "/delete"):
+        with open(device + "/delete", "w") as delete:
+            delete.write("1")
+        return {"removed": True}
+    return {"removed": False}
+
+
+def op_mount_overlay(body: dict[str, Any]) -> dict[str, Any]:
+    target = str(body["target"])
+    _ensure_dir(target)
+    lowers = [str(p) for p in body["lowers"]]
+    options = ["lowerdir=" + ":".join(lowers)]
+    if body.get("upper"):
+        _ensure_dir(str(body["upper"]))
+        _ensure_dir(str(body["work"]))
+        options += ["upperdir=" + str(body["upper"]), "workdir=" + str(body["work"])]
+    _run(["mount", "-t", "overlay", "-o", ",".join(options), "overlay", target])
+    return {}
+
+
+def op_shutdown(body: dict[str, Any]) -> dict[str, Any]:
+    os.sync()
+    threading.Timer(0.1, lambda: _run(["/.hcsoci/busybox", "poweroff", "-f"])).start()
+    return {}
+
+
+def find_port(name: str, timeout: float = 30.0) -> str:
+    """The /dev node of the virtio-serial port called ``name``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            for port in os.listdir(_PORT_CLASS):
+                try:
+                    with open(f"{_PORT_CLASS}/{port}/name") as port_name:
+                        if port_name.read().strip() == name:
+                            return "/dev/" + port
+                except OSError:
+                    continue
+        except FileNotFoundError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"hcsoci-gcs: no virtio-serial port named {name!r}")
+        time.sleep(0.02)
+
+
+def _list_imported_files() -> None:
+    """Print every file this agent's imports loaded (the asset builder seeds them)."""
+    import pwd  # noqa: F401  (imported lazily at run time; seed it too)
+
+    for module in list(sys.modules.values()):
+        for attribute in ("__file__", "__cached__"):
+            path = getattr(module, attribute, None)
+            if isinstance(path, str) and os.path.isfile(path):
+                print(os.path.abspath(path))
+
+
+def main() -> None:
+    """Entry point inside the guest."""
+    if sys.argv[1:] == ["--list-imported-files"]:
+        _list_imported_files()
+        return
+    agent = Agent(find_port(protocol.PORT_NAME))
+    agent.serve()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,597 @@
+"""The host side of the bridge: :class:`GuestConnection` and the guest's processes.
+
+One reader thread per connection reads frames from the virtio-serial port's
+host socket and routes them: responses to the waiting request, exit
+notifications to their :class:`GuestProcess`, stream bytes to that process's
+:class:`GuestStreamReader`.  Stream data is buffered per stream up to its flow
+control window, so the reader thread never blocks on a slow consumer.
+"""
+
+from __future__ import annotations
+
+import errno as errno_module
+import io
+import itertools
+import logging
+import socket
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from hcsoci.context import Context, background
+from hcsoci.cow import ProcessParameters, Stdio
+from hcsoci.errors import HcsociError, NotFoundError, StateError
+from hcsoci.gcs import protocol
+
+__all__ = [
+    "BridgeClosedError",
+    "GuestConnection",
+    "GuestError",
+    "GuestNotFoundError",
+    "GuestProcess",
+    "GuestStreamReader",
+    "GuestStreamWriter",
+    "GuestTimeoutError",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REQUEST_TIMEOUT = 60.0
+
+
+class GuestError(HcsociError):
+    """The guest agent refused or failed a request."""
+
+    def __init__(self, op: str, message: str, errno: int = 0) -> None:
+        super().__init__(f"guest agent: {op}: {message}")
+        self.op = op
+        self.errno = errno
+
+
+class GuestNotFoundError(GuestError, NotFoundError):
+    """The guest agent reported that something named in the request does not exist."""
+
+    def __init__(self, op: str, message: str, errno: int = 0) -> None:
+        GuestError.__init__(self, op, message, errno)
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class GuestTimeoutError(GuestError, TimeoutError):
+    """The guest agent did not answer in time."""
+
+
+class BridgeClosedError(GuestError):
+    """The bridge to the guest agent is gone (agent crashed, VM stopped, or closed)."""
+
+
+@dataclass
+class _Pending:
+    op: str
+    done: threading.Event
+    body: dict[str, Any] | None = None
+    error: BaseException | None = None
+
+
+class GuestConnection:
+    """A negotiated bridge session with the guest agent of one utility VM."""
+
+    def __init__(self, sock: socket.socket, name: str = "") -> None:
+        self._sock = sock
+        self.name = name
+        self._send_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._pending: dict[int, _Pending] = {}
+        self._request_ids = itertools.count(1)
+        self._process_keys = itertools.count(1)
+        self._processes: dict[int, GuestProcess] = {}
+        self._broken: BridgeClosedError | None = None
+        self.version = 0
+        self.agent_pid = 0
+        self.boot_id = ""
+        self._reader = threading.Thread(
+            target=self._read_loop, name=f"gcs-bridge-{name}", daemon=True
+        )
+        self._reader.start()
+
+    @classmethod
+    def connect(cls, path: str, ctx: Context, timeout: float, name: str = "") -> GuestConnection:
+        """Connect to the port's host socket at ``path`` and negotiate a version.
+
+        Waits up to ``timeout`` seconds (or ``ctx``) for the agent to answer:
+        QEMU holds the request until the agent opens its end of the port.
+        """
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.connect(path)
+        except OSError:
+            sock.close()
+            raise
+        connection = cls(sock, name)
+        try:
+            result = connection.request(
+                ctx, "negotiate", {"versions": list(protocol.PROTOCOL_VERSIONS)}, timeout=timeout
+            )
+        except BaseException:
+            connection.close()
+            raise
+        connection.version = int(result["version"])
+        connection.agent_pid = int(result["pid"])
+        connection.boot_id = str(result["boot_id"])
+        log.debug("guest agent connected", extra={"vm": name, "version": connection.version})
+        return connection
+
+    # -- requests -----------------------------------------------------------
+
+    def request(
+        self,
+        ctx: Context,
+        op: str,
+        args: dict[str, Any] | None = None,
+        timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+    ) -> dict[str, Any]:
+        """Send one request and wait for its response (or ``timeout``, or ``ctx``)."""
+        if ctx.err() is not None:
+            raise ctx.err()  # type: ignore[misc]
+        pending = _Pending(op, threading.Event())
+        request_id = next(self._request_ids)
+        with self._lock:
+            if self._broken is not None:
+                raise BridgeClosedError(op, str(self._broken.args[0]))
+            self._pending[request_id] = pending
+        stop = ctx.after_done(pending.done.set)
+        try:
+            body = {"op": op, **(args or {})}
+            self._send(protocol.message_frame(protocol.REQUEST, request_id, body))
+            if not pending.done.wait(timeout):
+                raise GuestTimeoutError(
+                    op, f"no answer within {timeout:g} s (is the guest agent alive?)"
+                )
+        finally:
+            stop()
+            with self._lock:
+                self._pending.pop(request_id, None)
+        if pending.error is not None:
+            raise pending.error
+        if pending.body is None:
+            raise ctx.err() or BridgeClosedError(op, "no response")
+        if "error" in pending.body:
+            error = pending.body["error"]
+            code = int(error.get("errno") or 0)
+            kind = GuestNotFoundError if code == errno_module.ENOENT else GuestError
+            raise kind(op, str(error.get("message")), code)
+        result: dict[str, Any] = pending.body.get("result") or {}
+        return result
+
+    def _send(self, frame: bytes) -> None:
+        with self._send_lock:
+            if self._broken is not None:
+                raise self._broken
+            try:
+                self._sock.sendall(frame)
+            except OSError as err:
+                self.fail(f"bridge write failed: {err}")
+                raise BridgeClosedError("send", str(err)) from err
+
+    def _send_all(self, head: bytes, data: bytes | bytearray | memoryview) -> None:
+        with self._send_lock:
+            if self._broken is not None:
+                raise self._broken
+            try:
+                sent = self._sock.sendmsg([head, data])
+                total = len(head) + len(data)
+                if sent < total:
+                    rest = (memoryview(head + bytes(data)))[sent:]
+                    self._sock.sendall(rest)
+            except OSError as err:
+                self.fail(f"bridge write failed: {err}")
+                raise BridgeClosedError("send", str(err)) from err
+
+    # -- processes ----------------------------------------------------------
+
+    def create_process(self, ctx: Context, params: ProcessParameters) -> GuestProcess:
+        """Start a process in the guest (the utility VM's own OS, not a container)."""
+        if not params.command_args:
+            raise StateError("ProcessParameters.command_args: empty command line")
+        key = next(self._process_keys)
+        process = GuestProcess(self, key, params)
+        with self._lock:
+            self._processes[key] = process
+        env = [f"{k}={v}" for k, v in params.environment.items()]
+        args: dict[str, Any] = {
+            "key": key,
+            "args": params.command_args,
+            "env": env,
+            "cwd": params.working_directory or "/",
+            "user": params.user,
+            "terminal": params.emulate_console,
+            "console_size": list(params.console_size),
+            "stdin": params.create_stdin_pipe,
+            "stdout": params.create_stdout_pipe,
+            "stderr": params.create_stderr_pipe and not params.emulate_console,
+            "window": protocol.DEFAULT_WINDOW,
+        }
+        try:
+            result = self.request(ctx, "create_process", args)
+        except BaseException:
+            self._forget(key)
+            raise
+        process._started(int(result["pid"]), int(result.get("stdin_window") or 0))
+        return process
+
+    def _forget(self, key: int) -> None:
+        with self._lock:
+            self._processes.pop(key, None)
+
+    # -- the reader ---------------------------------------------------------
+
+    def _read_loop(self) -> None:
+        header = bytearray(protocol.HEADER_SIZE)
+        reason = "the guest agent closed the bridge"
+        try:
+            while True:
+                if not self._recv_exactly(header):
+                    break
+                frame_type, frame_id, length = protocol.parse_header(header)
+                payload = bytearray(length)
+                if length and not self._recv_exactly(payload):
+                    break
+                self._route(frame_type, frame_id, payload)
+        except protocol.ProtocolError as err:
+            reason = f"bridge protocol error: {err}"
+        except OSError as err:
+            reason = f"bridge read failed: {err}"
+        self.fail(reason)
+
+    def _recv_exactly(self, buffer: bytearray) -> bool:
+        view = memoryview(buffer)
+        while view:
+            n = self._sock.recv_into(view, len(view), socket.MSG_WAITALL)
+            if n == 0:
+                return False
+            view = view[n:]
+        return True
+
+    def _route(self, frame_type: int, frame_id: int, payload: bytearray) -> None:
+        if frame_type == protocol.DATA:
+            process, fd = self._stream_owner(frame_id)
+            if process is not None:
+                process._data(fd, payload)
+        elif frame_type == protocol.WINDOW:
+            process, _ = self._stream_owner(frame_id)
+            if process is not None:
+                process._stdin_credit(protocol.parse_credit(payload))
+        elif frame_type == protocol.EOF:
+            process, fd = self._stream_owner(frame_id)
+            if process is not None:
+                process._eof(fd)
+        elif frame_type == protocol.RESPONSE:
+            with self._lock:
+                pending = self._pending.get(frame_id)
+            if pending is not None:
+                pending.body = protocol.parse_message(payload)
+                pending.done.set()
+        elif frame_type == protocol.NOTIFY:
+            body = protocol.parse_message(payload)
+            if body.get("event") == "exit":
+                with self._lock:
+                    exited = self._processes.get(int(body["key"]))
+                if exited is not None:
+                    exited._exited(int(body["status"]))
+        else:
+            log.warning("unexpected frame from the guest", extra={"type": frame_type})
+
+    def _stream_owner(self, stream: int) -> tuple[GuestProcess | None, int]:
+        key, fd = protocol.split_stream_id(stream)
+        with self._lock:
+            return self._processes.get(key), fd
+
+    # -- failure and shutdown -----------------------------------------------
+
+    @property
+    def broken(self) -> BridgeClosedError | None:
+        """Why the bridge is gone, or None while it works."""
+        return self._broken
+
+    def fail(self, reason: str) -> None:
+        """Mark the bridge broken: every waiter gets a :class:`BridgeClosedError`."""
+        with self._lock:
+            if self._broken is not None:
+                return
+            self._broken = BridgeClosedError("bridge", reason)
+            pending = list(self._pending.values())
+            processes = list(self._processes.values())
+        log.debug("bridge closed", extra={"vm": self.name, "reason": reason})
+        for item in pending:
+            item.error = BridgeClosedError(item.op, reason)
+            item.done.set()
+        for process in processes:
+            process._bridge_failed(self._broken)
+
+    def close(self) -> None:
+        """Close the bridge; the guest's processes are dropped by the agent."""
+        self.fail("the bridge was closed")
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        if self._reader is not threading.current_thread():
+            self._reader.join(10)
+        self._sock.close()
+
+
+class GuestStreamReader(io.RawIOBase):
+    """A process's stdout or stderr, as a binary file without ``fileno()``.
+
+    Reads block until data arrives; they return ``b""`` at the stream's end or
+    once the process handle was closed.
+    """
+
+    def __init__(self, return_credit: Callable[[int], None], window: int) -> None:
+        super().__init__()
+        self._cond = threading.Condition()
+        self._chunks: deque[bytearray] = deque()
+        self._offset = 0
+        self._eof = False
+        self._return_credit = return_credit
+        self._window = window
+        self._consumed = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def _feed(self, data: bytearray) -> None:
+        with self._cond:
+            self._chunks.append(data)
+            self._cond.notify()
+
+    def _finish(self) -> None:
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
+
+    def _take(self, limit: int) -> bytes:
+        with self._cond:
+            while not self._chunks and not self._eof:
+                self._cond.wait()
+            if not self._chunks:
+                return b""
+            head = self._chunks[0]
+            end = min(len(head), self._offset + limit)
+            data = bytes(head[self._offset : end])
+            if end == len(head):
+                self._chunks.popleft()
+                self._offset = 0
+            else:
+                self._offset = end
+            self._consumed += len(data)
+            credit = 0
+            if self._consumed >= self._window // 4 or (not self._chunks and self._consumed):
+                credit, self._consumed = self._consumed, 0
+        if credit:
+            try:
+                self._return_credit(credit)
+            except GuestError:
+                pass  # the bridge is gone: the stream ends with what it has
+        return data
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            return self.readall()
+        if size == 0:
+            return b""
+        return self._take(size)
+
+    def readall(self) -> bytes:
+        parts = []
+        while chunk := self._take(protocol.MAX_DATA_FRAME):
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self._take(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+
+class GuestStreamWriter(io.RawIOBase):
+    """A process's stdin, as a binary file without ``fileno()``.
+
+    ``write`` blocks until the guest has room (flow control) and always writes
+    everything; ``close`` sends end-of-file.
+    """
+
+    def __init__(self, process: GuestProcess, window: int) -> None:
+        super().__init__()
+        self._process = process
+        self._stream = protocol.stream_id(process._key, protocol.STDIN)
+        self._cond = threading.Condition()
+        self._credit = window
+        self._failed: BaseException | None = None
+        self._eof_sent = False
+
+    def writable(self) -> bool:
+        return True
+
+    def _add_credit(self, credit: int) -> None:
+        with self._cond:
+            self._credit += credit
+            self._cond.notify_all()
+
+    def _fail(self, error: BaseException) -> None:
+        with self._cond:
+            self._failed = error
+            self._cond.notify_all()
+
+    def write(self, data: Any) -> int:
+        if self.closed:
+            raise ValueError("write to a closed stdin")
+        view = memoryview(data).cast("B")
+        total = len(view)
+        while view:
+            with self._cond:
+                while self._credit <= 0 and self._failed is None:
+                    self._cond.wait()
+                if self._failed is not None:
+                    raise BrokenPipeError(errno_module.EPIPE, str(self._failed))
+                n = min(self._credit, len(view), protocol.MAX_DATA_FRAME)
+                self._credit -= n
+            head = protocol.header(protocol.DATA, self._stream, n)
+            self._process._connection._send_all(head, view[:n])
+            view = view[n:]
+        return total
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        super().close()
+        if not self._eof_sent:
+            self._eof_sent = True
+            try:
+                self._process._connection._send(protocol.eof_frame(self._stream))
+            except GuestError:
+                pass  # nothing to close on the other side any more
+
+
+class GuestProcess:
+    """A process running in the utility VM's own OS (``hcsoci.cow.Process``)."""
+
+    def __init__(self, connection: GuestConnection, key: int, params: ProcessParameters) -> None:
+        self._connection = connection
+        self._key = key
+        self._pid = 0
+        self._exit_status: int | None = None
+        self._exited_event = threading.Event()
+        self._failure: BridgeClosedError | None = None
+        self._closed = False
+        self._has_console = params.emulate_console
+        send_credit = self._credit_sender
+        self._stdout = (
+            GuestStreamReader(send_credit(protocol.STDOUT), protocol.DEFAULT_WINDOW)
+            if params.create_stdout_pipe
+            else None
+        )
+        self._stderr = (
+            GuestStreamReader(send_credit(protocol.STDERR), protocol.DEFAULT_WINDOW)
+            if params.create_stderr_pipe and not params.emulate_console
+            else None
+        )
+        self._stdin: GuestStreamWriter | None = None
+        self._wants_stdin = params.create_stdin_pipe
+
+    def _credit_sender(self, fd: int) -> Callable[[int], None]:
+        stream = protocol.stream_id(self._key, fd)
+
+        def send(credit: int) -> None:
+            if not self._closed:
+                self._connection._send(protocol.window_frame(stream, credit))
+
+        return send
+
+    def _started(self, pid: int, stdin_window: int) -> None:
+        self._pid = pid
+        if self._wants_stdin:
+            self._stdin = GuestStreamWriter(self, stdin_window or protocol.DEFAULT_WINDOW)
+
+    # Called by the connection's reader thread.
+    def _data(self, fd: int, data: bytearray) -> None:
+        reader = self._stdout if fd == protocol.STDOUT else self._stderr
+        if reader is not None:
+            reader._feed(data)
+
+    def _eof(self, fd: int) -> None:
+        reader = self._stdout if fd == protocol.STDOUT else self._stderr
+        if reader is not None:
+            reader._finish()
+
+    def _stdin_credit(self, credit: int) -> None:
+        if self._stdin is not None:
+            self._stdin._add_credit(credit)
+
+    def _exited(self, status: int) -> None:
+        self._exit_status = status
+        self._exited_event.set()
+
+    def _bridge_failed(self, error: BridgeClosedError) -> None:
+        self._failure = error
+        for reader in (self._stdout, self._stderr):
+            if reader is not None:
+                reader._finish()
+        if self._stdin is not None:
+            self._stdin._fail(error)
+        self._exited_event.set()
+
+    # The cow.Process protocol.
+    def pid(self) -> int:
+        """The process id inside the utility VM."""
+        return self._pid
+
+    def stdio(self) -> Stdio:
+        """(stdin, stdout, stderr): binary file objects without ``fileno()``, or None."""
+        return self._stdin, self._stdout, self._stderr
+
+    def close_stdin(self, ctx: Context) -> None:
+        """Close the process's stdin (it reads end-of-file once it drained what was sent)."""
+        if self._stdin is not None:
+            self._stdin.close()
+
+    def resize_console(self, ctx: Context, width: int, height: int) -> None:
+        """Resize the process's pseudo-terminal."""
+        if not self._has_console:
+            raise StateError(f"process {self._pid} has no console to resize")
+        self._connection.request(
+            ctx, "resize_console", {"key": self._key, "width": width, "height": height}
+        )
+
+    def signal(self, ctx: Context, sig: int) -> bool:
+        """Send ``sig``; False when the process had exited already."""
+        if self._exit_status is not None:
+            return False
+        result = self._connection.request(
+            ctx, "signal_process", {"key": self._key, "signal": int(sig)}
+        )
+        return bool(result.get("delivered"))
+
+    def kill(self, ctx: Context) -> bool:
+        """Send SIGKILL; False when the process had exited already."""
+        return self.signal(ctx, 9)
+
+    def wait(self) -> None:
+        """Block until the process exits; raises if the bridge breaks first."""
+        self._exited_event.wait()
+        if self._exit_status is None and self._failure is not None:
+            raise self._failure
+
+    def exit_code(self) -> int:
+        """The exit code (``128 + N`` for signal N); raises while it is still running."""
+        if self._exit_status is None:
+            if self._failure is not None:
+                raise self._failure
+            raise StateError(f"process {self._pid} in the utility VM is still running")
+        return self._exit_status
+
+    def close(self) -> None:
+        """Drop the stdio relays and the agent's record; the process keeps running."""
+        if self._closed:
+            return
+        self._closed = True
+        for reader in (self._stdout, self._stderr):
+            if reader is not None:
+                reader._finish()
+        if self._stdin is not None:
+            self._stdin._fail(StateError("process handle closed"))
+        self._connection._forget(self._key)
+        if self._connection.broken is None:
+            try:
+                self._connection.request(
+                    background(), "close_process", {"key": self._key}, timeout=10.0
+                )
+            except GuestError as err:
+                log.debug("close_process failed", extra={"error": str(err)})
+
+    def __repr__(self) -> str:
+        return f"<GuestProcess pid={self._pid} key={self._key}>"

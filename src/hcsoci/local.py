@@ -1,0 +1,595 @@
+"""LocalHost: a process host for this machine.
+
+:class:`LocalHost` starts ordinary processes from :class:`ProcessParameters`:
+pipes only for the streams asked for (``/dev/null`` for the others), a
+pseudo-terminal with a controlling terminal when ``emulate_console`` is set,
+the given environment *exactly* (nothing is inherited, as in a container), the
+working directory, and ``user`` as a name or ``uid[:gid]``.
+
+>>> from hcsoci import command
+>>> command(LocalHost(), "echo", "hi").output()
+b'hi\\n'
+
+The returned :class:`LocalProcess` is a ``cow.Process``.  Its pipes are
+non-blocking underneath, so closing the process from another thread cuts a
+read that would otherwise wait forever (a grandchild holding stdout open).
+Signals go through a pidfd, so they never reach a recycled pid.  Processes
+start with ``posix_spawn`` (:mod:`hcsoci.spawn`); another user's identity is
+taken on by ``setpriv(1)`` from util-linux, which then executes the command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import grp
+import io
+import logging
+import os
+import pwd
+import select
+import shutil
+import signal
+import struct
+import termios
+import threading
+from typing import IO, Any, cast
+
+from hcsoci.context import Context
+from hcsoci.cow import ProcessParameters, Stdio
+from hcsoci.errors import HcsociError, InvalidArgumentError, NotFoundError, StateError
+from hcsoci.spawn import spawn
+
+__all__ = ["LocalHost", "LocalProcess", "resolve_user"]
+
+log = logging.getLogger(__name__)
+
+_PIPE_SIZE = 1 << 20
+"""Capacity of the stdout/stderr pipes: fewer wake-ups for bulk output."""
+
+_VEOF = b"\x04"
+"""What "end of input" is on a terminal in canonical mode (^D)."""
+
+_MAX_ID = 2**32 - 2  # (uid_t)-1 means "unchanged" to the kernel
+
+
+class LocalHost:
+    """Runs processes on this machine (hcsshim's ``cow.ProcessHost``, not OCI)."""
+
+    def os(self) -> str:
+        """Always ``"linux"``."""
+        return "linux"
+
+    def is_oci(self) -> bool:
+        """False: ``create_process`` takes :class:`ProcessParameters`."""
+        return False
+
+    def create_process(self, ctx: Context, config: Any) -> LocalProcess:
+        """Start the process ``config`` describes.
+
+        Bad parameters (no arguments, a missing executable or working
+        directory, an unknown user) raise an :class:`hcsoci.HcsociError` naming
+        the field and value; nothing is left open then.
+        """
+        if not isinstance(config, ProcessParameters):
+            raise InvalidArgumentError(
+                f"config: LocalHost takes ProcessParameters, not {type(config).__name__}"
+            )
+        err = ctx.err()
+        if err is not None:
+            raise type(err)(str(err))
+        _reap_orphans()
+        if not config.command_args:
+            raise InvalidArgumentError("command_args: empty, nothing to run")
+        for index, arg in enumerate(config.command_args):
+            if "\0" in arg:
+                raise InvalidArgumentError(f"command_args[{index}] {arg!r}: contains NUL")
+        env = _environment(config.environment)
+        cwd = config.working_directory or None
+        if cwd is not None and "\0" in cwd:
+            raise InvalidArgumentError(f"working_directory {cwd!r}: contains NUL")
+        identity = resolve_user(config.user)
+        executable = _find_executable(
+            config.command_args[0], env.get("PATH"), cwd, check=identity is not None
+        )
+        height, width = config.console_size
+        if config.emulate_console and not (0 <= height <= 0xFFFF and 0 <= width <= 0xFFFF):
+            raise InvalidArgumentError(f"console_size {config.console_size!r}: out of range")
+        return _Start(config, executable, env, cwd, identity).run()
+
+
+class _Start:
+    """One process start: what it opens is closed again if the start fails."""
+
+    def __init__(
+        self,
+        config: ProcessParameters,
+        executable: str,
+        env: dict[str, str],
+        cwd: str | None,
+        identity: tuple[int, int, list[int]] | None,
+    ) -> None:
+        self.config = config
+        self.executable = executable
+        self.env = env
+        self.cwd = cwd
+        self.identity = identity
+        self.fds: list[int] = []  # descriptors not (yet) owned by a _PipeEnd
+        self.child_fds: list[int] = []  # the child's ends: closed once it started
+        self.ends: list[_PipeEnd] = []
+
+    def run(self) -> LocalProcess:
+        try:
+            return self._run()
+        except BaseException:
+            for end in self.ends:
+                end.close()
+            for fd in self.fds:
+                os.close(fd)
+            raise
+
+    def _run(self) -> LocalProcess:
+        config = self.config
+        argv = list(config.command_args)
+        path = self.executable
+        if self.identity is not None:
+            uid, gid, groups = self.identity
+            # posix_spawn cannot change identity: setpriv(1) does, then executes.
+            argv = [
+                _setpriv(),
+                f"--reuid={uid}",
+                f"--regid={gid}",
+                f"--groups={','.join(map(str, groups))}" if groups else "--clear-groups",
+                "--",
+                path,
+                *argv[1:],
+            ]
+            path = argv[0]
+        console: int | None = None
+        terminal: str | None = None
+        stdin = stdout = stderr = None
+        child_stdio: tuple[int | None, int | None, int | None] = (None, None, None)
+        if config.emulate_console:
+            console, slave = os.openpty()
+            self.fds += [console, slave]
+            self.child_fds.append(slave)  # open until the child has opened its own
+            terminal = os.ttyname(slave)
+            height, width = config.console_size
+            if height and width:
+                _set_window_size(slave, width, height)
+            if config.create_stdin_pipe:
+                stdin = self._end(os.dup(console), writable=True, name="stdin")
+            if config.create_stdout_pipe:
+                stdout = self._end(os.dup(console), writable=False, name="stdout", eio_is_eof=True)
+        else:
+            child_stdin, stdin = self._pipe(config.create_stdin_pipe, "stdin")
+            child_stdout, stdout = self._pipe(config.create_stdout_pipe, "stdout")
+            child_stderr, stderr = self._pipe(config.create_stderr_pipe, "stderr")
+            child_stdio = (child_stdin, child_stdout, child_stderr)
+        try:
+            pid = spawn(path, argv, self.env, stdio=child_stdio, cwd=self.cwd, terminal=terminal)
+        except OSError as err:
+            raise self._start_error(err) from err
+        for fd in self.child_fds:
+            os.close(fd)
+            self.fds.remove(fd)
+        try:
+            pidfd: int | None = os.pidfd_open(pid)
+        except OSError:  # no pidfd support: signal by pid, while it is known unreaped
+            pidfd = None
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("started process %d", pid, extra={"command_args": config.command_args})
+        return LocalProcess(pid, pidfd, (stdin, stdout, stderr), console)
+
+    def _end(self, fd: int, **options: Any) -> _PipeEnd:
+        if fd not in self.fds:
+            self.fds.append(fd)
+        end = _PipeEnd(fd, **options)
+        self.fds.remove(fd)
+        self.ends.append(end)
+        return end
+
+    def _pipe(self, wanted: bool, name: str) -> tuple[int | None, _PipeEnd | None]:
+        if not wanted:
+            return None, None
+        read_end, write_end = os.pipe()
+        self.fds += [read_end, write_end]
+        if name == "stdin":
+            self.child_fds.append(read_end)
+            return self._above_stdio(read_end), self._end(write_end, writable=True, name=name)
+        self.child_fds.append(write_end)
+        if _PIPE_SIZE:
+            # Over the unprivileged limit the default size still works.
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(read_end, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+        return self._above_stdio(write_end), self._end(read_end, writable=False, name=name)
+
+    def _above_stdio(self, fd: int) -> int:
+        """``fd``, or a copy of it numbered 3 or more (the child's 0-2 are being replaced)."""
+        if fd > 2:
+            return fd
+        copy = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+        self.fds.append(copy)
+        self.child_fds.append(copy)
+        return copy
+
+    def _start_error(self, err: OSError) -> HcsociError:
+        name = self.config.command_args[0]
+        if self.cwd is not None and not os.path.isdir(self.cwd):
+            return NotFoundError(f"working_directory {self.cwd!r}: no such directory")
+        if isinstance(err, FileNotFoundError):
+            return NotFoundError(f"command_args[0] {name!r}: no such file")
+        if isinstance(err, PermissionError) or err.errno == errno.ENOEXEC:
+            return InvalidArgumentError(f"command_args[0] {name!r}: {err.strerror}")
+        return HcsociError(f"starting command_args[0] {name!r}: {err.strerror}")
+
+
+class LocalProcess:
+    """A process started by :class:`LocalHost` (a ``cow.Process``)."""
+
+    def __init__(
+        self,
+        pid: int,
+        pidfd: int | None,
+        stdio: tuple[_PipeEnd | None, _PipeEnd | None, _PipeEnd | None],
+        console: int | None,
+    ) -> None:
+        self._pid = pid
+        self._pidfd = pidfd
+        self._stdin, self._stdout, self._stderr = stdio
+        self._console = console
+        self._status: int | None = None  # os.waitstatus_to_exitcode() once reaped
+        self._status_lost = False  # someone else reaped it (os.wait() elsewhere)
+        self._wait_lock = threading.Lock()  # held by the one thread blocked in waitpid
+        self._lock = threading.Lock()  # guards the descriptors against close()
+        self._closed = False
+
+    def pid(self) -> int:
+        """The process id."""
+        return self._pid
+
+    def stdio(self) -> Stdio:
+        """(stdin, stdout, stderr): the pipes asked for, else None.
+
+        With a console, stdin and stdout are the terminal and stderr is None.
+        """
+        return (
+            cast("IO[bytes] | None", self._stdin),
+            cast("IO[bytes] | None", self._stdout),
+            cast("IO[bytes] | None", self._stderr),
+        )
+
+    def close_stdin(self, ctx: Context) -> None:
+        """Let the process read end of file: close its stdin pipe (^D on a terminal)."""
+        with self._lock:
+            if self._console is not None and not self._closed:
+                try:
+                    os.write(self._console, _VEOF)
+                except OSError as err:  # the terminal is gone with the process
+                    log.debug("writing EOF to console failed: %s", err)
+        if self._stdin is not None:
+            self._stdin.close()
+
+    def resize_console(self, ctx: Context, width: int, height: int) -> None:
+        """Set the terminal's size; the process gets SIGWINCH."""
+        if not (0 <= width <= 0xFFFF and 0 <= height <= 0xFFFF):
+            raise InvalidArgumentError(f"console size {width}x{height}: out of range")
+        with self._lock:
+            if self._console is None:
+                raise StateError(f"process {self._pid} has no console to resize")
+            if self._closed:
+                raise StateError(f"process {self._pid} is closed")
+            _set_window_size(self._console, width, height)
+
+    def kill(self, ctx: Context) -> bool:
+        """SIGKILL the process; False when it had exited already."""
+        return self.signal(ctx, signal.SIGKILL)
+
+    def signal(self, ctx: Context, sig: int) -> bool:
+        """Send ``sig``; False when the process had exited already."""
+        with self._lock:
+            if self._status is not None or self._status_lost:
+                return False
+            if self._closed:
+                raise StateError(f"process {self._pid} is closed")
+            try:
+                if self._pidfd is None:
+                    if self._exited():
+                        return False
+                    os.kill(self._pid, sig)  # unreaped, so the pid is still ours
+                elif _readable(self._pidfd):
+                    return False  # exited: a signal to a zombie reaches nobody
+                else:
+                    signal.pidfd_send_signal(self._pidfd, sig)
+            except ProcessLookupError:
+                return False
+            except OSError as err:
+                if err.errno == errno.EINVAL:
+                    raise InvalidArgumentError(f"signal {sig!r}: invalid") from err
+                raise
+            return True
+
+    def wait(self) -> None:
+        """Block until the process has exited (any number of threads may wait)."""
+        if self._status is not None or self._status_lost:
+            return
+        with self._wait_lock:
+            if self._status is None and not self._status_lost:
+                try:
+                    _, status = os.waitpid(self._pid, 0)
+                except ChildProcessError:
+                    self._status_lost = True
+                else:
+                    self._status = os.waitstatus_to_exitcode(status)
+
+    def exit_code(self) -> int:
+        """The exit code; ``128 + N`` after signal N.  Raises StateError while running."""
+        if self._status is None and not self._exited():
+            raise StateError(f"process {self._pid} is still running")
+        if self._status is None:
+            raise StateError(f"process {self._pid}: its exit status was taken by another waiter")
+        return 128 - self._status if self._status < 0 else self._status
+
+    def close(self) -> None:
+        """Release every descriptor.  The process keeps running; it is reaped later."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for fd in (self._pidfd, self._console):
+                if fd is not None:
+                    os.close(fd)
+            self._pidfd = self._console = None
+        for end in (self._stdin, self._stdout, self._stderr):
+            if end is not None:
+                end.close()
+        if not self._exited():
+            with _orphans_lock:
+                _orphans.append(self)
+
+    def _exited(self) -> bool:
+        """Whether the process has exited, reaping it if nobody is waiting for it yet."""
+        if self._status is not None or self._status_lost:
+            return True
+        if not self._wait_lock.acquire(blocking=False):
+            # A thread is blocked in wait(): it reaps; ask the pidfd meanwhile.
+            pidfd = self._pidfd
+            if pidfd is None or not _readable(pidfd):
+                return False
+            self.wait()
+            return True
+        try:
+            if self._status is None and not self._status_lost:
+                try:
+                    pid, status = os.waitpid(self._pid, os.WNOHANG)
+                except ChildProcessError:
+                    self._status_lost = True
+                    return True
+                if pid == 0:
+                    return False
+                self._status = os.waitstatus_to_exitcode(status)
+            return True
+        finally:
+            self._wait_lock.release()
+
+    def __del__(self) -> None:
+        # Like a file object: an unclosed process releases its descriptors.
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def __repr__(self) -> str:
+        return f"<LocalProcess pid={self._pid} status={self._status}>"
+
+
+class _PipeEnd(io.RawIOBase):
+    """Our end of a child's stdio pipe (or of its terminal).
+
+    The descriptor is non-blocking and every wait also polls an eventfd that
+    :meth:`close` signals, so ``close()`` from another thread cuts a blocked
+    read or write (it raises ``ValueError``, like any I/O on a closed file).
+    The descriptor itself is closed once no call is using it any more.
+    """
+
+    def __init__(self, fd: int, *, writable: bool, name: str, eio_is_eof: bool = False) -> None:
+        super().__init__()
+        os.set_blocking(fd, False)
+        self._fd = fd
+        self._writable = writable
+        self._eio_is_eof = eio_is_eof  # a terminal's master reads EIO once the child is gone
+        self._events = select.POLLOUT if writable else select.POLLIN
+        self._cancel = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._lock = threading.Lock()
+        self._users = 0
+        self._closing = False
+        self.name = name
+
+    def fileno(self) -> int:
+        if self._closing:
+            raise ValueError(f"I/O operation on closed {self.name} pipe")
+        return self._fd
+
+    def readable(self) -> bool:
+        return not self._writable
+
+    def writable(self) -> bool:
+        return self._writable
+
+    def readinto(self, buffer: Any) -> int:
+        self._enter()
+        try:
+            while True:
+                try:
+                    return os.readv(self._fd, [buffer])
+                except BlockingIOError:
+                    self._wait()
+                except OSError as err:
+                    if err.errno == errno.EIO and self._eio_is_eof:
+                        return 0
+                    raise
+        finally:
+            self._exit()
+
+    def write(self, data: Any) -> int:
+        self._enter()
+        try:
+            while True:
+                try:
+                    return os.write(self._fd, data)
+                except BlockingIOError:
+                    self._wait()
+        finally:
+            self._exit()
+
+    def wait_ready(self) -> None:
+        """Block until the pipe can be read (or written); ValueError once closed."""
+        self._enter()
+        try:
+            self._wait()
+        finally:
+            self._exit()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            os.eventfd_write(self._cancel, 1)
+            last = self._users == 0
+        if last:
+            self._release()
+        super().close()
+
+    def _enter(self) -> None:
+        with self._lock:
+            if self._closing:
+                raise ValueError(f"I/O operation on closed {self.name} pipe")
+            self._users += 1
+
+    def _exit(self) -> None:
+        with self._lock:
+            self._users -= 1
+            last = self._closing and self._users == 0
+        if last:
+            self._release()
+
+    def _release(self) -> None:
+        os.close(self._fd)
+        os.close(self._cancel)
+
+    def _wait(self) -> None:
+        poller = select.poll()
+        poller.register(self._fd, self._events)
+        poller.register(self._cancel, select.POLLIN)
+        for fd, _ in poller.poll():
+            if fd == self._cancel:
+                raise ValueError(f"I/O operation on closed {self.name} pipe")
+        # POLLHUP / POLLERR count as ready: the next read or write reports them.
+
+
+def resolve_user(user: str) -> tuple[int, int, list[int]] | None:
+    """``user`` (a name or ``uid[:gid]``, the gid a number or group name) as (uid, gid, groups).
+
+    None for ``""`` (the caller's own identity).  A name must exist in the
+    passwd database; a numeric uid need not (its gid is then 0, as in runc).
+    Supplementary groups come from the group database for a known user.
+    """
+    if not user:
+        return None
+    name, sep, group = user.partition(":")
+    if not name or (sep and not group):
+        raise InvalidArgumentError(f"user {user!r}: expected a name or uid[:gid]")
+    entry: pwd.struct_passwd | None
+    if name.isdigit():
+        uid = int(name)
+        if uid > _MAX_ID:
+            raise InvalidArgumentError(f"user {user!r}: uid {uid} out of range")
+        try:
+            entry = pwd.getpwuid(uid)
+        except KeyError:
+            entry = None
+    else:
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            raise NotFoundError(f"user {user!r}: no user named {name!r}") from None
+        uid = entry.pw_uid
+    if group.isdigit():
+        gid = int(group)
+        if gid > _MAX_ID:
+            raise InvalidArgumentError(f"user {user!r}: gid {gid} out of range")
+    elif group:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise NotFoundError(f"user {user!r}: no group named {group!r}") from None
+    else:
+        gid = entry.pw_gid if entry is not None else 0
+    groups = os.getgrouplist(entry.pw_name, gid) if entry is not None else []
+    return uid, gid, groups
+
+
+def _environment(environment: dict[str, str]) -> dict[str, str]:
+    for key, value in environment.items():
+        if not key or "=" in key or "\0" in key:
+            raise InvalidArgumentError(f"environment key {key!r}: not a variable name")
+        if "\0" in value:
+            raise InvalidArgumentError(f"environment[{key!r}] {value!r}: contains NUL")
+    return dict(environment)
+
+
+def _find_executable(name: str, path: str | None, cwd: str | None, *, check: bool) -> str:
+    """The file to execute for ``name``: searched like execvp(3) in the *child's* PATH.
+
+    A name with a slash is returned as it is (relative to the working
+    directory); ``check`` verifies it exists and is executable first.
+    """
+    if "/" in name:
+        if check:
+            candidate = os.path.join(cwd or os.getcwd(), name)
+            if not os.path.exists(candidate):
+                raise NotFoundError(f"command_args[0] {name!r}: no such file")
+            if os.path.isdir(candidate) or not os.access(candidate, os.X_OK):
+                raise InvalidArgumentError(f"command_args[0] {name!r}: not an executable file")
+        return name
+    search = path if path is not None else os.defpath
+    for directory in search.split(os.pathsep):
+        candidate = os.path.join(directory or ".", name)
+        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
+            return candidate
+    raise NotFoundError(f"command_args[0] {name!r}: executable not found in PATH {search!r}")
+
+
+_setpriv_path: str | None = None
+
+
+def _setpriv() -> str:
+    global _setpriv_path
+    if _setpriv_path is None:
+        found = shutil.which("setpriv", path="/usr/bin:/bin:/usr/sbin:/sbin")
+        if found is None:
+            raise NotFoundError("user: running as another user needs setpriv(1) (util-linux)")
+        _setpriv_path = found
+    return _setpriv_path
+
+
+def _set_window_size(fd: int, width: int, height: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
+
+
+def _readable(fd: int) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+# Processes closed while still running, reaped on later starts (like subprocess).
+_orphans: list[LocalProcess] = []
+_orphans_lock = threading.Lock()
+
+
+def _reap_orphans() -> None:
+    if not _orphans:
+        return
+    with _orphans_lock:
+        _orphans[:] = [process for process in _orphans if not process._exited()]

@@ -1,0 +1,235 @@
+"""The copy loops behind :class:`hcsoci.Cmd`'s standard IO relays.
+
+:func:`copy` moves bytes from a reader to a writer until end of file, like Go's
+``io.Copy``.  When both ends are real file descriptors the data never passes
+through Python: ``os.splice`` when either end is a pipe, ``os.sendfile`` when
+the source is a regular file.  Anything else (``io.BytesIO``, a pseudo-terminal,
+any object with ``read``/``write``) goes through a reused buffer.
+
+A stream may offer ``wait_ready()``: block until its descriptor is ready for
+its one direction, or raise once the stream is closed from another thread.
+The relay calls it instead of polling the descriptor itself, so that a process
+host can cut a relay that waits on a pipe nobody will ever write to or close
+(see ``Cmd.copy_after_exit_timeout``).  Streams that are not ready and have no
+``wait_ready`` are polled.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import select
+import socket
+import stat
+from typing import Protocol
+
+__all__ = ["Progress", "Reader", "Writer", "copy"]
+
+_CHUNK = 1 << 20
+"""Largest zero-copy move per call: the size LocalHost gives its pipes."""
+
+_BUFFER_SIZE = 256 * 1024
+"""Buffer of the copy loop that goes through Python."""
+
+# Errors that mean "this pair of descriptors cannot be spliced or sent": carry
+# on with the buffered loop (which also turns a pseudo-terminal's EIO into EOF).
+_NO_ZERO_COPY = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV, errno.EIO})
+
+
+class Reader(Protocol):
+    """Anything with a binary ``read``: a file, a pipe, ``io.BytesIO``, a socket file."""
+
+    def read(self, size: int = -1, /) -> bytes | None: ...
+
+
+class Writer(Protocol):
+    """Anything with a binary ``write``."""
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int | None: ...
+
+
+class Progress:
+    """How many bytes a :func:`copy` has moved so far (readable after it raised)."""
+
+    __slots__ = ("bytes",)
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+
+def copy(dst: Writer, src: Reader, progress: Progress | None = None) -> int:
+    """Copy ``src`` to ``dst`` until end of file; return the number of bytes moved.
+
+    ``dst`` is flushed before descriptor-level writes (so nothing it buffered
+    is overtaken) and at the end.  Errors propagate; ``progress``, if given,
+    counts the bytes moved until then.
+    """
+    progress = progress if progress is not None else Progress()
+    src_fd = _fileno(src)
+    dst_fd = _fileno(dst)
+    if src_fd is not None and dst_fd is not None:
+        finished = _copy_descriptors(dst, dst_fd, src, src_fd, progress)
+        if finished:
+            return progress.bytes
+    _copy_buffered(dst, src, progress)
+    _flush(dst)
+    return progress.bytes
+
+
+def _fileno(stream: object) -> int | None:
+    fileno = getattr(stream, "fileno", None)
+    if fileno is None:
+        return None
+    try:
+        fd = fileno()
+    except (OSError, ValueError):  # io.UnsupportedOperation is both
+        return None
+    return fd if isinstance(fd, int) and fd >= 0 else None
+
+
+def _flush(stream: object) -> None:
+    flush = getattr(stream, "flush", None)
+    if flush is not None:
+        flush()
+
+
+def _copy_descriptors(
+    dst: Writer, dst_fd: int, src: Reader, src_fd: int, progress: Progress
+) -> bool:
+    """Zero-copy as far as possible.  Returns whether end of file was reached."""
+    src_mode = os.fstat(src_fd).st_mode
+    dst_mode = os.fstat(dst_fd).st_mode
+    if stat.S_ISFIFO(src_mode) or stat.S_ISFIFO(dst_mode):
+        splicing = True
+    elif stat.S_ISREG(src_mode):
+        splicing = False
+    else:
+        return False
+    pending = _buffered_input(src, src_fd)
+    if pending is None:
+        return False
+    _flush(dst)
+    if pending:
+        _write_all_fd(dst, dst_fd, pending)
+        progress.bytes += len(pending)
+    # Private duplicates: the streams may be closed by another thread at any
+    # time, and a closed descriptor number can be reused by an unrelated open.
+    in_fd = os.dup(src_fd)
+    try:
+        out_fd = os.dup(dst_fd)
+    except BaseException:
+        os.close(in_fd)
+        raise
+    try:
+        while True:
+            try:
+                if splicing:
+                    n = os.splice(
+                        in_fd, out_fd, _CHUNK, flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+                    )
+                else:
+                    n = os.sendfile(out_fd, in_fd, None, _CHUNK)
+            except BlockingIOError:
+                _wait(src, in_fd, select.POLLIN)
+                _wait(dst, out_fd, select.POLLOUT)
+                continue
+            except OSError as err:
+                if err.errno in _NO_ZERO_COPY:
+                    return False
+                raise
+            if n == 0:
+                return True
+            progress.bytes += n
+    finally:
+        os.close(in_fd)
+        os.close(out_fd)
+
+
+def _buffered_input(src: object, fd: int) -> bytes | None:
+    """What a buffered reader holds ahead of its descriptor's position.
+
+    None when that cannot be known (a buffered pipe): the caller must read
+    through the object then.
+    """
+    if isinstance(src, io.TextIOBase):
+        return None
+    if isinstance(src, io.BufferedReader | io.BufferedRandom):
+        if not src.seekable():
+            return None
+        ahead = os.lseek(fd, 0, os.SEEK_CUR) - src.tell()
+        return src.read(ahead) if ahead > 0 else b""
+    if isinstance(src, io.RawIOBase | socket.socket):
+        return b""
+    return None  # unknown wrapper: it may buffer
+
+
+def _write_all_fd(dst: object, fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            _wait(dst, fd, select.POLLOUT)
+            continue
+        view = view[n:]
+
+
+def _wait(stream: object, fd: int, events: int) -> None:
+    wait_ready = getattr(stream, "wait_ready", None)
+    if wait_ready is not None:
+        wait_ready()
+        return
+    poller = select.poll()
+    poller.register(fd, events)
+    poller.poll()
+
+
+def _copy_buffered(dst: Writer, src: Reader, progress: Progress) -> None:
+    # Writers outside the io hierarchy may keep what they are given: hand them
+    # bytes of their own, not a view of a buffer that is about to be reused.
+    reuse_buffer = isinstance(dst, io.IOBase)
+    readinto = getattr(src, "readinto1", None) or getattr(src, "readinto", None)
+    if readinto is not None:
+        buffer = memoryview(bytearray(_BUFFER_SIZE))
+        while True:
+            n = readinto(buffer)
+            if n is None:  # a non-blocking raw stream with nothing to read
+                _wait_stream(src, select.POLLIN)
+                continue
+            if n == 0:
+                return
+            _write_all(dst, buffer[:n] if reuse_buffer else bytes(buffer[:n]))
+            progress.bytes += n
+    read = getattr(src, "read1", None) or src.read
+    while True:
+        data = read(_BUFFER_SIZE)
+        if data is None:
+            _wait_stream(src, select.POLLIN)
+            continue
+        if not data:
+            return
+        _write_all(dst, data)
+        progress.bytes += len(data)
+
+
+def _write_all(dst: Writer, data: bytes | memoryview) -> None:
+    # For raw streams None means "would block"; other writers return None for "all done".
+    raw = isinstance(dst, io.RawIOBase)
+    while True:
+        n = dst.write(data)
+        if n is None:
+            if not raw:
+                return
+            _wait_stream(dst, select.POLLOUT)
+            continue
+        if n >= len(data):
+            return
+        data = memoryview(data)[n:]
+
+
+def _wait_stream(stream: object, events: int) -> None:
+    fd = _fileno(stream)
+    if fd is None:
+        raise BlockingIOError(errno.EAGAIN, "stream would block and has no descriptor to poll")
+    _wait(stream, fd, events)

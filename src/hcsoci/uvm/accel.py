@@ -1,0 +1,119 @@
+"""Choosing the accelerator: KVM when it really boots a guest here, else TCG.
+
+On some hosts ``/dev/kvm`` exists and accepts ioctls, yet a stock kernel hangs
+under it (nested virtualisation inside another VM, for example).  So ``auto``
+boots the boot assets' trivial init under KVM with a short deadline and falls
+back to TCG; the verdict is cached in the asset directory per host kernel and
+QEMU version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from hcsoci.errors import InvalidArgumentError
+from hcsoci.uvm.assets import TRIVIAL_INIT_MARKER, BootAssets
+
+__all__ = ["QEMU_BINARY", "probe_kvm", "resolve_accel", "trivial_boot_command"]
+
+log = logging.getLogger(__name__)
+
+QEMU_BINARY = "qemu-system-x86_64"
+KVM_PROBE_DEADLINE = 10.0
+
+
+def trivial_boot_command(assets: BootAssets, accel: str, console: str) -> list[str]:
+    """QEMU arguments that boot the assets to the trivial init, which powers off."""
+    return [
+        QEMU_BINARY,
+        *machine_args(accel),
+        "-m",
+        "512",
+        "-display",
+        "none",
+        "-nodefaults",
+        "-no-user-config",
+        "-no-reboot",
+        "-serial",
+        f"file:{console}",
+        "-kernel",
+        str(assets.kernel),
+        "-initrd",
+        str(assets.initramfs),
+        "-append",
+        f"console=ttyS0 quiet panic=-1 rdinit={assets.trivial_init}",
+    ]
+
+
+def machine_args(accel: str) -> list[str]:
+    """The machine and accelerator arguments shared by every boot."""
+    args = ["-machine", "pc", "-accel", accel]
+    if accel == "kvm":
+        args += ["-cpu", "host"]
+    return args
+
+
+def _verdict_path(assets: BootAssets) -> Path:
+    return assets.directory.parent / "accel-verdict.json"
+
+
+def _host_signature() -> str:
+    qemu = subprocess.run([QEMU_BINARY, "--version"], capture_output=True, text=True).stdout
+    return f"{os.uname().release} {qemu.splitlines()[0] if qemu else '?'}"
+
+
+def probe_kvm(assets: BootAssets, deadline: float = KVM_PROBE_DEADLINE) -> bool:
+    """Whether the trivial init boots under KVM within ``deadline`` seconds."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    with tempfile.TemporaryDirectory(prefix="hcsoci-kvm-probe-") as scratch:
+        console = os.path.join(scratch, "console.log")
+        process = subprocess.Popen(
+            trivial_boot_command(assets, "kvm", console),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        start = time.monotonic()
+        try:
+            process.wait(deadline)
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        with open(console, "rb") as log_file:
+            booted = TRIVIAL_INIT_MARKER.encode() in log_file.read()
+    log.info("KVM probe", extra={"works": booted, "seconds": time.monotonic() - start})
+    return booted
+
+
+def resolve_accel(requested: str, assets: BootAssets) -> str:
+    """``kvm`` or ``tcg`` for a requested ``auto``/``kvm``/``tcg``."""
+    if requested in ("kvm", "tcg"):
+        if requested == "kvm" and not os.path.exists("/dev/kvm"):
+            raise InvalidArgumentError("UVMOptions.accel: 'kvm' but /dev/kvm does not exist")
+        return requested
+    if requested != "auto":
+        raise InvalidArgumentError(f"UVMOptions.accel: invalid value {requested!r}")
+    path = _verdict_path(assets)
+    signature = _host_signature()
+    try:
+        verdict = json.loads(path.read_text())
+        if verdict.get("host") == signature and verdict.get("kernel") == assets.key:
+            return "kvm" if verdict["kvm"] else "tcg"
+    except (OSError, ValueError, KeyError):
+        pass
+    works = probe_kvm(assets)
+    record = {"host": signature, "kernel": assets.key, "kvm": works}
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record))
+    tmp.replace(path)
+    return "kvm" if works else "tcg"

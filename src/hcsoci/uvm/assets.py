@@ -1,0 +1,412 @@
+"""Boot assets of the utility VM: a kernel and an initramfs, built once and cached.
+
+The kernel is Debian's ``linux-image-amd64`` (it has 9p, virtio-serial,
+virtio-scsi, virtio-net and overlayfs as modules).  The initramfs holds
+``busybox-static``, the modules needed to mount the guest root (inserted in
+the dependency order read from ``modules.dep``), the two init scripts, and a
+*seed*: the host Python interpreter and the few standard-library files the
+guest agent imports.  The seed is copied into the tmpfs upper layer of the
+guest root, so the agent starts from memory instead of over 9p (under TCG a
+lean interpreter start over 9p costs seconds).  Every other file the guest
+reads comes from the host's root through the read-only Plan9 share, including
+``/lib/modules`` for modules loaded later with ``modprobe``.
+
+Assets live in ``$HCSOCI_ASSETS`` (default ``/var/lib/hcsoci/uvm``) under a
+directory named by a hash of every input, so they are rebuilt only when an
+input changes.  :func:`load_assets` refuses stale assets with a message that
+says how to rebuild them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from hcsoci.errors import HcsociError, NotFoundError
+
+__all__ = [
+    "BUILDER_VERSION",
+    "DEFAULT_ASSETS_DIR",
+    "GUEST_BOOT_MODULES",
+    "BootAssets",
+    "assets_dir",
+    "build_assets",
+    "find_kernel",
+    "load_assets",
+    "module_load_order",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ASSETS_DIR = "/var/lib/hcsoci/uvm"
+BUILDER_VERSION = 3
+"""Bump when the initramfs layout or the init scripts change."""
+
+GUEST_BOOT_MODULES = ("virtio_pci", "virtio_console", "9pnet_virtio", "9p", "overlay")
+"""Modules needed before the guest root exists; the rest are modprobed from that root."""
+
+TRIVIAL_INIT_MARKER = "hcsoci-trivial-init-reached"
+
+_STAGE1 = r"""#!/bin/busybox sh
+# hcsoci utility VM, stage 1 (initramfs): load the boot modules, build the
+# guest root (tmpfs overlay over the host's root shared read-only over 9p),
+# then switch to it.
+B=/bin/busybox
+$B mount -t proc proc /proc
+$B mount -t sysfs sysfs /sys
+$B mount -t devtmpfs devtmpfs /dev
+for m in $($B cat /modules.order); do
+    $B insmod "/lib/modules/$m" || echo "hcsoci-init: insmod $m failed"
+done
+for arg in $($B cat /proc/cmdline); do
+    case "$arg" in
+        hcsoci.python=*) PY="${arg#*=}" ;;
+        hcsoci.agent=*) AGENT="${arg#*=}" ;;
+        hcsoci.rootcache=*) ROOTCACHE="${arg#*=}" ;;
+    esac
+done
+fail() { echo "hcsoci-init: $*"; $B poweroff -f; }
+$B mkdir -p /mnt/host /mnt/rw /newroot
+$B mount -t 9p -o "trans=virtio,version=9p2000.L,cache=${ROOTCACHE:-loose},ro,msize=262144" \
+    hostroot /mnt/host || fail "cannot mount the host root"
+$B mount -t tmpfs -o mode=0755 tmpfs /mnt/rw
+$B mkdir -p /mnt/rw/upper /mnt/rw/work
+if [ -d /seed ]; then $B cp -a /seed/. /mnt/rw/upper/; fi
+$B mount -t overlay overlay \
+    -o lowerdir=/mnt/host,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work /newroot \
+    || fail "cannot mount the guest root overlay"
+$B mkdir -p /newroot/.hcsoci
+$B cp /bin/busybox /stage2 /newroot/.hcsoci/
+for d in proc sys dev; do $B mount --move "/$d" "/newroot/$d"; done
+exec $B switch_root /newroot /.hcsoci/busybox sh /.hcsoci/stage2 "$PY" "$AGENT"
+"""
+
+_STAGE2 = r"""# hcsoci utility VM, stage 2 (PID 1 in the guest root): private /run and
+# /tmp, pseudo-terminals, cgroups, then the guest agent.  PID 1 outlives the
+# agent so that an agent crash leaves a VM the host can still terminate.
+B=/.hcsoci/busybox
+PY="$1"
+AGENT="$2"
+$B mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
+$B mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
+$B mkdir -p /dev/pts /dev/shm
+$B mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts /dev/pts
+$B ln -sf pts/ptmx /dev/ptmx 2>/dev/null
+$B mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm
+$B mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
+$B hostname hcsoci-uvm
+"$PY" -S -I "$AGENT"
+echo "hcsoci-stage2: guest agent exited with status $?"
+while true; do $B sleep 3600; done
+"""
+
+_TRIVIAL_INIT = f"""#!/bin/busybox sh
+# The benchmark baseline and the accelerator probe: reach userspace, power off.
+echo {TRIVIAL_INIT_MARKER}
+/bin/busybox poweroff -f
+"""
+
+
+@dataclass(frozen=True)
+class BootAssets:
+    """A built kernel + initramfs pair and what it was built from."""
+
+    directory: Path
+    kernel: Path
+    initramfs: Path
+    kernel_release: str
+    python: str
+    """The interpreter the guest runs the agent with (a host path)."""
+    key: str
+
+    @property
+    def trivial_init(self) -> str:
+        """The ``rdinit=`` path of the trivial init (benchmark baseline, KVM probe)."""
+        return "/trivial-init"
+
+
+def assets_dir() -> Path:
+    """The asset cache directory: ``$HCSOCI_ASSETS`` or ``/var/lib/hcsoci/uvm``."""
+    return Path(os.environ.get("HCSOCI_ASSETS") or DEFAULT_ASSETS_DIR)
+
+
+def find_kernel() -> tuple[Path, str]:
+    """The newest installed kernel that has the 9p modules: (vmlinuz path, release)."""
+    candidates: list[tuple[Path, str]] = []
+    for vmlinuz in Path("/boot").glob("vmlinuz-*"):
+        release = vmlinuz.name.removeprefix("vmlinuz-")
+        if Path(f"/lib/modules/{release}/kernel/fs/9p").is_dir():
+            candidates.append((vmlinuz, release))
+    if not candidates:
+        raise NotFoundError(
+            "no kernel with 9p modules under /boot and /lib/modules: install Debian's "
+            "linux-image-amd64 (make install)"
+        )
+    return max(candidates, key=lambda c: _version_key(c[1]))
+
+
+def _version_key(release: str) -> list[int]:
+    return [int(part) for part in re.findall(r"\d+", release)]
+
+
+def module_load_order(release: str, names: tuple[str, ...]) -> list[Path]:
+    """The module files of ``names`` and their dependencies, dependencies first.
+
+    Read from ``modules.dep``; each line lists a module's dependencies in the
+    order modprobe would unload them, so they are inserted in reverse.
+    """
+    base = Path(f"/lib/modules/{release}")
+    deps: dict[str, list[str]] = {}
+    by_name: dict[str, str] = {}
+    for line in (base / "modules.dep").read_text().splitlines():
+        module, _, rest = line.partition(":")
+        deps[module] = rest.split()
+        by_name[_module_name(module)] = module
+    order: list[str] = []
+
+    def visit(module: str, trail: tuple[str, ...]) -> None:
+        if module in order:
+            return
+        if module in trail:
+            raise HcsociError(f"modules.dep: dependency cycle through {module}")
+        for dep in reversed(deps.get(module, [])):
+            visit(dep, (*trail, module))
+        order.append(module)
+
+    for name in names:
+        module = by_name.get(name)
+        if module is None:
+            builtin = base / "modules.builtin"
+            if builtin.exists() and any(
+                _module_name(line) == name for line in builtin.read_text().splitlines()
+            ):
+                continue
+            raise NotFoundError(f"kernel {release}: module {name!r} not found in modules.dep")
+        visit(module, ())
+    return [base / module for module in order]
+
+
+def _module_name(path: str) -> str:
+    name = path.rsplit("/", 1)[-1]
+    for suffix in (".xz", ".zst", ".gz"):
+        name = name.removesuffix(suffix)
+    return name.removesuffix(".ko").replace("-", "_")
+
+
+def _read_module(path: Path) -> bytes:
+    data = path.read_bytes()
+    if path.name.endswith(".xz"):
+        import lzma
+
+        return lzma.decompress(data)
+    if path.name.endswith(".gz"):
+        return gzip.decompress(data)
+    if path.name.endswith(".zst"):
+        raise HcsociError(f"{path}: zstd-compressed modules are not supported")
+    return data
+
+
+def agent_path() -> Path:
+    """The guest agent script, as a host path (the guest sees the same path over 9p)."""
+    return Path(__file__).resolve().parent.parent / "gcs" / "agent.py"
+
+
+def agent_python() -> str:
+    """The host interpreter the guest runs the agent with."""
+    for candidate in ("/usr/bin/python3", sys.executable):
+        if candidate and os.access(candidate, os.X_OK):
+            return os.path.realpath(candidate)
+    raise NotFoundError("no python3 interpreter on this host")
+
+
+def _seed_files(python: str) -> list[str]:
+    """The interpreter, its shared libraries and the stdlib files the agent imports."""
+    listing = subprocess.run(
+        [python, "-S", "-I", str(agent_path()), "--list-imported-files"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    libs = subprocess.run(["ldd", python], capture_output=True, text=True).stdout
+    files = {python, *listing}
+    files.update(re.findall(r"(/\S+) \(0x", libs))
+    # Skip the agent's own modules: those are read from the live tree, so that
+    # editing them needs no rebuild.
+    gcs_dir = str(agent_path().parent)
+    return sorted(f for f in files if not f.startswith(gcs_dir) and os.path.isfile(f))
+
+
+def _inputs(
+    kernel: Path, modules: list[Path], busybox: Path, seed: list[str]
+) -> list[tuple[str, int, int]]:
+    paths = [str(kernel), str(busybox), *(str(m) for m in modules), *seed]
+    return [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths]
+
+
+def _key(inputs: list[tuple[str, int, int]], compress: bool) -> str:
+    digest = hashlib.sha256(f"v{BUILDER_VERSION} gzip={compress}\n".encode())
+    digest.update(_STAGE1.encode() + _STAGE2.encode() + _TRIVIAL_INIT.encode())
+    for path, size, mtime in inputs:
+        digest.update(f"{path}\0{size}\0{mtime}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def build_assets(
+    directory: Path | None = None, *, compress: bool = False, seed_python: bool = True
+) -> BootAssets:
+    """Build (or find already built) boot assets for the current inputs.
+
+    ``compress`` gzips the initramfs (smaller, but slower to unpack under TCG);
+    ``seed_python`` puts the agent's interpreter and imports in the initramfs.
+    """
+    directory = directory or assets_dir()
+    kernel, release = find_kernel()
+    modules = module_load_order(release, GUEST_BOOT_MODULES)
+    busybox = Path(shutil.which("busybox") or "/bin/busybox")
+    if not busybox.exists():
+        raise NotFoundError("busybox not found: install busybox-static (make install)")
+    python = agent_python()
+    seed = _seed_files(python) if seed_python else []
+    inputs = _inputs(kernel, modules, busybox, seed)
+    key = _key(inputs, compress)
+    target = directory / key
+    manifest_path = target / "manifest.json"
+    if manifest_path.exists():
+        log.debug("boot assets up to date", extra={"directory": str(target)})
+        return _assets_from_manifest(target)
+
+    directory.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=directory))
+    try:
+        shutil.copyfile(kernel, staging / "vmlinuz")
+        archive = _CpioWriter()
+        for name in ("proc", "sys", "dev", "mnt", "lib", "lib/modules", "bin"):
+            archive.directory(name)
+        archive.file("bin/busybox", busybox.read_bytes(), 0o755)
+        archive.file("init", _STAGE1.encode(), 0o755)
+        archive.file("stage2", _STAGE2.encode(), 0o644)
+        archive.file("trivial-init", _TRIVIAL_INIT.encode(), 0o755)
+        order = []
+        for module in modules:
+            name = _module_name(module.name) + ".ko"
+            archive.file(f"lib/modules/{name}", _read_module(module), 0o644)
+            order.append(name)
+        archive.file("modules.order", ("\n".join(order) + "\n").encode(), 0o644)
+        if seed:
+            archive.directory("seed")
+            for path in seed:
+                archive.path_parents("seed" + os.path.dirname(path))
+                st = os.stat(path)
+                archive.file("seed" + path, Path(path).read_bytes(), st.st_mode & 0o7777)
+        data = archive.finish()
+        if compress:
+            data = gzip.compress(data, compresslevel=6)
+        (staging / "initrd.img").write_bytes(data)
+        manifest = {
+            "builder_version": BUILDER_VERSION,
+            "kernel_release": release,
+            "python": python,
+            "compress": compress,
+            "inputs": inputs,
+            "key": key,
+        }
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        try:
+            staging.rename(target)
+        except OSError:
+            if not manifest_path.exists():  # not a concurrent builder winning the race
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("built boot assets", extra={"directory": str(target)})
+    return _assets_from_manifest(target)
+
+
+def _assets_from_manifest(target: Path) -> BootAssets:
+    manifest = json.loads((target / "manifest.json").read_text())
+    return BootAssets(
+        directory=target,
+        kernel=target / "vmlinuz",
+        initramfs=target / "initrd.img",
+        kernel_release=manifest["kernel_release"],
+        python=manifest["python"],
+        key=manifest["key"],
+    )
+
+
+def load_assets(directory: Path | None = None) -> BootAssets:
+    """The newest built assets whose inputs are all unchanged.
+
+    Raises :class:`NotFoundError` saying how to build them when there are none.
+    """
+    directory = directory or assets_dir()
+    candidates = sorted(
+        directory.glob("*/manifest.json"), key=lambda p: p.stat().st_mtime, reverse=True
+    )
+    for manifest_path in candidates:
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            if manifest.get("builder_version") != BUILDER_VERSION:
+                continue
+            if all(_unchanged(*entry) for entry in manifest["inputs"]):
+                assets = _assets_from_manifest(manifest_path.parent)
+                if assets.kernel.exists() and assets.initramfs.exists():
+                    return assets
+        except (OSError, ValueError, KeyError):
+            continue
+    raise NotFoundError(
+        f"no up-to-date utility VM kernel/initramfs in {directory}: "
+        "run `hcsoci uvm build-assets` (or `make install`)"
+    )
+
+
+def _unchanged(path: str, size: int, mtime_ns: int) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return st.st_size == size and st.st_mtime_ns == mtime_ns
+
+
+class _CpioWriter:
+    """An in-memory cpio archive in the "newc" format the kernel unpacks."""
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+        self._inode = 1
+        self._dirs: set[str] = set()
+
+    def _entry(self, name: str, mode: int, data: bytes) -> None:
+        encoded = name.encode() + b"\0"
+        fields = (self._inode, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(encoded), 0)
+        self._inode += 1
+        header = b"070701" + b"".join(b"%08X" % field for field in fields)
+        self._chunks.append(header + encoded + b"\0" * (-(len(header) + len(encoded)) % 4))
+        self._chunks.append(data + b"\0" * (-len(data) % 4))
+
+    def directory(self, name: str) -> None:
+        if name not in self._dirs:
+            self._dirs.add(name)
+            self._entry(name, 0o040755, b"")
+
+    def path_parents(self, name: str) -> None:
+        parts = name.strip("/").split("/")
+        for end in range(1, len(parts) + 1):
+            self.directory("/".join(parts[:end]))
+
+    def file(self, name: str, data: bytes, mode: int) -> None:
+        self._entry(name, 0o100000 | mode, data)
+
+    def finish(self) -> bytes:
+        self._entry("TRAILER!!!", 0, b"")
+        return b"".join(self._chunks)

@@ -1,0 +1,68 @@
+"""UVMOptions: what a utility VM is made of (hcsshim's ``OptionsLCOW``)."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+
+from hcsoci.errors import InvalidArgumentError
+
+__all__ = ["ACCELERATORS", "UVMOptions"]
+
+ACCELERATORS = ("auto", "kvm", "tcg")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,47}")
+
+
+@dataclass
+class UVMOptions:
+    """Options of :func:`hcsoci.uvm.create`.
+
+    ``accel`` is ``auto`` (KVM when a probe boot under it works here, else TCG;
+    the verdict is cached with the boot assets), ``kvm`` or ``tcg``.
+    ``boot_timeout`` bounds the time from QEMU start to a guest agent that
+    answers.  ``plan9_slots`` is how many Plan9 shares can be added at once
+    (QEMU can only hot-plug a share whose file-system device was declared at
+    boot); ``scsi_luns`` is the capacity of the VM's SCSI controller.
+    """
+
+    id: str = ""
+    owner: str = ""
+    memory_mb: int = 1024
+    cpu_count: int = 2
+    accel: str = "auto"
+    boot_timeout: float = 120.0
+    request_timeout: float = 60.0
+    console_log: str = ""
+    """Where the guest's serial console goes; default ``<state root>/uvm/<id>/console.log``."""
+    assets_dir: str = ""
+    """Boot asset cache; default ``$HCSOCI_ASSETS`` or ``/var/lib/hcsoci/uvm``."""
+    plan9_slots: int = 8
+    scsi_luns: int = 64
+    root_cache: str = "loose"
+    """9p cache mode of the guest root (``loose``, ``mmap``, ``none``)."""
+    kernel_args: str = ""
+
+    def validated(self) -> UVMOptions:
+        """A copy with defaults filled in; raises InvalidArgumentError naming a bad field."""
+        uvm_id = self.id or "uvm-" + secrets.token_hex(6)
+        if not _ID.fullmatch(uvm_id):
+            raise InvalidArgumentError(
+                f"UVMOptions.id: {uvm_id!r} must be 1-48 characters of [A-Za-z0-9_.-]"
+            )
+        checks: list[tuple[str, object, bool]] = [
+            ("memory_mb", self.memory_mb, 128 <= self.memory_mb <= 65536),
+            ("cpu_count", self.cpu_count, 1 <= self.cpu_count <= 64),
+            ("accel", self.accel, self.accel in ACCELERATORS),
+            ("boot_timeout", self.boot_timeout, self.boot_timeout > 0),
+            ("request_timeout", self.request_timeout, self.request_timeout > 0),
+            ("plan9_slots", self.plan9_slots, 0 <= self.plan9_slots <= 64),
+            ("scsi_luns", self.scsi_luns, 1 <= self.scsi_luns <= 256),
+            ("root_cache", self.root_cache, self.root_cache in ("loose", "mmap", "none")),
+        ]
+        for name, value, ok in checks:
+            if not ok:
+                raise InvalidArgumentError(f"UVMOptions.{name}: invalid value {value!r}")
+        copy = UVMOptions(**vars(self))
+        copy.id = uvm_id
+        return copy

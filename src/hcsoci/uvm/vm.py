@@ -1,0 +1,516 @@
+"""The utility VM: a QEMU guest with this package's agent, driven over QMP.
+
+Lifecycle (hcsshim's ``uvm`` package): :func:`create` validates the options,
+finds the boot assets and records the VM in the state store; ``start``
+launches QEMU (in its own session, so a VM made by ``hcsoci uvm create``
+outlives that command), connects QMP and waits for the guest agent;
+``terminate`` asks QEMU to quit, then kills it; ``close`` terminates and
+releases everything on the host.  A VM is a ``ProcessHost``: ``command(vm,
+...)`` runs a process in the guest's own OS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import select
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from hcsoci.context import Context, background
+from hcsoci.cow import ProcessParameters
+from hcsoci.errors import AlreadyExistsError, HcsociError, InvalidArgumentError, NotFoundError
+from hcsoci.gcs.connection import GuestConnection, GuestProcess
+from hcsoci.mounts import unmount
+from hcsoci.store import Store, open_store, state_root
+from hcsoci.uvm.accel import QEMU_BINARY, machine_args, resolve_accel
+from hcsoci.uvm.assets import BootAssets, agent_path, load_assets
+from hcsoci.uvm.options import UVMOptions
+from hcsoci.uvm.plan9 import Plan9Share, Plan9Slots, mounts_under
+from hcsoci.uvm.qmp import QMPCommandError, QMPSession
+from hcsoci.uvm.scsi import SCSIAttachment, SCSIController
+
+__all__ = ["UVMStartError", "UtilityVM", "VMRecord", "create", "list_vms", "open_vm", "remove_vm"]
+
+log = logging.getLogger(__name__)
+
+GCS_PORT_ID = "gcsport"
+
+
+class UVMStartError(HcsociError):
+    """The VM did not boot to a working guest agent; the message ends with its console."""
+
+
+class VMRecord(dict[str, Any]):
+    """A row of the ``vms`` table."""
+
+
+def _vm_dir(uvm_id: str) -> Path:
+    return state_root() / "uvm" / uvm_id
+
+
+def _process_start_time(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return int(stat.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _qemu_alive(pid: int, start_time: int) -> bool:
+    return pid > 0 and _process_start_time(pid) == start_time != 0
+
+
+class UtilityVM:
+    """A QEMU utility VM with a guest agent (``hcsoci.cow.ProcessHost``)."""
+
+    def __init__(self, options: UVMOptions, assets: BootAssets, state_dir: Path, store: Store):
+        self.options = options
+        self.assets = assets
+        self.state_dir = state_dir
+        self._store = store
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._pid = 0
+        self._pid_start = 0
+        self._qmp: QMPSession | None = None
+        self._gcs: GuestConnection | None = None
+        self._watcher: threading.Thread | None = None
+        self._exited = threading.Event()
+        self._deleted: dict[str, threading.Event] = {}
+        self._deleted_lock = threading.Lock()
+        self._terminated = False
+        self.accel = ""
+        self.plan9 = Plan9Slots(self, state_dir / "plan9", options.plan9_slots)
+        self.scsi = SCSIController(self, options.scsi_luns)
+        self.console_log = options.console_log or str(state_dir / "console.log")
+
+    # -- identity -----------------------------------------------------------
+
+    def id(self) -> str:
+        """The VM's id."""
+        return self.options.id
+
+    def os(self) -> str:
+        """The guest's operating system."""
+        return "linux"
+
+    def is_oci(self) -> bool:
+        """False: the VM's own processes take :class:`ProcessParameters`."""
+        return False
+
+    def pid(self) -> int:
+        """The QEMU process id (0 before start)."""
+        return self._pid
+
+    @property
+    def boot_id(self) -> str:
+        """The guest kernel's boot id, as its agent reported it."""
+        return self._gcs.boot_id if self._gcs is not None else ""
+
+    @property
+    def gcs(self) -> GuestConnection:
+        """The bridge to the guest agent (raises before start)."""
+        if self._gcs is None:
+            raise HcsociError(f"VM {self.id()} is not started")
+        return self._gcs
+
+    def is_running(self) -> bool:
+        """Whether QEMU is running and the bridge to the agent works."""
+        return not self._exited.is_set() and self._gcs is not None and self._gcs.broken is None
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def qemu_command(self, accel: str) -> list[str]:
+        """The QEMU command line of this VM."""
+        d = self.state_dir
+        append = " ".join(
+            part
+            for part in (
+                "console=ttyS0 quiet panic=-1",
+                f"hcsoci.python={self.assets.python}",
+                f"hcsoci.agent={agent_path()}",
+                f"hcsoci.rootcache={self.options.root_cache}",
+                self.options.kernel_args,
+            )
+            if part
+        )
+        return [
+            QEMU_BINARY,
+            "-name",
+            f"hcsoci-{self.id()},debug-threads=on",
+            *machine_args(accel),
+            "-m",
+            str(self.options.memory_mb),
+            "-smp",
+            str(self.options.cpu_count),
+            "-display",
+            "none",
+            "-nodefaults",
+            "-no-user-config",
+            "-no-reboot",
+            "-pidfile",
+            str(d / "qemu.pid"),
+            "-chardev",
+            f"socket,id=qmp,path={d / 'qmp.sock'},server=on,wait=off",
+            "-mon",
+            "chardev=qmp,mode=control",
+            "-chardev",
+            f"file,id=console,path={self.console_log}",
+            "-serial",
+            "chardev:console",
+            "-kernel",
+            str(self.assets.kernel),
+            "-initrd",
+            str(self.assets.initramfs),
+            "-append",
+            append,
+            "-fsdev",
+            "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap",
+            "-device",
+            "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot",
+            "-device",
+            "virtio-serial-pci,id=vser0,max_ports=2",
+            "-chardev",
+            f"socket,id=gcs,path={d / 'gcs.sock'},server=on,wait=off",
+            "-device",
+            f"virtserialport,bus=vser0.0,chardev=gcs,name=hcsoci.gcs,id={GCS_PORT_ID}",
+            *SCSIController.qemu_args(),
+            *self.plan9.prepare(),
+        ]
+
+    def start(self, ctx: Context) -> None:
+        """Boot the VM and wait (``boot_timeout``) until its guest agent answers.
+
+        On failure the VM is terminated and its host resources released.
+        """
+        if ctx.err() is not None:
+            raise ctx.err()  # type: ignore[misc]
+        if self._process is not None or self._terminated:
+            raise HcsociError(f"VM {self.id()}: start called twice")
+        deadline = time.monotonic() + self.options.boot_timeout
+        try:
+            self.accel = resolve_accel(self.options.accel, self.assets)
+            command = self.qemu_command(self.accel)
+            with open(self.state_dir / "qemu.log", "wb") as qemu_log:
+                self._process = subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=qemu_log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            self._pid = self._process.pid
+            self._pid_start = _process_start_time(self._pid)
+            self._store.execute(
+                "UPDATE vms SET pid = ?, pid_start = ?, state = 'running', accel = ? WHERE id = ?",
+                (self._pid, self._pid_start, self.accel, self.id()),
+            )
+            self._watcher = threading.Thread(
+                target=self._watch_qemu, name=f"uvm-{self.id()}-watch", daemon=True
+            )
+            self._watcher.start()
+            self._connect(ctx, deadline)
+        except BaseException as err:
+            detail = self._failure_detail()
+            self.close()
+            if isinstance(err, HcsociError | OSError) and not isinstance(err, InvalidArgumentError):
+                raise UVMStartError(f"VM {self.id()} failed to start: {err}{detail}") from err
+            raise
+        log.info("utility VM started", extra={"vm": self.id(), "accel": self.accel})
+
+    def _connect(self, ctx: Context, deadline: float) -> None:
+        qmp_path = self.state_dir / "qmp.sock"
+        while not qmp_path.exists():
+            if self._exited.is_set():
+                raise UVMStartError(f"QEMU exited with status {self._process_status()}")
+            if time.monotonic() > deadline:
+                raise UVMStartError("QEMU did not create its monitor socket")
+            time.sleep(0.01)
+        self._qmp = QMPSession(self.id())
+        self._qmp.on_event(self._on_qmp_event)
+        self._qmp.connect(str(qmp_path))
+        self._gcs = GuestConnection.connect(
+            str(self.state_dir / "gcs.sock"),
+            ctx,
+            timeout=max(0.1, deadline - time.monotonic()),
+            name=self.id(),
+        )
+
+    def _failure_detail(self) -> str:
+        parts = []
+        for path, label in ((self.state_dir / "qemu.log", "QEMU"), (self.console_log, "console")):
+            with contextlib.suppress(OSError):
+                text = Path(path).read_text(errors="replace").strip()
+                if text:
+                    parts.append(f"\n--- {label} ({path}), last lines ---\n" + _tail(text, 15))
+        return "".join(parts)
+
+    def _process_status(self) -> int | None:
+        return self._process.poll() if self._process is not None else None
+
+    def _watch_qemu(self) -> None:
+        if self._process is not None:
+            self._process.wait()
+        else:
+            _wait_pid(self._pid, self._pid_start)
+        self._exited.set()
+        if self._gcs is not None:
+            self._gcs.fail(f"VM {self.id()} stopped")
+        with self._deleted_lock:
+            for event in self._deleted.values():
+                event.set()
+
+    def _on_qmp_event(self, name: str, data: dict[str, Any]) -> None:
+        if name == "DEVICE_DELETED":
+            device = str(data.get("device", ""))
+            with self._deleted_lock:
+                event = self._deleted.setdefault(device, threading.Event())
+            event.set()
+        elif name == "VSERPORT_CHANGE" and data.get("id") == GCS_PORT_ID:
+            if not data.get("open") and self._gcs is not None:
+                self._gcs.fail(f"the guest agent of VM {self.id()} closed its port (crashed?)")
+
+    def wait(self) -> None:
+        """Block until QEMU has exited."""
+        self._exited.wait()
+
+    def terminate(self, ctx: Context) -> None:
+        """Stop the VM now: QMP ``quit``, then SIGKILL if QEMU lingers.  Always works."""
+        self._terminated = True
+        if self._gcs is not None:
+            self._gcs.close()
+        if self._qmp is not None and not self._exited.is_set():
+            with contextlib.suppress(QMPCommandError):
+                self._qmp.execute("quit", timeout=5.0)
+        if self._qmp is not None:
+            self._qmp.close()
+        if self._pid and not self._exited.wait(5.0) and _qemu_alive(self._pid, self._pid_start):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._pid, signal.SIGKILL)
+        if self._watcher is not None:
+            self._watcher.join(30.0)
+        elif self._pid:
+            _wait_pid(self._pid, self._pid_start)
+        self._exited.set()
+
+    def close(self) -> None:
+        """Terminate the VM and release its host resources and its state record."""
+        self.terminate(background())
+        self.plan9.unbind_all()
+        self.scsi.clear()
+        _remove_state(self.id(), self.state_dir, self._store)
+
+    def detach(self) -> None:
+        """Drop this handle's connections but leave the VM running (for other processes)."""
+        self._terminated = True
+        if self._gcs is not None:
+            self._gcs.close()
+        if self._qmp is not None:
+            self._qmp.close()
+
+    # -- processes ----------------------------------------------------------
+
+    def create_process(self, ctx: Context, config: Any) -> GuestProcess:
+        """Start a process in the guest's own OS; ``config`` is :class:`ProcessParameters`."""
+        if not isinstance(config, ProcessParameters):
+            raise InvalidArgumentError(
+                f"UtilityVM.create_process: config is {type(config).__name__}, "
+                "not ProcessParameters"
+            )
+        return self.gcs.create_process(ctx, config)
+
+    def gcs_request(self, ctx: Context, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Send one request to the guest agent (bounded by ``request_timeout``)."""
+        return self.gcs.request(ctx, op, args, timeout=self.options.request_timeout)
+
+    # -- devices ------------------------------------------------------------
+
+    def _qmp_execute(self, command: str, arguments: dict[str, Any]) -> Any:
+        if self._qmp is None or self._exited.is_set():
+            raise HcsociError(f"VM {self.id()} is not running")
+        return self._qmp.execute(command, arguments)
+
+    def _device_add(self, arguments: dict[str, Any]) -> None:
+        with self._deleted_lock:
+            self._deleted.pop(str(arguments["id"]), None)
+        self._qmp_execute("device_add", arguments)
+
+    def _device_del(self, device: str, timeout: float = 30.0) -> None:
+        if self._qmp is None or self._exited.is_set():
+            return
+        with self._deleted_lock:
+            event = self._deleted.setdefault(device, threading.Event())
+        try:
+            self._qmp.execute("device_del", {"id": device})
+        except QMPCommandError as err:
+            if "not found" in str(err):
+                return
+            raise
+        if not event.wait(timeout):
+            raise HcsociError(f"VM {self.id()}: device {device} was not unplugged in {timeout} s")
+
+    def _blockdev_del(self, node: str) -> None:
+        if self._qmp is None or self._exited.is_set():
+            return
+        try:
+            self._qmp.execute("blockdev-del", {"node-name": node})
+        except QMPCommandError as err:
+            if "not found" not in str(err) and "Failed to find" not in str(err):
+                raise
+
+    def add_plan9(
+        self,
+        ctx: Context,
+        host_path: str,
+        uvm_path: str,
+        read_only: bool = True,
+        restrict: bool = False,
+        allowed_names: list[str] | tuple[str, ...] = (),
+    ) -> Plan9Share:
+        """Share a host directory at ``uvm_path`` in the guest.
+
+        With ``restrict`` only ``allowed_names`` (files of ``host_path``) are visible.
+        """
+        return self.plan9.add(ctx, host_path, uvm_path, read_only, restrict, allowed_names)
+
+    def remove_plan9(self, ctx: Context, share: Plan9Share) -> None:
+        """Unmount and unplug a share (NotFoundError for one this VM does not have)."""
+        self.plan9.remove(ctx, share)
+
+    def find_plan9(self, name: str) -> Plan9Share | None:
+        """The share whose tag is ``name``."""
+        return self.plan9.find(name)
+
+    def add_scsi(
+        self, ctx: Context, host_path: str, uvm_path: str, read_only: bool = False
+    ) -> SCSIAttachment:
+        """Attach a disk image over SCSI and mount it at ``uvm_path`` (ref-counted)."""
+        return self.scsi.add(ctx, host_path, uvm_path, read_only)
+
+    def remove_scsi(self, ctx: Context, host_path: str) -> None:
+        """Drop one reference to an attached disk; the last one detaches it."""
+        self.scsi.remove(ctx, host_path)
+
+    def find_scsi(self, host_path: str) -> SCSIAttachment | None:
+        """The attachment of ``host_path``, if any."""
+        return self.scsi.find(host_path)
+
+    def __enter__(self) -> UtilityVM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<UtilityVM {self.id()} pid={self._pid} accel={self.accel or '?'}>"
+
+
+def _tail(text: str, lines: int) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _wait_pid(pid: int, start_time: int) -> None:
+    """Wait for a process that is not our child (a VM opened by id)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        if _process_start_time(pid) == start_time:
+            select.select([pidfd], [], [])
+    finally:
+        os.close(pidfd)
+
+
+def _remove_state(uvm_id: str, state_dir: Path, store: Store) -> None:
+    for point in sorted(mounts_under(state_dir), reverse=True):
+        unmount(point)
+    shutil.rmtree(state_dir, ignore_errors=True)
+    store.execute("DELETE FROM vms WHERE id = ?", (uvm_id,))
+
+
+def create(ctx: Context, options: UVMOptions) -> UtilityVM:
+    """Make a utility VM (not started yet; call ``start``).
+
+    Raises NotFoundError, saying how to build them, when the boot assets are missing.
+    """
+    if ctx.err() is not None:
+        raise ctx.err()  # type: ignore[misc]
+    opts = options.validated()
+    assets = load_assets(Path(opts.assets_dir) if opts.assets_dir else None)
+    store = open_store()
+    state_dir = _vm_dir(opts.id)
+    with store.transaction() as conn:
+        if conn.execute("SELECT 1 FROM vms WHERE id = ?", (opts.id,)).fetchone():
+            raise AlreadyExistsError(f"UVMOptions.id: a VM {opts.id!r} exists already")
+        conn.execute(
+            "INSERT INTO vms (id, owner, state, state_dir, options, created_at) "
+            "VALUES (?, ?, 'created', ?, ?, ?)",
+            (opts.id, opts.owner, str(state_dir), json.dumps(vars(opts)), time.time()),
+        )
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except BaseException:
+        store.execute("DELETE FROM vms WHERE id = ?", (opts.id,))
+        raise
+    return UtilityVM(opts, assets, state_dir, store)
+
+
+def list_vms(store: Store | None = None) -> list[VMRecord]:
+    """Every recorded VM, with ``alive`` telling whether its QEMU still runs."""
+    store = store or open_store()
+    records = []
+    for row in store.query("SELECT * FROM vms ORDER BY created_at"):
+        record = VMRecord(dict(row))
+        record["alive"] = _qemu_alive(int(row["pid"]), int(row["pid_start"]))
+        records.append(record)
+    return records
+
+
+def open_vm(ctx: Context, uvm_id: str, timeout: float = 30.0) -> UtilityVM:
+    """Attach to a running VM by id (another process started it).
+
+    Devices added by the other process are not known to this handle.
+    """
+    store = open_store()
+    rows = store.query("SELECT * FROM vms WHERE id = ?", (uvm_id,))
+    if not rows:
+        raise NotFoundError(f"no utility VM with id {uvm_id!r}")
+    row = rows[0]
+    if not _qemu_alive(int(row["pid"]), int(row["pid_start"])):
+        raise NotFoundError(f"utility VM {uvm_id!r} is not running (remove it with `uvm rm`)")
+    options = UVMOptions(**json.loads(row["options"]))
+    assets = load_assets(Path(options.assets_dir) if options.assets_dir else None)
+    vm = UtilityVM(options, assets, Path(row["state_dir"]), store)
+    vm._pid, vm._pid_start, vm.accel = int(row["pid"]), int(row["pid_start"]), row["accel"]
+    vm._watcher = threading.Thread(target=vm._watch_qemu, name=f"uvm-{uvm_id}-watch", daemon=True)
+    vm._watcher.start()
+    try:
+        vm._connect(ctx, time.monotonic() + timeout)
+    except BaseException:
+        vm.detach()
+        raise
+    return vm
+
+
+def remove_vm(uvm_id: str, store: Store | None = None) -> None:
+    """Kill a VM's QEMU (if running) and release its host state; for ``uvm rm`` and gc."""
+    store = store or open_store()
+    rows = store.query("SELECT * FROM vms WHERE id = ?", (uvm_id,))
+    if not rows:
+        raise NotFoundError(f"no utility VM with id {uvm_id!r}")
+    row = rows[0]
+    pid, start_time = int(row["pid"]), int(row["pid_start"])
+    if _qemu_alive(pid, start_time):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        _wait_pid(pid, start_time)
+    _remove_state(uvm_id, Path(row["state_dir"]), store)

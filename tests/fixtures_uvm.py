@@ -1,0 +1,115 @@
+"""Utility VM fixtures: boot assets, one shared VM per test module, leak checks.
+
+``uvm`` boots one VM per test module (booting costs seconds under TCG) and
+terminates it at the end of the module, then checks that no QEMU process,
+state directory, record or host mount of it is left.  ``make_uvm`` is for
+tests that need a VM of their own (crash tests); it has the same checks.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hcsoci import context
+from hcsoci.store import open_store
+from hcsoci.uvm import BootAssets, UtilityVM, UVMOptions, build_assets, create
+from hcsoci.uvm.plan9 import mounts_under
+
+MakeUVM = Callable[..., UtilityVM]
+
+
+@pytest.fixture(scope="session")
+def uvm_assets() -> BootAssets:
+    """The boot assets (built once per machine, then reused from the cache)."""
+    return build_assets()
+
+
+def qemu_processes(uvm_id: str) -> list[int]:
+    """Pids of QEMU processes running the VM ``uvm_id``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmdline and cmdline[0].endswith(b"qemu-system-x86_64"):
+            if f"hcsoci-{uvm_id},".encode() in b" ".join(cmdline):
+                found.append(int(entry))
+    return found
+
+
+def assert_vm_gone(vm: UtilityVM) -> None:
+    """Nothing of ``vm`` is left on the host."""
+    assert qemu_processes(vm.id()) == [], f"qemu of {vm.id()} still running"
+    assert not vm.state_dir.exists(), f"{vm.state_dir} left behind"
+    assert mounts_under(vm.state_dir) == []
+    rows = open_store().query("SELECT id FROM vms WHERE id = ?", (vm.id(),))
+    assert rows == [], f"vms row of {vm.id()} left behind"
+
+
+def _boot(assets: BootAssets, **overrides: Any) -> UtilityVM:
+    options = UVMOptions(id="t-" + secrets.token_hex(4), owner="pytest", **overrides)
+    vm = create(context.background(), options)
+    vm.start(context.background())
+    return vm
+
+
+@pytest.fixture(scope="module")
+def uvm(uvm_assets: BootAssets) -> Iterator[UtilityVM]:
+    """One running VM shared by the tests of a module (3 SCSI targets, 4 Plan9 slots)."""
+    vm = _boot(uvm_assets, scsi_luns=3, plan9_slots=4, request_timeout=60.0)
+    try:
+        yield vm
+    finally:
+        vm.close()
+        assert_vm_gone(vm)
+
+
+@pytest.fixture
+def make_uvm(uvm_assets: BootAssets) -> Iterator[MakeUVM]:
+    """``make_uvm(**UVMOptions fields)``: a VM of the test's own, closed at teardown."""
+    made: list[UtilityVM] = []
+
+    def make(**overrides: Any) -> UtilityVM:
+        vm = _boot(uvm_assets, **overrides)
+        made.append(vm)
+        return vm
+
+    try:
+        yield make
+    finally:
+        for vm in made:
+            vm.close()
+        for vm in made:
+            assert_vm_gone(vm)
+
+
+@pytest.fixture
+def ext4_image(tmp_path: Path) -> Callable[[dict[str, bytes]], Path]:
+    """``ext4_image(files)``: a small ext4 image file holding ``files`` (name -> content)."""
+    count = 0
+
+    def make(files: dict[str, bytes]) -> Path:
+        nonlocal count
+        count += 1
+        source = tmp_path / f"image{count}-src"
+        source.mkdir()
+        for name, content in files.items():
+            (source / name).write_bytes(content)
+        image = tmp_path / f"image{count}.ext4"
+        subprocess.run(
+            ["mke2fs", "-q", "-F", "-t", "ext4", "-d", str(source), str(image), "8M"],
+            check=True,
+        )
+        return image
+
+    return make

@@ -1,0 +1,309 @@
+"""Containers over runc on the busybox image: init and exec processes, stdio, signals, terminal."""
+
+from __future__ import annotations
+
+import io
+import os
+import select
+import signal
+import threading
+import time
+from typing import IO
+
+import pytest
+
+from fixtures_containers import Created, SpecFactory
+from hcsoci import context, oci
+from hcsoci.container import Container, ContainerProcess, open_container
+from hcsoci.errors import InvalidArgumentError, NotFoundError, StateError
+
+CTX = context.background()
+PATH_ENV = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]
+
+
+def read_all(stream: IO[bytes] | None) -> bytes:
+    assert stream is not None
+    chunks = []
+    while True:
+        try:
+            chunk = stream.read(65536)
+        except OSError:  # a terminal's master reads EIO once the other side is gone
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def run_exec(container: Container, args: list[str], **fields: object) -> tuple[int, bytes, bytes]:
+    process = container.create_process(
+        CTX,
+        oci.Process(args=args, env=fields.pop("env", PATH_ENV), **fields),  # type: ignore[arg-type]
+    )
+    try:
+        _, stdout, stderr = process.stdio()
+        out = read_all(stdout)
+        err = read_all(stderr) if stderr is not None else b""
+        process.wait()
+        return process.exit_code(), out, err
+    finally:
+        process.close()
+
+
+def started(created: Created, container_spec: SpecFactory) -> Container:
+    container, _ = created(container_spec(["sleep", "600"]))
+    container.start(CTX)
+    return container
+
+
+def test_init_with_relayed_stdio_output_and_exit_code(
+    created: Created, container_spec: SpecFactory
+) -> None:
+    container, _ = created(container_spec(["sh", "-c", "echo out; echo err >&2; exit 3"]))
+    assert container.properties(CTX).state == "created"
+    process = container.create_process(CTX, None)
+    try:
+        _, stdout, stderr = process.stdio()
+        assert read_all(stdout) == b"out\n"
+        assert read_all(stderr) == b"err\n"
+        process.wait()
+        assert process.exit_code() == 3
+    finally:
+        process.close()
+    props = container.properties(CTX)
+    assert props.state == "stopped"
+    assert props.exit_code == 3
+    with pytest.raises(StateError, match="started already"):
+        container.create_process(CTX, None)
+
+
+def test_init_stdin_is_relayed(created: Created, container_spec: SpecFactory) -> None:
+    container, _ = created(container_spec(["cat"]))
+    process = container.create_process(CTX, None)
+    try:
+        stdin, stdout, _ = process.stdio()
+        assert stdin is not None
+        stdin.write(b"through the container\n")
+        process.close_stdin(CTX)
+        assert read_all(stdout) == b"through the container\n"
+        process.wait()
+        assert process.exit_code() == 0
+    finally:
+        process.close()
+
+
+def test_start_writes_the_init_output_to_the_log_and_wait_sees_init_exit(
+    created: Created, container_spec: SpecFactory
+) -> None:
+    container, _ = created(container_spec(["sh", "-c", "echo logged; exit 7"]))
+    container.start(CTX)
+    container.wait()
+    assert container.properties(CTX).exit_code == 7
+    assert container.log_path.read_bytes() == b"logged\n"
+    with pytest.raises(StateError):
+        container.start(CTX)
+
+
+def test_exec_env_cwd_and_user(created: Created, container_spec: SpecFactory) -> None:
+    container = started(created, container_spec)
+    code, out, _ = run_exec(
+        container,
+        ["sh", "-c", 'echo "$GREETING"; pwd; id -u; id -g'],
+        env=[*PATH_ENV, "GREETING=hello there"],
+        cwd="/tmp",
+        user=oci.User(uid=65534, gid=65534),
+    )
+    assert code == 0
+    assert out == b"hello there\n/tmp\n65534\n65534\n"
+    props = container.properties(CTX)
+    assert props.state == "running"
+    assert props.init_pid > 0 and props.init_pid in props.processes
+    assert props.memory_usage_bytes is not None and props.memory_usage_bytes > 0
+    assert props.cpu_usage_ns is not None and props.cpu_usage_ns > 0
+
+
+def test_exec_exit_codes_and_signals(created: Created, container_spec: SpecFactory) -> None:
+    container = started(created, container_spec)
+    assert run_exec(container, ["sh", "-c", "exit 42"])[0] == 42
+    assert run_exec(container, ["sh", "-c", "kill -TERM $$"])[0] == 128 + signal.SIGTERM
+
+
+def test_exec_kill_and_signal(created: Created, container_spec: SpecFactory) -> None:
+    container = started(created, container_spec)
+    process = container.create_process(CTX, oci.Process(args=["sleep", "600"], env=PATH_ENV))
+    try:
+        assert process.pid() > 0
+        with pytest.raises(StateError):
+            process.exit_code()
+        assert process.signal(CTX, signal.SIGUSR1)
+        process.wait()
+        assert process.exit_code() == 128 + signal.SIGUSR1
+        assert not process.kill(CTX)  # gone: not delivered
+    finally:
+        process.close()
+
+
+def test_cmd_drives_a_container_like_a_local_host(
+    created: Created, container_spec: SpecFactory
+) -> None:
+    from hcsoci.cmd import Cmd, ExitError, command, command_context
+
+    container, _ = created(container_spec(["sh", "-c", "read x; echo init got $x"]))
+    init = Cmd(container, None)
+    init.stdin = io.BytesIO(b"word\n")
+    assert init.output() == b"init got word\n"  # spec=None: the init, stdio relayed
+
+    container, _ = created(container_spec(["sleep", "600"]))
+    container.start(CTX)
+    assert command(container, "sh", "-c", "echo $PATH; pwd").output() == (
+        b"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n/\n"
+    )
+    failing = command(container, "sh", "-c", "exit 5")
+    with pytest.raises(ExitError) as info:
+        failing.run()
+    assert info.value.exit_code == 5
+    # A context that expires kills the exec'd process: SIGKILL, 128 + 9.
+    ctx, cancel = context.with_timeout(CTX, 0.3)
+    try:
+        with pytest.raises(ExitError) as info:
+            command_context(ctx, container, "sleep", "600").run()
+        assert info.value.exit_code == 128 + signal.SIGKILL
+    finally:
+        cancel()
+    done_ctx, cancel_done = context.with_cancel(CTX)
+    cancel_done()
+    with pytest.raises(context.Canceled):
+        container.create_process(done_ctx, oci.Process(args=["true"], env=PATH_ENV))
+
+
+def test_terminate_and_shutdown(created: Created, container_spec: SpecFactory) -> None:
+    container = started(created, container_spec)
+    container.terminate(CTX)
+    container.wait()
+    assert container.properties(CTX).exit_code == 128 + signal.SIGKILL
+    assert container.properties(CTX).state == "stopped"
+    with pytest.raises(StateError):
+        container.create_process(CTX, oci.Process(args=["true"], env=PATH_ENV))
+
+    trapping, _ = created(
+        container_spec(["sh", "-c", 'trap "exit 42" TERM; while true; do sleep 0.05; done'])
+    )
+    trapping.start(CTX)
+    time.sleep(0.2)  # let the shell install its trap
+    trapping.shutdown(CTX)
+    trapping.wait()
+    assert trapping.properties(CTX).exit_code == 42
+
+
+def test_exec_terminal_and_resize(created: Created, container_spec: SpecFactory) -> None:
+    container = started(created, container_spec)
+    script = (
+        "stty size; read line; echo got $line; "
+        'for i in $(seq 100); do s=$(stty size); [ "$s" = "40 100" ] && break; sleep 0.02; done; '
+        "echo now $s"
+    )
+    process = container.create_process(
+        CTX,
+        oci.Process(
+            args=["sh", "-c", script],
+            env=[*PATH_ENV, "TERM=xterm"],
+            terminal=True,
+            console_size=oci.Box(height=24, width=80),
+        ),
+    )
+    try:
+        stdin, stdout, stderr = process.stdio()
+        assert stdin is not None and stdout is not None and stderr is None
+        output = read_until(stdout, b"24 80")
+        process.resize_console(CTX, 100, 40)
+        stdin.write(b"hello\n")
+        output += read_all(stdout)
+        process.wait()
+        assert process.exit_code() == 0
+        assert b"got hello" in output
+        assert b"now 40 100" in output
+    finally:
+        process.close()
+    plain = container.create_process(CTX, oci.Process(args=["true"], env=PATH_ENV))
+    try:
+        with pytest.raises(StateError, match="no terminal"):
+            plain.resize_console(CTX, 80, 24)
+        plain.wait()
+    finally:
+        plain.close()
+
+
+def read_until(stream: IO[bytes], marker: bytes, timeout: float = 10.0) -> bytes:
+    data = b""
+    deadline = time.monotonic() + timeout
+    while marker not in data:
+        ready, _, _ = select.select([stream], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"no {marker!r} in {data!r}"
+        chunk = os.read(stream.fileno(), 4096)
+        assert chunk, f"EOF before {marker!r} in {data!r}"
+        data += chunk
+    return data
+
+
+def test_exec_failures_are_clear(created: Created, container_spec: SpecFactory) -> None:
+    container, _ = created(container_spec(["sleep", "600"]))
+    with pytest.raises(StateError, match="state created"):
+        container.create_process(CTX, oci.Process(args=["true"], env=PATH_ENV))
+    container.start(CTX)
+    with pytest.raises(NotFoundError, match="no-such-program"):
+        container.create_process(CTX, oci.Process(args=["no-such-program"], env=PATH_ENV))
+    with pytest.raises(InvalidArgumentError, match="config"):
+        container.create_process(CTX, ["not", "a", "process"])
+
+
+def test_pipes_requested_by_a_wrapper_config(created: Created, container_spec: SpecFactory) -> None:
+    class Parameters:  # the lcow.ProcessParameters shape a Cmd passes
+        def __init__(self, process: oci.Process | None) -> None:
+            self.process = process
+            self.create_stdin_pipe = False
+            self.create_stdout_pipe = True
+            self.create_stderr_pipe = False
+
+    container = started(created, container_spec)
+    process = container.create_process(
+        CTX, Parameters(oci.Process(args=["sh", "-c", "echo only-out; cat"], env=PATH_ENV))
+    )
+    try:
+        stdin, stdout, stderr = process.stdio()
+        assert stdin is None and stderr is None
+        assert read_all(stdout) == b"only-out\n"  # cat read EOF from /dev/null
+        process.wait()
+        assert process.exit_code() == 0
+    finally:
+        process.close()
+
+
+def test_open_container_from_the_store(created: Created, container_spec: SpecFactory) -> None:
+    container = started(created, container_spec)
+    other = open_container(container.id())
+    assert other.properties(CTX).state == "running"
+    assert other.properties(CTX).init_pid == container.properties(CTX).init_pid
+    waiter = threading.Thread(target=other.wait)
+    waiter.start()
+    other.terminate(CTX)  # through `runc kill`: this handle did not start the init
+    waiter.join(10)
+    assert not waiter.is_alive()
+    container.wait()
+    with pytest.raises(NotFoundError) as info:
+        open_container("no-such-container")
+    assert isinstance(info.value, FileNotFoundError)
+
+
+def test_process_object_is_a_cow_process(created: Created, container_spec: SpecFactory) -> None:
+    from hcsoci import cow
+
+    container, _ = created(container_spec(["true"]))
+    assert isinstance(container, cow.Container)
+    assert container.is_oci() and container.os() == "linux"
+    process = container.create_process(CTX, None)
+    try:
+        assert isinstance(process, cow.Process)
+        assert isinstance(process, ContainerProcess)
+        process.wait()
+    finally:
+        process.close()

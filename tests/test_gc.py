@@ -1,0 +1,120 @@
+"""Kill -9 of a controller, then ``hcsoci gc``: nothing may be left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from fixtures_containers import HostSnapshot, SpecFactory
+from hcsoci import context, oci
+from hcsoci.gc import collect, controller_alive, process_start_time
+
+# The controller: creates a container from the spec file, reports, then blocks.
+# With HCSOCI_TEST_PAUSE_AT=mounted it blocks inside create_container instead.
+CONTROLLER = textwrap.dedent(
+    """
+    import os, sys, threading
+    from hcsoci import context, oci, CreateOptions, create_container
+    spec = oci.decode_spec(open(sys.argv[1], "rb").read())
+    container, resources = create_container(context.background(), CreateOptions(spec=spec))
+    container.start(context.background())
+    os.write(int(os.environ["HCSOCI_TEST_PAUSE_FD"]), b"started\\n")
+    threading.Event().wait()
+    """
+)
+
+
+@pytest.fixture
+def controller(tmp_path: Path) -> Iterator[Callable[[oci.Spec, str], str]]:
+    """``controller(spec, pause_at)`` runs a controller until it reports, then SIGKILLs it."""
+    children: list[subprocess.Popen[bytes]] = []
+
+    def run(spec: oci.Spec, pause_at: str) -> str:
+        spec_file = tmp_path / f"spec-{len(children)}.json"
+        spec_file.write_bytes(oci.encode_spec(spec))
+        read_end, write_end = os.pipe()
+        env = {**os.environ, "HCSOCI_TEST_PAUSE_FD": str(write_end)}
+        if pause_at:
+            env["HCSOCI_TEST_PAUSE_AT"] = pause_at
+        child = subprocess.Popen(
+            [sys.executable, "-c", CONTROLLER, str(spec_file)], env=env, pass_fds=(write_end,)
+        )
+        children.append(child)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as reports:
+            reached = reports.readline().decode().strip()
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        return reached
+
+    try:
+        yield run
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+
+
+def hcsoci_gc() -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "hcsoci.cli.main", "gc"], capture_output=True, text=True, check=True
+    )
+    return result.stdout
+
+
+def test_kill_mid_create_then_gc_leaves_nothing(
+    controller: Callable[[oci.Spec, str], str],
+    container_spec: SpecFactory,
+    scratch_root: Path,
+    tmp_path: Path,
+    no_leaks: Callable[[], HostSnapshot],
+) -> None:
+    content = tmp_path / "disk-content"
+    content.mkdir()
+    disk = scratch_root / "disk.img"
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(content), str(disk), "4M"], check=True)
+    spec = container_spec(["true"])
+    spec.mounts = [
+        *(spec.mounts or []),
+        oci.Mount(destination="/disk", type="automanage-virtual-disk", source=str(disk)),
+    ]
+    before = no_leaks()
+    assert controller(spec, "mounted") == "mounted"
+    left = no_leaks()
+    assert len(left.mounts) == len(before.mounts) + 2  # the overlay and the disk
+    assert len(left.loop_devices) == 1
+    assert len(left.container_rows) == len(before.container_rows) + 1
+    assert left.container_rows[0] in hcsoci_gc()
+    assert not disk.exists()  # automanaged: deleted on release
+
+
+def test_kill_of_a_running_containers_controller_then_gc(
+    controller: Callable[[oci.Spec, str], str],
+    container_spec: SpecFactory,
+    no_leaks: Callable[[], HostSnapshot],
+) -> None:
+    before = no_leaks()
+    assert controller(container_spec(["sleep", "600"]), "") == "started"
+    left = no_leaks()
+    assert len(left.runtime_containers) == len(before.runtime_containers) + 1
+    hcsoci_gc()
+    assert no_leaks() == before
+    # A second gc finds nothing to do.
+    assert collect(context.background()) == []
+
+
+def test_controller_identity_guards_pid_reuse() -> None:
+    me = os.getpid()
+    start = process_start_time(me)
+    assert start is not None
+    assert controller_alive(me, start)
+    assert not controller_alive(me, start + 1)  # same pid, another process
+    assert controller_alive(0, 0)  # handed over to the user: never garbage

@@ -1,0 +1,205 @@
+"""hcsoci.relay.copy: zero-copy between real descriptors, a buffer otherwise."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import tempfile
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from hcsoci import relay
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
+DATA = os.urandom(3 << 20)
+
+
+@pytest.fixture
+def tmp() -> Iterator[str]:
+    with tempfile.TemporaryDirectory(prefix="hcsoci-t-") as path:
+        yield path
+
+
+@pytest.fixture
+def count_kernel_moves(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Bytes moved by os.splice / os.sendfile (the real calls, counted)."""
+    moved = {"splice": 0, "sendfile": 0}
+    real_splice, real_sendfile = os.splice, os.sendfile
+
+    def splice(*args: Any, **kwargs: Any) -> int:
+        n = real_splice(*args, **kwargs)
+        moved["splice"] += n
+        return n
+
+    def sendfile(*args: Any, **kwargs: Any) -> int:
+        n = real_sendfile(*args, **kwargs)
+        moved["sendfile"] += n
+        return n
+
+    monkeypatch.setattr(os, "splice", splice)
+    monkeypatch.setattr(os, "sendfile", sendfile)
+    return moved
+
+
+def _feed(fd: int, data: bytes) -> threading.Thread:
+    def write() -> None:
+        with io.FileIO(fd, "wb") as sink:
+            sink.write(data)
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    return thread
+
+
+def test_pipe_to_file_is_spliced(tmp: str, count_kernel_moves: dict[str, int]) -> None:
+    read_end, write_end = os.pipe()
+    feeder = _feed(write_end, DATA)
+    with io.FileIO(read_end, "rb") as src, open(os.path.join(tmp, "out"), "wb") as dst:
+        dst.write(b"head:")  # buffered by the writer: must come first
+        assert relay.copy(dst, src) == len(DATA)
+    feeder.join()
+    with open(os.path.join(tmp, "out"), "rb") as result:
+        assert result.read() == b"head:" + DATA
+    assert count_kernel_moves["splice"] == len(DATA)
+
+
+def test_file_to_pipe_keeps_what_the_reader_buffered(
+    tmp: str, count_kernel_moves: dict[str, int]
+) -> None:
+    path = os.path.join(tmp, "in")
+    with open(path, "wb") as f:
+        f.write(DATA)
+    read_end, write_end = os.pipe()
+    received: list[bytes] = []
+
+    def drain() -> None:
+        with io.FileIO(read_end, "rb") as pipe:
+            received.append(pipe.readall())
+
+    drainer = threading.Thread(target=drain)
+    drainer.start()
+    with open(path, "rb") as src, io.FileIO(write_end, "wb") as dst:
+        assert src.read(10) == DATA[:10]  # the reader now holds read-ahead data
+        assert relay.copy(dst, src) == len(DATA) - 10
+    drainer.join()
+    assert received == [DATA[10:]]
+    assert count_kernel_moves["splice"] > 0
+
+
+def test_file_to_socket_is_sent(tmp: str, count_kernel_moves: dict[str, int]) -> None:
+    path = os.path.join(tmp, "in")
+    with open(path, "wb") as f:
+        f.write(DATA)
+    left, right = socket.socketpair()
+    received = bytearray()
+
+    def drain() -> None:
+        while chunk := right.recv(1 << 20):
+            received.extend(chunk)
+
+    drainer = threading.Thread(target=drain)
+    drainer.start()
+    with open(path, "rb", buffering=0) as src, left:
+        assert relay.copy(left.makefile("wb", buffering=0), src) == len(DATA)
+        left.shutdown(socket.SHUT_WR)
+    drainer.join()
+    right.close()
+    assert bytes(received) == DATA
+    assert count_kernel_moves["sendfile"] == len(DATA)
+
+
+def test_python_objects_go_through_a_buffer(count_kernel_moves: dict[str, int]) -> None:
+    dst = io.BytesIO()
+    assert relay.copy(dst, io.BytesIO(DATA)) == len(DATA)
+    assert dst.getvalue() == DATA
+    assert count_kernel_moves == {"splice": 0, "sendfile": 0}
+
+
+class _KeepingWriter:
+    """A duck-typed writer that keeps what it is given (and returns None)."""
+
+    def __init__(self) -> None:
+        self.chunks: list[Any] = []
+
+    def write(self, data: Any) -> None:
+        self.chunks.append(data)
+
+
+def test_writers_that_keep_their_argument_get_their_own_bytes() -> None:
+    dst = _KeepingWriter()
+    relay.copy(dst, io.BytesIO(DATA))
+    assert b"".join(dst.chunks) == DATA
+    assert all(isinstance(chunk, bytes) for chunk in dst.chunks)
+
+
+class _ReadOnly:
+    """A duck-typed reader with read() only."""
+
+    def __init__(self, data: bytes) -> None:
+        self.stream = io.BytesIO(data)
+
+    def read(self, size: int = -1) -> bytes:
+        return self.stream.read(min(size, 1000))
+
+
+def test_readers_with_only_read() -> None:
+    dst = io.BytesIO()
+    assert relay.copy(dst, _ReadOnly(DATA)) == len(DATA)
+    assert dst.getvalue() == DATA
+
+
+class _Trickle(io.RawIOBase):
+    """A raw writer that takes at most 7 bytes per call."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        chunk = bytes(data[:7])
+        self.data.extend(chunk)
+        return len(chunk)
+
+
+def test_partial_writes_are_completed() -> None:
+    dst = _Trickle()
+    relay.copy(dst, io.BytesIO(DATA[:10000]))
+    assert bytes(dst.data) == DATA[:10000]
+
+
+def test_progress_counts_until_an_error() -> None:
+    class Broken(io.RawIOBase):
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data: Any) -> int:
+            self.calls += 1
+            if self.calls > 1:
+                raise OSError(28, "full (simulated)")
+            return len(data)
+
+    progress = relay.Progress()
+    with pytest.raises(OSError, match="simulated"):
+        relay.copy(Broken(), io.BytesIO(DATA), progress)
+    assert progress.bytes == 256 * 1024  # the first buffer made it
+
+
+def test_non_blocking_source_pipe_is_waited_for(tmp: str) -> None:
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    feeder = _feed(write_end, DATA)
+    with io.FileIO(read_end, "rb") as src:
+        dst = io.BytesIO()
+        assert relay.copy(dst, src) == len(DATA)
+    feeder.join()
+    assert dst.getvalue() == DATA
