@@ -34,6 +34,7 @@ venv: $(VENV)/.installed
 
 demo: install
 	$(PY) -m hcsoci.demo
+	$(VENV)/bin/hcsoci run --rm -- sh -c 'echo "hello from $$(hostname), a runc container on the busybox image"; id'
 
 lint: venv
 	$(VENV)/bin/ruff check src tests bench

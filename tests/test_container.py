@@ -143,6 +143,23 @@ def test_exec_kill_and_signal(created: Created, container_spec: SpecFactory) -> 
         process.close()
 
 
+def test_cmd_makes_only_the_pipes_it_relays(created: Created, container_spec: SpecFactory) -> None:
+    """A Cmd without stdout/stderr gets no pipes: a chatty process cannot block on one."""
+    from hcsoci.cmd import command
+
+    container, _ = created(container_spec(["sleep", "600"]))
+    container.start(CTX)
+    chatty = command(
+        container, "sh", "-c", "head -c 1048576 /dev/zero; head -c 1048576 /dev/zero >&2"
+    )
+    chatty.run()  # 1 MiB each on stdout and stderr, nobody reading: /dev/null, not a pipe
+    assert chatty.exit_state is not None and chatty.exit_state.exit_code == 0
+    only_err = command(container, "sh", "-c", "echo out; echo err >&2")
+    only_err.stderr = io.BytesIO()
+    only_err.run()
+    assert only_err.stderr.getvalue() == b"err\n"
+
+
 def test_cmd_drives_a_container_like_a_local_host(
     created: Created, container_spec: SpecFactory
 ) -> None:

@@ -38,7 +38,7 @@ from typing import Any
 
 from hcsoci import oci, relay
 from hcsoci.context import Context, background
-from hcsoci.cow import Process, ProcessHost, ProcessParameters
+from hcsoci.cow import OCIProcessParameters, Process, ProcessHost, ProcessParameters
 from hcsoci.errors import HcsociError, InvalidArgumentError, StateError
 
 __all__ = [
@@ -266,7 +266,13 @@ class Cmd:
 
     def _config(self) -> Any:
         if self.host.is_oci():
-            return self.spec
+            terminal = self.spec is not None and self.spec.terminal
+            return OCIProcessParameters(
+                process=self.spec,
+                create_stdin_pipe=self.stdin is not None,
+                create_stdout_pipe=self.stdout is not None,
+                create_stderr_pipe=self.stderr is not None and not terminal,
+            )
         if self.spec is None:
             raise InvalidArgumentError("spec: None; a non-OCI host needs a process spec")
         return process_parameters(

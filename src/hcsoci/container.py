@@ -52,7 +52,7 @@ import msgspec
 
 from hcsoci import oci
 from hcsoci.context import Context, background
-from hcsoci.cow import Stdio
+from hcsoci.cow import OCIProcessParameters, Stdio
 from hcsoci.errors import HcsociError, InvalidArgumentError, NotFoundError, StateError
 from hcsoci.runtime import OCIRuntimeError, Runtime
 from hcsoci.runtime.runc import read_runtime_log, wait_for_pid_file
@@ -91,8 +91,8 @@ def _process_config(config: Any) -> tuple[oci.Process | None, tuple[bool, bool, 
     if config is None or isinstance(config, oci.Process):
         terminal = config is not None and config.terminal
         return config, (True, True, not terminal)
-    if hasattr(config, "create_stdin_pipe"):  # an lcow.ProcessParameters-like wrapper
-        process = getattr(config, "process", None) or getattr(config, "oci_process", None)
+    if isinstance(config, OCIProcessParameters):
+        process = config.process
         if process is not None and not isinstance(process, oci.Process):
             raise InvalidArgumentError(f"process: {process!r} is not an oci.Process")
         pipes = (

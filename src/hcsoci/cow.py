@@ -10,11 +10,21 @@ A :class:`ProcessHost` makes :class:`Process` objects: this machine
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import IO, Any, Protocol, runtime_checkable
+from typing import IO, TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from hcsoci.context import Context
 
-__all__ = ["Container", "Process", "ProcessHost", "ProcessParameters", "Stdio"]
+if TYPE_CHECKING:
+    from hcsoci.oci import Process as OCIProcess
+
+__all__ = [
+    "Container",
+    "OCIProcessParameters",
+    "Process",
+    "ProcessHost",
+    "ProcessParameters",
+    "Stdio",
+]
 
 # (stdin, stdout, stderr): each a binary file object, or None when no pipe was asked for.
 Stdio = tuple["IO[bytes] | None", "IO[bytes] | None", "IO[bytes] | None"]
@@ -106,6 +116,20 @@ class ProcessParameters:
     user: str = ""
     emulate_console: bool = False
     console_size: tuple[int, int] = (0, 0)
+    create_stdin_pipe: bool = False
+    create_stdout_pipe: bool = False
+    create_stderr_pipe: bool = False
+
+
+@dataclass
+class OCIProcessParameters:
+    """What an OCI host's ``create_process`` takes from a ``Cmd`` (lcow's ``ProcessParameters``).
+
+    ``process`` is None for a created container's initial process.  Only the
+    pipes asked for are made; the others read from or write to ``/dev/null``.
+    """
+
+    process: OCIProcess | None = None
     create_stdin_pipe: bool = False
     create_stdout_pipe: bool = False
     create_stderr_pipe: bool = False

@@ -1,9 +1,11 @@
-"""The main job, for now: run a few commands through ``Cmd`` on this machine.
+"""The main job: the public API end to end, printing what happened.
 
-``python -m hcsoci.demo`` captures output, feeds stdin, reports an exit code,
-kills a command whose context timed out, runs one on a terminal (and resizes
-it), and relays a few MiB through the kernel into a file, printing what
-happened.  It exits non-zero if anything did not behave as expected.
+``python -m hcsoci.demo`` first runs commands through ``Cmd`` on this machine:
+captures output, feeds stdin, reports an exit code, kills a command whose
+context timed out, runs one on a terminal (and resizes it), and splices a few
+MiB into a file.  Then it does the same through a real runc container created
+from an OCI spec on the default busybox image, and releases every resource the
+container held.  It exits non-zero if anything did not behave as expected.
 """
 
 from __future__ import annotations
@@ -14,8 +16,21 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from typing import Any
 
-from hcsoci import ExitError, LocalHost, command, command_context, context, oci
+from hcsoci import (
+    CreateOptions,
+    ExitError,
+    LocalHost,
+    command,
+    command_context,
+    context,
+    create_container,
+    images,
+    oci,
+    release_resources,
+)
+from hcsoci.cow import Container
 
 __all__ = ["main"]
 
@@ -113,17 +128,91 @@ DEMOS: list[tuple[str, Callable[[LocalHost], str]]] = [
 ]
 
 
+def _in_container(container: Container) -> str:
+    output = command(container, "sh", "-c", "echo $(hostname) pid $$; id -un").output()
+    return f"exec in the container printed {output!r}"
+
+
+def _container_exit_code(container: Container) -> str:
+    try:
+        command(container, "sh", "-c", "exit 3").run()
+    except ExitError as err:
+        assert err.exit_code == 3
+        return f"sh -c 'exit 3' in the container raised ExitError: {err}"
+    raise AssertionError("exit 3 did not raise ExitError")
+
+
+def _container_kill(container: Container) -> str:
+    ctx, cancel = context.with_timeout(context.background(), 0.5)
+    try:
+        command_context(ctx, container, "sleep", "60").run()
+    except ExitError as err:
+        assert err.exit_code == 137
+        return f"sleep 60 in the container with a 0.5 s context: exit code {err.exit_code}"
+    finally:
+        cancel()
+    raise AssertionError("the context did not kill sleep in the container")
+
+
+def _container_properties(container: Container) -> str:
+    props = container.properties(context.background())
+    return (
+        f"properties: state {props.state}, init pid {props.init_pid}, "
+        f"{len(props.processes)} process(es), memory {props.memory_usage_bytes} bytes"
+    )
+
+
+CONTAINER_DEMOS: list[tuple[str, Callable[[Container], str]]] = [
+    ("exec", _in_container),
+    ("exit code", _container_exit_code),
+    ("context", _container_kill),
+    ("properties", _container_properties),
+]
+
+
+def _run_all(subject: Any, demos: list[tuple[str, Callable[[Any], str]]]) -> int:
+    failures = 0
+    for name, demo in demos:
+        try:
+            print(f"  ok    {name:10s} {demo(subject)}")
+        except Exception as err:
+            failures += 1
+            print(f"  FAIL  {name:10s} {type(err).__name__}: {err}")
+    return failures
+
+
+def _container_section() -> int:
+    ctx = context.background()
+    image = images.ensure_default_image()
+    print(f"hcsoci demo: a runc container from the {image.name} image (built locally)")
+    with tempfile.TemporaryDirectory(prefix="hcsoci-demo-scratch-") as scratch:
+        spec = images.spec_for_image(image, ["sleep", "3600"])
+        assert spec.windows is not None and spec.windows.layer_folders is not None
+        spec.windows.layer_folders.append(scratch)  # layern..layer1, then scratch
+        container, resources = create_container(ctx, CreateOptions(spec=spec, owner="demo"))
+        try:
+            container.start(ctx)
+            failures = _run_all(container, CONTAINER_DEMOS)
+            container.terminate(ctx)
+            container.wait()
+        finally:
+            container.close()
+            held = len(resources)
+            release_resources(ctx, resources, None, True)
+        print(f"  ok    release    released {held} resource(s) in reverse order")
+    return failures
+
+
 def main() -> int:
     """Run every demo; print one line each; return the process exit status."""
     host = LocalHost()
     print(f"hcsoci demo: commands through Cmd on LocalHost (os={host.os()!r})")
-    failures = 0
-    for name, demo in DEMOS:
-        try:
-            print(f"  ok    {name:10s} {demo(host)}")
-        except Exception as err:
-            failures += 1
-            print(f"  FAIL  {name:10s} {type(err).__name__}: {err}")
+    failures = _run_all(host, DEMOS)
+    try:
+        failures += _container_section()
+    except Exception as err:
+        failures += 1
+        print(f"  FAIL  container  {type(err).__name__}: {err}")
     print("all demos behaved as expected" if not failures else f"{failures} demo(s) failed")
     return 1 if failures else 0
 
