@@ -458,8 +458,8 @@ def test_process_parameters_translation() -> None:
 
 
 class _OciLocalHost:
-    """An OCI host made of LocalHost: takes the oci.Process as it is and, like a
-    container, always creates all three pipes."""
+    """An OCI host made of LocalHost: takes the OCI process parameters and, unlike
+    a container, always creates all three pipes (a careless host)."""
 
     def __init__(self) -> None:
         self.configs: list[Any] = []
@@ -472,7 +472,9 @@ class _OciLocalHost:
 
     def create_process(self, ctx: context.Context, config: Any) -> cow.Process:
         self.configs.append(config)
-        params = process_parameters(config, stdin=True, stdout=True, stderr=True)
+        assert isinstance(config, cow.OCIProcessParameters)
+        assert config.process is not None
+        params = process_parameters(config.process, stdin=True, stdout=True, stderr=True)
         return LocalHost().create_process(ctx, params)
 
 
@@ -480,7 +482,14 @@ def test_oci_host_gets_the_spec_and_unasked_stdin_is_closed() -> None:
     host = _OciLocalHost()
     cmd = command(host, "cat")  # would wait forever on an open stdin
     assert cmd.output() == b""
-    assert host.configs == [cmd.spec]
+    assert host.configs == [
+        cow.OCIProcessParameters(
+            process=cmd.spec,
+            create_stdin_pipe=False,
+            create_stdout_pipe=True,
+            create_stderr_pipe=False,
+        )
+    ]
 
 
 def test_64_mib_through_stdout_and_stderr_at_once(host: LocalHost) -> None:

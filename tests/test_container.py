@@ -15,6 +15,7 @@ import pytest
 from fixtures_containers import Created, SpecFactory
 from hcsoci import context, oci
 from hcsoci.container import Container, ContainerProcess, open_container
+from hcsoci.cow import OCIProcessParameters
 from hcsoci.errors import InvalidArgumentError, NotFoundError, StateError
 
 CTX = context.background()
@@ -273,17 +274,16 @@ def test_exec_failures_are_clear(created: Created, container_spec: SpecFactory) 
         container.create_process(CTX, ["not", "a", "process"])
 
 
-def test_pipes_requested_by_a_wrapper_config(created: Created, container_spec: SpecFactory) -> None:
-    class Parameters:  # the lcow.ProcessParameters shape a Cmd passes
-        def __init__(self, process: oci.Process | None) -> None:
-            self.process = process
-            self.create_stdin_pipe = False
-            self.create_stdout_pipe = True
-            self.create_stderr_pipe = False
-
+def test_pipes_requested_by_oci_process_parameters(
+    created: Created, container_spec: SpecFactory
+) -> None:
     container = started(created, container_spec)
     process = container.create_process(
-        CTX, Parameters(oci.Process(args=["sh", "-c", "echo only-out; cat"], env=PATH_ENV))
+        CTX,
+        OCIProcessParameters(  # what a Cmd passes (lcow.ProcessParameters)
+            process=oci.Process(args=["sh", "-c", "echo only-out; cat"], env=PATH_ENV),
+            create_stdout_pipe=True,
+        ),
     )
     try:
         stdin, stdout, stderr = process.stdio()
