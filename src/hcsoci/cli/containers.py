@@ -10,6 +10,7 @@ container lives at ``<state root>/scratch/<id>`` and goes with ``delete``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -19,9 +20,10 @@ import termios
 import time
 import tty
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 
@@ -52,15 +54,25 @@ def _fail(err: Exception) -> click.ClickException:
     return click.ClickException(str(err))
 
 
-def _build_spec(
-    container_id: str,
-    args: tuple[str, ...],
-    image: str | None,
-    rootfs: str | None,
-    env: tuple[str, ...],
-    workdir: str | None,
-    terminal: bool,
-) -> oci.Spec:
+@dataclass
+class ContainerRequest:
+    """What `run` and `create` were asked for on the command line."""
+
+    args: tuple[str, ...]
+    image: str | None
+    rootfs: str | None
+    env: tuple[str, ...]
+    workdir: str | None
+    container_id: str
+    terminal: bool
+    runtime: str
+    endpoints: tuple[str, ...]
+    networks: tuple[str, ...]
+
+
+def _build_spec(request: ContainerRequest) -> oci.Spec:
+    args, image, rootfs, env = request.args, request.image, request.rootfs, request.env
+    workdir, terminal = request.workdir, request.terminal
     for entry in env:
         if "=" not in entry:
             raise InvalidArgumentError(f"--env: {entry!r} is not NAME=VALUE")
@@ -81,25 +93,14 @@ def _build_spec(
     store = images.ImageStore()
     found = images.ensure_default_image(store) if image is None else store.get(image)
     spec = images.spec_for_image(found, list(args) or None, env, workdir, terminal=terminal)
-    scratch = _scratch_dir(container_id)
+    scratch = _scratch_dir(request.container_id)
     scratch.mkdir(parents=True, exist_ok=True, mode=0o700)
     assert spec.windows is not None and spec.windows.layer_folders is not None
     spec.windows.layer_folders = [*spec.windows.layer_folders, str(scratch)]
     return spec
 
 
-def _create(
-    container_id: str,
-    args: tuple[str, ...],
-    image: str | None,
-    rootfs: str | None,
-    env: tuple[str, ...],
-    workdir: str | None,
-    terminal: bool,
-    runtime: str,
-    endpoints: tuple[str, ...] = (),
-    networks: tuple[str, ...] = (),
-) -> tuple[Container, Resources, Resources]:
+def _create(request: ContainerRequest) -> tuple[Container, Resources, Resources]:
     """Create the container; returns it, its resources, and the run's own endpoints.
 
     Endpoints made for ``--network`` are recorded under the container's id too,
@@ -107,13 +108,13 @@ def _create(
     detaches and deletes them in the right order.
     """
     ctx = context.background()
+    container_id = request.container_id
     run_endpoints = Resources(container_id)
     try:
-        spec = _build_spec(container_id, args, image, rootfs, env, workdir, terminal)
-        _attach_networks(spec, run_endpoints, endpoints, networks)
-        container, resources = create_container(
-            ctx, CreateOptions(id=container_id, spec=spec, owner="hcsoci", runtime=runtime)
-        )
+        spec = _build_spec(request)
+        _attach_networks(spec, run_endpoints, request.endpoints, request.networks)
+        options = CreateOptions(id=container_id, spec=spec, owner="hcsoci", runtime=request.runtime)
+        container, resources = create_container(ctx, options)
         return container, resources, run_endpoints
     except BaseException as err:
         with contextlib.suppress(HcsociError):
@@ -195,7 +196,16 @@ def _run_cmd(cmd: Cmd, interactive: bool, terminal: bool) -> int:
     return 0
 
 
-def _container_options(function: Any) -> Any:
+def _container_options(function: Callable[..., None]) -> Callable[..., None]:
+    """The options `run` and `create` share, handed to ``function`` as one ContainerRequest."""
+
+    @functools.wraps(function)
+    def with_request(**kwargs: Any) -> None:
+        shared = {field.name: kwargs.pop(field.name) for field in fields(ContainerRequest)}
+        shared["container_id"] = shared["container_id"] or str(uuid.uuid4())
+        function(ContainerRequest(**shared), **kwargs)
+
+    decorated: Any = with_request
     for option in reversed(
         [
             click.option("--image", help="Image to run (default: the busybox image)."),
@@ -210,77 +220,46 @@ def _container_options(function: Any) -> Any:
                          help="Attach this existing endpoint (id) to the container."),
             click.option("--network", "networks", multiple=True,
                          help="Attach a new endpoint on this network, deleted with the container."),
+            click.argument("args", nargs=-1),
         ]
     ):  # fmt: skip
-        function = option(function)
-    return function
+        decorated = option(decorated)
+    return cast(Callable[..., None], decorated)
 
 
 @click.command()
 @click.option("--rm", "remove", is_flag=True, help="Delete the container when it exits.")
 @click.option("-i", "--interactive", is_flag=True, help="Relay stdin to the process.")
 @_container_options
-@click.argument("args", nargs=-1)
-def run(
-    remove: bool,
-    interactive: bool,
-    image: str | None,
-    rootfs: str | None,
-    env: tuple[str, ...],
-    workdir: str | None,
-    container_id: str | None,
-    terminal: bool,
-    runtime: str,
-    endpoints: tuple[str, ...],
-    networks: tuple[str, ...],
-    args: tuple[str, ...],
-) -> None:
+def run(request: ContainerRequest, remove: bool, interactive: bool) -> None:
     """Create a container, run its command with this terminal's stdio; exit with its status."""
-    container_id = container_id or str(uuid.uuid4())
-    container, resources, run_endpoints = _create(
-        container_id, args, image, rootfs, env, workdir, terminal, runtime, endpoints, networks
-    )
+    container, resources, run_endpoints = _create(request)
     if not remove:
-        _hand_over(container_id)
+        _hand_over(request.container_id)
     try:
-        if terminal and container.spec.process is not None:
+        if request.terminal and container.spec.process is not None:
             container.spec.process.console_size = _terminal_size()
         cmd = Cmd(container, None)
-        status = _run_cmd(cmd, interactive, terminal)
+        status = _run_cmd(cmd, interactive, request.terminal)
     finally:
         container.close()
         if remove:
             release_resources(context.background(), resources, None, True)
             release_resources(context.background(), run_endpoints, None, True)
-            _remove_scratch(container_id)
+            _remove_scratch(request.container_id)
     sys.exit(status)
 
 
 @click.command()
 @_container_options
-@click.argument("args", nargs=-1)
-def create(
-    image: str | None,
-    rootfs: str | None,
-    env: tuple[str, ...],
-    workdir: str | None,
-    container_id: str | None,
-    terminal: bool,
-    runtime: str,
-    endpoints: tuple[str, ...],
-    networks: tuple[str, ...],
-    args: tuple[str, ...],
-) -> None:
+def create(request: ContainerRequest) -> None:
     """Create a container (not started); prints its id."""
-    if terminal:
+    if request.terminal:
         raise click.UsageError("-t: a created container's init logs to a file; use `run -t`")
-    container_id = container_id or str(uuid.uuid4())
-    container, _, _ = _create(
-        container_id, args, image, rootfs, env, workdir, False, runtime, endpoints, networks
-    )
-    _hand_over(container_id)
+    container, _, _ = _create(request)
+    _hand_over(request.container_id)
     container.close()
-    click.echo(container_id)
+    click.echo(request.container_id)
 
 
 def _open(container_id: str) -> Container:
