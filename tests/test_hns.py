@@ -192,6 +192,7 @@ def test_nat_network_hides_endpoints_behind_the_host_address(lab: HnsLab) -> Non
 
 def test_endpoint_is_a_veth_on_the_bridge_with_a_stable_local_mac(lab: HnsLab) -> None:
     network = lab.network()
+    namespace = lab.namespace()
     endpoint = lab.endpoint(network, name=f"ep{lab.token}")
     assert endpoint.name == f"ep{lab.token}"
     assert endpoint.virtual_network == network.id
@@ -201,14 +202,24 @@ def test_endpoint_is_a_veth_on_the_bridge_with_a_stable_local_mac(lab: HnsLab) -
     assert endpoint.mac_address == hns.ipam.endpoint_mac(endpoint.id)
     first_octet = int(endpoint.mac_address.split(":")[0], 16)
     assert first_octet & 0x02 and not first_octet & 0x01  # locally administered unicast
-    host = link(endpoint.host_interface)
-    peer = link(endpoint.interface)
-    assert host is not None and peer is not None
-    with IPRoute() as ipr:
-        assert host["master"] == ipr.link_lookup(ifname=network.bridge)[0]
-    assert host["up"] and peer["mac"] == endpoint.mac_address and not peer["addresses"]
+    # A record until its first add: the veth pair is born then, its peer directly
+    # inside the namespace (no namespace move, see docs/networking.md).
+    assert link(endpoint.host_interface) is None and link(endpoint.interface) is None
     assert hns.get_endpoint_by_name(endpoint.name) == endpoint
     assert endpoint in hns.list_endpoints(network.id)
+    with IPRoute() as ipr:
+        bridge = ipr.link_lookup(ifname=network.bridge)[0]
+    hns.add_namespace_endpoint(namespace, endpoint.id)
+    host = link(endpoint.host_interface)
+    assert host is not None and host["master"] == bridge and host["up"]
+    assert link(endpoint.interface) is None
+    assert endpoint.mac_address in ns_ip(hns.namespace_path(namespace), "link", "show", "eth0")
+    hns.remove_namespace_endpoint(namespace, endpoint.id)
+    # Back out: the same pair, host side still on the bridge, peer down, no address.
+    host, peer = link(endpoint.host_interface), link(endpoint.interface)
+    assert host is not None and host["master"] == bridge and host["up"]
+    assert peer is not None and peer["mac"] == endpoint.mac_address and not peer["addresses"]
+    assert not peer["up"]
     hns.delete_endpoint(endpoint.id)
     assert link(endpoint.host_interface) is None and link(endpoint.interface) is None
     with pytest.raises(NotFoundError):
@@ -290,7 +301,7 @@ def test_fifty_parallel_processes_get_distinct_addresses(lab: HnsLab) -> None:
     assert len(ids) == 50 and len(endpoints) == 50
     addresses = [e.ip_address for e in endpoints]
     assert len(set(addresses)) == 50
-    assert all(link(e.host_interface) is not None for e in endpoints)
+    assert all(link(e.host_interface) is None for e in endpoints)  # born at the first add
 
 
 # --- namespaces ---
@@ -382,7 +393,7 @@ def test_vanished_namespace_is_a_clear_error_and_is_recovered(lab: HnsLab) -> No
     with pytest.raises(NotFoundError, match=f"namespace {gone} vanished"):
         hns.add_namespace_endpoint(gone, outside.id)
     assert hns.get_endpoint_by_id(outside.id).namespace == ""
-    assert link(outside.interface) is not None
+    assert link(outside.interface) is None  # left as it was: never added, no pair yet
     # Removing the endpoint from the vanished namespace recreates its veth pair.
     hns.remove_namespace_endpoint(gone, inside.id)
     recreated = link(inside.interface)
@@ -450,19 +461,23 @@ def test_gc_reclaims_what_a_killed_controller_left(lab: HnsLab) -> None:
     from hcsoci.context import background
 
     network = lab.network()
-    endpoint = lab.endpoint(network)
+    endpoint, doomed = lab.endpoint(network), lab.endpoint(network)
     namespace = lab.namespace()
+    hns.add_namespace_endpoint(namespace, doomed.id)  # gives it a veth pair...
+    hns.remove_namespace_endpoint(namespace, doomed.id)  # ...now out in this namespace
     links_before = set(netlink.list_links())
+    assert {doomed.host_interface, doomed.interface} <= links_before
     netns_before = set(os.listdir(netlink.NETNS_RUN_DIR))
-    # Killed after moving the endpoint in, before configuring or recording it.
+    # Killed after its pair was born in the namespace and configured, before recording it.
     _killed_at(
         "attach_interface",
         f"from hcsoci import hns; hns.add_namespace_endpoint({namespace!r}, {endpoint.id!r})",
     )
     with pytest.raises(StateError, match="run `hcsoci gc`"):
         hns.add_namespace_endpoint(namespace, endpoint.id)
-    # Killed after creating an endpoint's veth pair / a namespace / a bridge.
-    _killed_at("create_veth", f"from hcsoci import hns; hns.create_endpoint({network.id!r})")
+    # Killed after deleting an endpoint's veth pair, before forgetting it.
+    _killed_at("delete_link", f"from hcsoci import hns; hns.delete_endpoint({doomed.id!r})")
+    # Killed after creating a namespace / a bridge.
     _killed_at("create_netns", "from hcsoci import hns; hns.create_namespace()")
     namespaces_before = {n.id for n in hns.list_namespaces()}
     _killed_at(
@@ -474,9 +489,11 @@ def test_gc_reclaims_what_a_killed_controller_left(lab: HnsLab) -> None:
     assert set(netlink.list_links()) != links_before
     done = hns.gc(background())
     assert any(f"endpoint {endpoint.id} out of namespace {namespace}" in line for line in done)
-    assert sum("half-created endpoint" in line for line in done) == 1, done
+    assert sum(f"half-deleted endpoint {doomed.id}" in line for line in done) == 1, done
     assert sum("left creating" in line for line in done) >= 2, done
-    assert set(netlink.list_links()) == links_before
+    # The endpoint brought out has its pair in this namespace; the doomed one is gone.
+    expected = links_before - {doomed.host_interface, doomed.interface}
+    assert set(netlink.list_links()) == expected | {endpoint.host_interface, endpoint.interface}
     assert set(os.listdir(netlink.NETNS_RUN_DIR)) == netns_before
     assert [e.id for e in hns.list_endpoints(network.id)] == [endpoint.id]
     assert not any(n.name == f"{lab.network_prefix}killed" for n in hns.list_networks())

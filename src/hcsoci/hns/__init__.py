@@ -7,11 +7,13 @@ hcsshim's HNS model, built from real Linux parts:
   with nftables;
 * an **endpoint** (:class:`Endpoint`, HNSEndpoint's fields) is a veth pair with an
   address from the network's subnet and a stable locally administered MAC; its
-  host side is a bridge port;
+  host side is a bridge port.  Like an HNS endpoint it is a record until first
+  added to a namespace: the pair is born then, its peer created directly
+  inside the namespace;
 * a **namespace** is a named network namespace (``/var/run/netns/hcsoci-<id>``)
-  that outlives its creator.  Adding an endpoint moves its other side in as
+  that outlives its creator.  Adding an endpoint puts its other side there as
   ``eth0``, ``eth1``..., configured and up with ``lo``; removing it brings it
-  back out intact.
+  back out intact (the pair then stays in the host namespace until deleted).
 
 State (networks, endpoints, address allocations, membership) lives in the
 project's SQLite store, so several processes can share it; :func:`gc` reclaims

@@ -35,10 +35,12 @@ def create_endpoint(network_id: str, name: str = "", endpoint_id: str = "") -> E
     """Create an endpoint on network ``network_id`` with the lowest free address.
 
     ``name`` defaults to the endpoint's id; ``endpoint_id`` (default: a new
-    uuid) lets a caller record the id before the endpoint exists.  The
-    endpoint's veth pair exists at once; its host side is a port of the
-    network's bridge, the other side waits (down, no address) until the
-    endpoint is added to a namespace.
+    uuid) lets a caller record the id before the endpoint exists.  Like an HNS
+    endpoint, it is a record (address, MAC, interface names) until it is first
+    added to a namespace: its veth pair is born then, the peer directly inside
+    the namespace, which spares the kernel a namespace move (an RCU barrier,
+    ~20 ms).  Once brought back out, the pair stays in this namespace with its
+    host side on the bridge until the endpoint is deleted.
     """
     endpoint_id = endpoint_id or str(uuid.uuid4())
     check_name("endpoint id", endpoint_id)
@@ -69,7 +71,7 @@ def create_endpoint(network_id: str, name: str = "", endpoint_id: str = "") -> E
         db.execute(
             "INSERT INTO hns_endpoints (id, name, network_id, ip_address, mac_address,"
             " host_interface, interface, state, owner_pid, owner_start)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, 'creating', ?, ?)",
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 endpoint_id,
                 name,
@@ -78,29 +80,27 @@ def create_endpoint(network_id: str, name: str = "", endpoint_id: str = "") -> E
                 mac,
                 host_interface,
                 interface,
+                READY,
                 pid,
                 start,
             ),
         )
-    try:
-        netlink.create_veth(
-            host_interface, interface, mac, network["bridge"], f"hcsoci endpoint {endpoint_id}"
-        )
-    except BaseException:
-        store().execute("DELETE FROM hns_endpoints WHERE id = ?", (endpoint_id,))
-        raise
-    store().execute("UPDATE hns_endpoints SET state = ? WHERE id = ?", (READY, endpoint_id))
     log.debug("created endpoint %s %s on network %s", endpoint_id, address, network_id)
     return get_endpoint_by_id(endpoint_id)
+
+
+def endpoint_alias(endpoint_id: str) -> str:
+    """The interface alias (``ifalias``) of both sides of an endpoint's veth pair."""
+    return f"hcsoci endpoint {endpoint_id}"
 
 
 def ensure_endpoint_links(row: sqlite3.Row, rebuild: bool = False) -> None:
     """Recreate a detached endpoint's veth pair if it is gone (always, with ``rebuild``).
 
     A veth pair dies with the namespace holding one side, so an endpoint whose
-    namespace vanished underneath comes back this way, with the same names and
-    MAC.  The kernel destroys a namespace asynchronously (or not at all while a
-    process still lives in it), so such an endpoint is rebuilt unconditionally.
+    namespace vanished underneath comes back out this way, with the same names
+    and MAC.  The kernel destroys a namespace asynchronously (or not at all while
+    a process still lives in it), so such an endpoint is rebuilt unconditionally.
     """
     if not rebuild and netlink.links_exist(row["host_interface"], row["interface"]):
         return
@@ -113,7 +113,7 @@ def ensure_endpoint_links(row: sqlite3.Row, rebuild: bool = False) -> None:
         row["interface"],
         row["mac_address"],
         bridge,
-        f"hcsoci endpoint {row['id']}",
+        endpoint_alias(row["id"]),
     )
 
 
@@ -161,7 +161,10 @@ def delete_endpoint(endpoint_id: str) -> None:
 
 
 def destroy_endpoint_links(row: sqlite3.Row) -> None:
-    """Delete an endpoint's veth pair (either side takes the other along)."""
+    """Delete an endpoint's veth pair (either side takes the other along).
+
+    An endpoint never added to a namespace has none: nothing is waited for.
+    """
     if not netlink.delete_link(row["host_interface"]):
         netlink.delete_link(row["interface"])
 

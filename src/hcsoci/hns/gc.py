@@ -5,8 +5,10 @@ process changing it.  A row still in a transition whose process is gone is
 finished or undone here: half-created objects are destroyed, half-deleted
 ones deleted, endpoints caught moving between namespaces are brought back
 out.  Namespaces that vanished underneath are forgotten, and endpoint veth
-pairs destroyed with them are recreated.  Rows of live processes are never
-touched, and nothing outside this state root's records is.
+pairs destroyed with them are recreated.  (A detached endpoint with no veth
+pair at all is not repaired: that is the state of one never added to a
+namespace, whose pair is born at its first add.)  Rows of live processes are
+never touched, and nothing outside this state root's records is.
 """
 
 from __future__ import annotations
@@ -84,14 +86,6 @@ def gc(ctx: Context) -> list[str]:
                 functools.partial(_drop_network, network),
             )
 
-    for endpoint in store().query(ENDPOINT_QUERY + " WHERE e.namespace_id IS NULL"):
-        if endpoint["state"] == READY and not netlink.links_exist(
-            endpoint["host_interface"], endpoint["interface"]
-        ):
-            attempt(
-                f"recreated the veth pair of endpoint {endpoint['id']}",
-                functools.partial(ensure_endpoint_links, endpoint),
-            )
     for line in done:
         log.info("gc: %s", line)
     return done
@@ -107,11 +101,15 @@ def _detach(endpoint: sqlite3.Row) -> None:
         "SELECT path FROM hns_namespaces WHERE id = ?", (endpoint["namespace_id"],)
     )
     vanished = not rows or not netlink.is_netns(rows[0]["path"])
-    if endpoint["namespace_interface"] and not vanished:
-        netlink.detach_interface(
+    moved = (
+        bool(endpoint["namespace_interface"])
+        and not vanished
+        and netlink.detach_interface(
             rows[0]["path"], endpoint["namespace_interface"], endpoint["interface"]
         )
-    ensure_endpoint_links(endpoint, rebuild=vanished)
+    )
+    if not moved:
+        ensure_endpoint_links(endpoint, rebuild=vanished)
     store().execute(
         "UPDATE hns_endpoints SET state = ?, namespace_id = NULL, namespace_interface = ''"
         " WHERE id = ?",

@@ -39,9 +39,10 @@ class Endpoint(msgspec.Struct, kw_only=True):
     """An endpoint (``HNSEndpoint``): a veth pair on a network, with an address and a MAC.
 
     The host side, :attr:`host_interface`, is a port of the network's bridge.  The
-    other side is :attr:`interface` while the endpoint is in no namespace; once
-    added to a namespace it is moved in and named :attr:`namespace_interface`
-    (``eth0``, ``eth1``...).
+    other side is :attr:`interface` while the endpoint is in no namespace; in a
+    namespace it is named :attr:`namespace_interface` (``eth0``, ``eth1``...).
+    The pair is born when the endpoint is first added to a namespace, the peer
+    directly inside it; before that the endpoint is only this record.
     """
 
     id: str

@@ -1,10 +1,12 @@
 """Namespaces: named network namespaces that endpoints are added to and removed from.
 
-Adding an endpoint moves its veth side into the namespace, renamed ``eth0``,
+Adding an endpoint puts its veth side into the namespace, named ``eth0``,
 ``eth1``... (the lowest free), with the endpoint's address, a default route
-via its gateway (for the first one), and ``lo`` up.  Removing brings the
-interface back out under its own name with its MAC; its address is applied
-again on the next add.
+via its gateway (for the first one), and ``lo`` up.  The first time, the veth
+pair is born there (the peer created inside the namespace); afterwards the
+existing interface is moved in.  Removing brings the interface back out under
+its own name with its MAC, the pair intact; its address is applied again on
+the next add.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import uuid
 
 from hcsoci.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, StateError
 from hcsoci.hns import netlink
-from hcsoci.hns.endpoints import ensure_endpoint_links
+from hcsoci.hns.endpoints import endpoint_alias, ensure_endpoint_links
 from hcsoci.hns.model import Namespace
 from hcsoci.hns.state import ENDPOINT_QUERY, READY, busy_error, owner, store
 
@@ -146,7 +148,7 @@ def _set_endpoint_state(endpoint_id: str, state: str) -> None:
 
 
 def add_namespace_endpoint(namespace_id: str, endpoint_id: str) -> None:
-    """Move endpoint ``endpoint_id`` into namespace ``namespace_id`` and configure it there.
+    """Put endpoint ``endpoint_id`` into namespace ``namespace_id`` and configure it there.
 
     Adding an endpoint to the namespace it is in already does nothing; one in
     another namespace is refused.  On failure the endpoint is left as it was.
@@ -187,7 +189,6 @@ def add_namespace_endpoint(namespace_id: str, endpoint_id: str) -> None:
                 f"namespace {namespace_id} vanished: {namespace['path']} is no longer a "
                 "network namespace (remove_namespace forgets it)"
             )
-        ensure_endpoint_links(endpoint)
         netlink.attach_interface(
             namespace["path"],
             endpoint["interface"],
@@ -195,6 +196,10 @@ def add_namespace_endpoint(namespace_id: str, endpoint_id: str) -> None:
             endpoint["ip_address"],
             int(endpoint["subnet"].rsplit("/", 1)[1]),
             endpoint["gateway"],
+            host_interface=endpoint["host_interface"],
+            mac=endpoint["mac_address"],
+            bridge=endpoint["bridge"],
+            alias=endpoint_alias(endpoint_id),
         )
     except BaseException:
         store().execute(
@@ -245,13 +250,21 @@ def remove_namespace_endpoint(namespace_id: str, endpoint_id: str) -> None:
 def _finish_detach(
     endpoint: sqlite3.Row, path: str, remaining: list[tuple[str, str]] | tuple[()]
 ) -> None:
-    """Move an endpoint's interface out of ``path`` (if there) and mark it detached."""
+    """Move an endpoint's interface out of ``path`` (if there) and mark it detached.
+
+    If it was not there (its namespace vanished, or a killed attach never made
+    it), the veth pair is recreated in this namespace.
+    """
     vanished = not netlink.is_netns(path)
-    if endpoint["namespace_interface"] and not vanished:
-        netlink.detach_interface(
+    moved = (
+        bool(endpoint["namespace_interface"])
+        and not vanished
+        and netlink.detach_interface(
             path, endpoint["namespace_interface"], endpoint["interface"], remaining
         )
-    ensure_endpoint_links(endpoint, rebuild=vanished)
+    )
+    if not moved:
+        ensure_endpoint_links(endpoint, rebuild=vanished)
     store().execute(
         "UPDATE hns_endpoints SET state = ?, namespace_id = NULL, namespace_interface = ''"
         " WHERE id = ?",

@@ -29,6 +29,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from hcsoci.errors import HcsociError, NotFoundError
 
 __all__ = [
+    "LOOPBACK_INDEX",
     "NETNS_RUN_DIR",
     "PlumbingError",
     "attach_interface",
@@ -50,6 +51,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 NETNS_RUN_DIR = "/var/run/netns"
+
+LOOPBACK_INDEX = 1
+"""``lo``'s interface index, the same in every network namespace (``LOOPBACK_IFINDEX``)."""
 
 _CLONE_NEWNET = 0x40000000
 _MS_BIND = 4096
@@ -172,7 +176,7 @@ def create_netns(path: str) -> None:
             if _libc.mount(source, path.encode(), b"none", _MS_BIND, None) != 0:
                 raise _oserror(f"bind the new network namespace on {path}")
             with IPRoute() as ipr:
-                ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+                ipr.link("set", index=LOOPBACK_INDEX, state="up")
         except BaseException as err:
             failure.append(err)
 
@@ -276,24 +280,35 @@ def create_veth(host: str, peer: str, peer_mac: str, bridge: str, alias: str) ->
     ``peer`` gets ``peer_mac`` and stays down until it is attached to a namespace.
     """
     with host_route() as ipr:
-        master = _index(ipr, bridge)
-        if master is None:
-            raise NotFoundError(f"bridge {bridge} does not exist")
-        try:
-            ipr.link(
-                "add",
-                ifname=host,
-                kind="veth",
-                ifalias=alias,
-                peer={"ifname": peer, "address": peer_mac, "ifalias": alias},
-            )
-        except NetlinkError as err:
-            raise _fail(f"create veth pair {host}/{peer}", err) from err
-        try:
-            ipr.link("set", index=_index(ipr, host), master=master, state="up")
-        except NetlinkError as err:
-            _delete_quietly(ipr, host)
-            raise _fail(f"add {host} to bridge {bridge}", err) from err
+        _create_veth(ipr, host, peer, peer_mac, bridge, alias)
+
+
+def _create_veth(
+    ipr: Any, host: str, peer: str, peer_mac: str, bridge: str, alias: str, netns_fd: int = -1
+) -> None:
+    """One RTM_NEWLINK: the pair, ``host`` enslaved to ``bridge`` and up, ``peer`` down.
+
+    With ``netns_fd`` the peer is born inside that namespace (``IFLA_NET_NS_FD`` in
+    the peer's attributes): no device ever moves, so no RCU barrier is waited for.
+    """
+    master = _index(ipr, bridge)
+    if master is None:
+        raise NotFoundError(f"bridge {bridge} does not exist")
+    peer_attrs: dict[str, object] = {"ifname": peer, "address": peer_mac, "ifalias": alias}
+    if netns_fd >= 0:
+        peer_attrs["net_ns_fd"] = netns_fd
+    try:
+        ipr.link(
+            "add",
+            ifname=host,
+            kind="veth",
+            ifalias=alias,
+            master=master,
+            state="up",
+            peer=peer_attrs,
+        )
+    except NetlinkError as err:
+        raise _fail(f"create veth pair {host}/{peer} on bridge {bridge}", err) from err
 
 
 def delete_link(name: str) -> bool:
@@ -313,7 +328,7 @@ def _delete_quietly(ipr: Any, name: str) -> bool:
 
 
 # ---------------------------------------------------------------------------
-# moving an endpoint's interface in and out of a namespace
+# putting an endpoint's interface into a namespace and bringing it back out
 
 
 def attach_interface(
@@ -323,42 +338,68 @@ def attach_interface(
     address: str,
     prefix_length: int,
     gateway: str,
+    *,
+    host_interface: str,
+    mac: str,
+    bridge: str,
+    alias: str,
 ) -> None:
-    """Move ``interface`` into the namespace as ``namespace_interface`` and configure it.
+    """Put an endpoint's interface into the namespace as ``namespace_interface``, configured.
 
-    It gets ``address/prefix_length``, goes up with ``lo``, and becomes the
-    default route via ``gateway`` unless the namespace has one already.  On
-    failure the interface is brought back out under its own name.
+    If ``interface`` exists (the endpoint was attached before and brought back
+    out) it is moved in.  Otherwise the veth pair is born now, in one request:
+    ``host_interface`` on ``bridge`` in this namespace, its peer created directly
+    inside the target namespace as ``namespace_interface`` with ``mac``.  The
+    interface gets ``address/prefix_length``, goes up with ``lo``, and becomes
+    the default route via ``gateway`` unless the namespace has one already.  On
+    failure the endpoint is left as it was: a moved interface is brought back
+    out under its own name, a pair born here is deleted.
     """
     netns_fd = _open_netns(netns_path)
     try:
         with host_route() as ipr:
             index = _index(ipr, interface)
-            if index is None:
-                raise NotFoundError(f"interface {interface} does not exist")
-            try:
-                ipr.link("set", index=index, net_ns_fd=netns_fd, ifname=namespace_interface)
-            except NetlinkError as err:
-                raise _fail(
-                    f"move {interface} into {netns_path} as {namespace_interface}", err
-                ) from err
+            born = index is None
+            if born:
+                try:
+                    _create_veth(
+                        ipr, host_interface, namespace_interface, mac, bridge, alias, netns_fd
+                    )
+                except PlumbingError:
+                    # A host side without its peer here is a leftover (its peer
+                    # went with a namespace the kernel has not finished destroying).
+                    if not _delete_quietly(ipr, host_interface):
+                        raise
+                    _create_veth(
+                        ipr, host_interface, namespace_interface, mac, bridge, alias, netns_fd
+                    )
+            else:
+                try:
+                    ipr.link("set", index=index, net_ns_fd=netns_fd, ifname=namespace_interface)
+                except NetlinkError as err:
+                    raise _fail(
+                        f"move {interface} into {netns_path} as {namespace_interface}", err
+                    ) from err
     finally:
         os.close(netns_fd)
     try:
         with netns_route(netns_path) as ns:
             index = _index(ns, namespace_interface)
+            if index is None:
+                raise PlumbingError(f"{namespace_interface} did not appear in {netns_path}")
             ns.addr("add", index=index, address=address, prefixlen=prefix_length)
             ns.link("set", index=index, state="up")
-            ns.link("set", index=_index(ns, "lo"), state="up")
+            ns.link("set", index=LOOPBACK_INDEX, state="up")
             if not ns.get_default_routes(family=socket.AF_INET):
                 ns.route("add", dst="0.0.0.0/0", gateway=gateway, oif=index)
     except (NetlinkError, HcsociError) as err:
         try:
-            detach_interface(netns_path, namespace_interface, interface)
+            if born:
+                delete_link(host_interface)
+            else:
+                detach_interface(netns_path, namespace_interface, interface)
         except HcsociError as undo:
-            log.error(
-                "could not bring %s back out of %s: %s", namespace_interface, netns_path, undo
-            )
+            log.error("could not undo adding %s to %s: %s", namespace_interface, netns_path, undo)
         if isinstance(err, NetlinkError):
             raise _fail(
                 f"configure {namespace_interface} in {netns_path} with "
@@ -376,9 +417,11 @@ def detach_interface(
 ) -> bool:
     """Bring ``namespace_interface`` out of the namespace, renamed back to ``interface``.
 
-    Its addresses are flushed and it is left down; its MAC is untouched.  If the
-    namespace is left without a default route, one is added through the first
-    of ``remaining`` (``(namespace_interface, gateway)`` of the endpoints still
+    The move itself leaves it down and without addresses (the kernel closes a
+    device and drops its IP configuration when it changes namespace), so no
+    separate flush or down is sent; its MAC is untouched.  If the namespace is
+    left without a default route, one is added through the first of
+    ``remaining`` (``(namespace_interface, gateway)`` of the endpoints still
     there).  False when the interface was not in the namespace.
     """
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
@@ -388,8 +431,6 @@ def detach_interface(
             if index is None:
                 return False
             try:
-                ns.flush_addr(index=index)
-                ns.link("set", index=index, state="down")
                 ns.link("set", index=index, net_ns_fd=own, ifname=interface)
             except NetlinkError as err:
                 raise _fail(
