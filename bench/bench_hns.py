@@ -16,13 +16,23 @@
    the data path a container gets) versus two namespaces wired by hand with
    ``ip`` (bridge + veth pairs), a TCP stream between Python processes on
    addresses inside those namespaces only.  Rounds are interleaved.
+3. Throughput between two real containers (``hcsoci.create_container`` on the
+   default busybox image, runc, one hns endpoint each) versus two namespaces
+   wired by hand with ``ip`` (bridge + veth pairs) running the same busybox
+   binary through ``nsenter --net``.  The receiver is ``nc -l`` (its stdin a
+   FIFO opened read-write, so it never sees EOF there and never half-closes
+   early), the sender ``dd if=/dev/zero | nc``, timed inside the sender by
+   ``adjtimex`` (microseconds) before and after the pipeline.  Both sides run
+   the very same script text; rounds alternate which side goes first.
 
-Run: ``.venv/bin/python -m bench.bench_hns [--rounds N] [--megabytes M]``.
+Run: ``.venv/bin/python -m bench.bench_hns [--rounds N] [--megabytes M]
+[--container-rounds N] [--container-megabytes M] [--only cycle|stream|containers]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import secrets
@@ -35,7 +45,19 @@ from collections.abc import Callable
 
 from pyroute2 import IPRoute
 
-from hcsoci import hns
+from hcsoci import (
+    CreateOptions,
+    Resources,
+    context,
+    create_container,
+    hns,
+    images,
+    oci,
+    release_resources,
+)
+from hcsoci.cmd import Cmd, command
+from hcsoci.container import Container
+from hcsoci.errors import HcsociError
 from hcsoci.hns import netlink
 
 SUBNET = "10.201.250.0/24"
@@ -271,16 +293,249 @@ def bench_throughput(rounds: int, megabytes: int) -> None:
     print(f"  ratio hns / hand {med['hns'] / med['hand']:9.2f}x")
 
 
+# --- 3. throughput container to container ---
+
+CONTAINER_SUBNET = "10.232.1.0/24"
+CONTAINER_HAND_SUBNET = "10.232.2"
+PORT = 5001
+BUSYBOX = images.default.BUSYBOX
+"""The busybox binary: the default image's ``/bin/busybox`` is a copy of it."""
+
+RECEIVE = (
+    "mkdir -p {dir} && rm -f {dir}/hold && busybox mkfifo {dir}/hold && "
+    "exec busybox nc -l -p {port} <>{dir}/hold >/dev/null"
+)
+"""``nc -l``: stdin a FIFO nobody writes (no early half-close), stdout discarded."""
+
+SEND = (
+    "set -o pipefail; busybox adjtimex && "
+    "busybox dd if=/dev/zero bs=65536 count={blocks} 2>/dev/null | "
+    "busybox nc {address} {port} && busybox adjtimex"
+)
+"""``dd | nc`` between two ``adjtimex`` readings (time.tv_sec / time.tv_usec)."""
+
+
+def _adjtimex_seconds(output: str) -> list[float]:
+    """The wall-clock readings of each ``adjtimex`` report in ``output``."""
+    values = dict.fromkeys(("time.tv_sec", "time.tv_usec"), 0)
+    readings: list[float] = []
+    for line in output.splitlines():
+        key, _, value = line.strip().partition(":")
+        if key in values:
+            values[key] = int(value)
+            if key == "time.tv_usec":
+                readings.append(values["time.tv_sec"] + values["time.tv_usec"] / 1e6)
+    return readings
+
+
+def _megabytes_per_second(output: str, blocks: int) -> float:
+    readings = _adjtimex_seconds(output)
+    if len(readings) != 2:
+        raise RuntimeError(f"sender: expected two adjtimex reports, got {output!r}")
+    return blocks * 65536 / (readings[1] - readings[0]) / 1e6
+
+
+def _await_listening(pid: int, exited: Callable[[], bool]) -> None:
+    """Wait until ``pid``'s network namespace has a socket listening on :data:`PORT`."""
+    port = f":{PORT:04X}"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for table_name in ("tcp6", "tcp"):  # busybox nc -l binds [::] (dual stack)
+            with (
+                contextlib.suppress(FileNotFoundError, ProcessLookupError),
+                open(f"/proc/{pid}/net/{table_name}", encoding="ascii") as table,
+            ):
+                for line in table.readlines()[1:]:
+                    fields = line.split()
+                    if fields[1].endswith(port) and fields[3] == "0A":
+                        return
+        if exited():
+            raise RuntimeError(f"receiver {pid} exited before listening")
+        time.sleep(0.005)
+    raise RuntimeError(f"receiver {pid}: nothing listening on port {PORT} after 10 s")
+
+
+class ContainerPair:
+    """Two busybox containers, each with one endpoint on one hns network."""
+
+    def __init__(self, workdir: str) -> None:
+        self.ctx = context.background()
+        self.workdir = workdir
+        self.network: hns.Network | None = None
+        self.endpoints: list[hns.Endpoint] = []
+        self.made: list[tuple[Container, Resources]] = []
+
+    def __enter__(self) -> ContainerPair:
+        try:
+            self._create()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _create(self) -> None:
+        image = images.ensure_default_image()
+        self.network = hns.create_network(f"bench-c2c-{secrets.token_hex(2)}", CONTAINER_SUBNET)
+        for _ in range(2):
+            endpoint = hns.create_endpoint(self.network.id)
+            self.endpoints.append(endpoint)
+            spec = images.spec_for_image(image, ["sleep", "3600"])
+            assert spec.windows is not None and spec.windows.layer_folders is not None
+            scratch = tempfile.mkdtemp(prefix="scratch-", dir=self.workdir)
+            spec.windows.layer_folders = [*spec.windows.layer_folders, scratch]
+            spec.windows.network = oci.WindowsNetwork(endpoint_list=[endpoint.id])
+            container, resources = create_container(self.ctx, CreateOptions(spec=spec))
+            self.made.append((container, resources))
+            container.start(self.ctx)
+
+    @property
+    def server(self) -> Container:
+        return self.made[0][0]
+
+    @property
+    def client(self) -> Container:
+        return self.made[1][0]
+
+    @property
+    def server_address(self) -> str:
+        return self.endpoints[0].ip_address
+
+    def close(self) -> None:
+        """Stop and release both containers, then the endpoints and the network."""
+        try:
+            while self.made:
+                container, resources = self.made.pop()
+                with contextlib.suppress(HcsociError):
+                    container.terminate(self.ctx)
+                    container.wait()
+                container.close()
+                release_resources(self.ctx, resources)
+        finally:
+            try:
+                while self.endpoints:
+                    hns.delete_endpoint(self.endpoints.pop().id)
+            finally:
+                if self.network is not None:
+                    network, self.network = self.network, None
+                    hns.delete_network(network.id)
+
+
+def _exited(cmd: Cmd) -> bool:
+    assert cmd.process is not None
+    try:
+        cmd.process.exit_code()
+    except HcsociError:
+        return False
+    return True
+
+
+def container_stream(pair: ContainerPair, blocks: int) -> float:
+    receiver = command(
+        pair.server, "/bin/busybox", "sh", "-c", RECEIVE.format(dir="/tmp/bench", port=PORT)
+    )
+    receiver.start()
+    try:
+        assert receiver.process is not None
+        _await_listening(receiver.process.pid(), lambda: _exited(receiver))
+        script = SEND.format(blocks=blocks, address=pair.server_address, port=PORT)
+        output = command(pair.client, "/bin/busybox", "sh", "-c", script).output()
+        receiver.wait()
+    except BaseException:
+        if receiver.process is not None:
+            receiver.process.kill(context.background())
+        with contextlib.suppress(HcsociError):
+            receiver.wait()
+        raise
+    return _megabytes_per_second(output.decode(), blocks)
+
+
+def hand_stream(server_ns: str, client_ns: str, address: str, hold_dir: str, blocks: int) -> float:
+    receive = RECEIVE.format(dir=hold_dir, port=PORT)
+    receiver = subprocess.Popen(["nsenter", f"--net={server_ns}", BUSYBOX, "sh", "-c", receive])
+    try:
+        _await_listening(receiver.pid, lambda: receiver.poll() is not None)
+        script = SEND.format(blocks=blocks, address=address, port=PORT)
+        sender = subprocess.run(
+            ["nsenter", f"--net={client_ns}", BUSYBOX, "sh", "-c", script],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        if receiver.wait(timeout=30) != 0:
+            raise RuntimeError(f"receiver exited with {receiver.returncode}")
+    finally:
+        if receiver.poll() is None:
+            receiver.kill()
+            receiver.wait()
+    return _megabytes_per_second(sender.stdout, blocks)
+
+
+def bench_container_throughput(rounds: int, megabytes: int, workdir: str) -> None:
+    blocks = megabytes * 16  # 64 KiB blocks
+    token = secrets.token_hex(2)
+    bridge, hand = f"bcb{token}", [f"bcs{token}", f"bcc{token}"]
+    hold_dir = tempfile.mkdtemp(prefix="hold-", dir=workdir)
+    results: dict[str, list[float]] = {"containers": [], "hand": []}
+    try:
+        ip("link", "add", bridge, "type", "bridge")
+        ip("link", "set", bridge, "up")
+        for n, name in enumerate(hand, start=2):
+            ip("netns", "add", name)
+            ip("link", "add", f"{name}h", "type", "veth", "peer", "name", "eth0", "netns", name)
+            ip("link", "set", f"{name}h", "master", bridge, "up")
+            ip("-n", name, "addr", "add", f"{CONTAINER_HAND_SUBNET}.{n}/24", "dev", "eth0")
+            ip("-n", name, "link", "set", "eth0", "up")
+            ip("-n", name, "link", "set", "lo", "up")
+        with ContainerPair(workdir) as pair:
+            runs: dict[str, Callable[[], float]] = {
+                "containers": lambda: container_stream(pair, blocks),
+                "hand": lambda: hand_stream(
+                    f"/var/run/netns/{hand[0]}",
+                    f"/var/run/netns/{hand[1]}",
+                    f"{CONTAINER_HAND_SUBNET}.2",
+                    hold_dir,
+                    blocks,
+                ),
+            }
+            for n in range(rounds):
+                order = ["containers", "hand"] if n % 2 == 0 else ["hand", "containers"]
+                for key in order:
+                    results[key].append(runs[key]())
+    finally:
+        for name in hand:
+            subprocess.run(["ip", "netns", "del", name], check=False)
+        subprocess.run(["ip", "link", "del", bridge], check=False, capture_output=True)
+    med = {k: statistics.median(v) for k, v in results.items()}
+    print(
+        f"busybox nc stream container to container, {megabytes} MB x {rounds} "
+        "alternating rounds (median MB/s):"
+    )
+    for key, label in (("containers", "runc containers"), ("hand", "wired by hand")):
+        each = " ".join(f"{v:.0f}" for v in results[key])
+        print(f"  {label:16s} {med[key]:9.0f}   ({each})")
+    print(f"  ratio containers / hand {med['containers'] / med['hand']:6.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--stream-rounds", type=int, default=5)
     parser.add_argument("--megabytes", type=int, default=1024)
+    parser.add_argument("--container-rounds", type=int, default=8)
+    parser.add_argument("--container-megabytes", type=int, default=128)
+    parser.add_argument("--only", choices=("cycle", "stream", "containers"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="hcsoci-bench-", dir="/run") as root:
         os.environ.setdefault("HCSOCI_ROOT", root)
-        bench_cycle(args.rounds)
-        bench_throughput(args.stream_rounds, args.megabytes)
+        if args.only in (None, "cycle"):
+            bench_cycle(args.rounds)
+        if args.only in (None, "stream"):
+            bench_throughput(args.stream_rounds, args.megabytes)
+        if args.only in (None, "containers"):
+            bench_container_throughput(args.container_rounds, args.container_megabytes, root)
 
 
 if __name__ == "__main__":
