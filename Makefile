@@ -10,11 +10,11 @@ PY := $(VENV)/bin/python
 DEB_PACKAGES := runc crun busybox-static iproute2 nftables kmod cpio e2fsprogs \
 	qemu-system-x86 linux-image-amd64 python3-venv procps util-linux
 
-.PHONY: all install system-packages venv demo test lint typecheck pytest bench clean
+.PHONY: all install system-packages venv uvm-assets demo test lint typecheck pytest bench clean
 
 all: demo
 
-install: system-packages venv
+install: system-packages venv uvm-assets
 
 system-packages:
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
@@ -31,6 +31,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 venv: $(VENV)/.installed
+
+# The utility VM's kernel + initramfs: cheap when the cached build is current.
+uvm-assets: system-packages venv
+	$(VENV)/bin/hcsoci uvm build-assets
 
 demo: install
 	$(PY) -m hcsoci.demo

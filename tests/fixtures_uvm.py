@@ -41,9 +41,9 @@ def qemu_processes(uvm_id: str) -> list[int]:
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if cmdline and cmdline[0].endswith(b"qemu-system-x86_64"):
-            if f"hcsoci-{uvm_id},".encode() in b" ".join(cmdline):
-                found.append(int(entry))
+        is_qemu = bool(cmdline) and cmdline[0].endswith(b"qemu-system-x86_64")
+        if is_qemu and f"hcsoci-{uvm_id},".encode() in b" ".join(cmdline):
+            found.append(int(entry))
     return found
 
 

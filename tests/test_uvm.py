@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from hcsoci import ExitError, ProcessParameters, command, command_context, context
+from fixtures_hns import HnsLab, in_netns
+from hcsoci import ExitError, ProcessParameters, command, command_context, context, hns
 from hcsoci.errors import InvalidArgumentError, NotFoundError, StateError
 from hcsoci.resources import Resources, release_resources
 from hcsoci.uvm import (
@@ -321,3 +322,33 @@ def test_concurrent_commands(uvm: UtilityVM) -> None:
     for thread in threads:
         thread.join(120)
     assert results == {i: f"{i}\n".encode() for i in range(6)}
+
+
+# -- networking ---------------------------------------------------------------
+
+
+def test_vm_namespace_and_host_namespace_share_a_network(uvm: UtilityVM, lab: HnsLab) -> None:
+    ctx = context.background()
+    network = lab.network()
+    vm_endpoint = lab.endpoint(network)
+    host_endpoint = lab.endpoint(network)
+    host_ns = lab.namespace()
+    hns.add_namespace_endpoint(host_ns, host_endpoint.id)
+    guest_ns = "gns-" + lab.token
+    uvm.add_net_ns(ctx, guest_ns)
+    try:
+        uvm.add_endpoints_to_ns(ctx, guest_ns, [vm_endpoint])
+        [nic] = uvm.net_namespaces()[guest_ns]
+        assert Path(f"/sys/class/net/{nic.tap}/master").resolve().name == network.bridge
+        addresses = guest_output(uvm, "ip", "-n", guest_ns, "-o", "-4", "addr", "show", "eth0")
+        assert f"{vm_endpoint.ip_address}/{vm_endpoint.prefix_length}".encode() in addresses
+        ping = ["/.hcsoci/busybox", "ping", "-c", "1", "-W", "10"]
+        command(uvm, "ip", "netns", "exec", guest_ns, *ping, host_endpoint.ip_address).run()
+        pinged = in_netns(hns.namespace_path(host_ns), "busybox", *ping[1:], vm_endpoint.ip_address)
+        assert pinged.returncode == 0, pinged.stderr
+    finally:
+        uvm.remove_net_ns(ctx, guest_ns)
+    assert guest_ns not in uvm.net_namespaces()
+    assert not Path(f"/sys/class/net/{nic.tap}").exists()
+    with pytest.raises(NotFoundError, match=guest_ns):
+        uvm.remove_net_ns(ctx, guest_ns)

@@ -9,6 +9,7 @@ control window, so the reader thread never blocks on a slow consumer.
 
 from __future__ import annotations
 
+import contextlib
 import errno as errno_module
 import io
 import itertools
@@ -18,7 +19,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from hcsoci.context import Context, background
 from hcsoci.cow import ProcessParameters, Stdio
@@ -47,7 +48,8 @@ class GuestError(HcsociError):
     def __init__(self, op: str, message: str, errno: int = 0) -> None:
         super().__init__(f"guest agent: {op}: {message}")
         self.op = op
-        self.errno = errno
+        self.guest_errno = errno
+        """The errno the agent reported (0 when none)."""
 
 
 class GuestNotFoundError(GuestError, NotFoundError):
@@ -314,10 +316,8 @@ class GuestConnection:
     def close(self) -> None:
         """Close the bridge; the guest's processes are dropped by the agent."""
         self.fail("the bridge was closed")
-        try:
+        with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         if self._reader is not threading.current_thread():
             self._reader.join(10)
         self._sock.close()
@@ -372,10 +372,8 @@ class GuestStreamReader(io.RawIOBase):
             if self._consumed >= self._window // 4 or (not self._chunks and self._consumed):
                 credit, self._consumed = self._consumed, 0
         if credit:
-            try:
+            with contextlib.suppress(GuestError):  # a gone bridge ends the stream anyway
                 self._return_credit(credit)
-            except GuestError:
-                pass  # the bridge is gone: the stream ends with what it has
         return data
 
     def read(self, size: int | None = -1) -> bytes:
@@ -451,10 +449,8 @@ class GuestStreamWriter(io.RawIOBase):
         super().close()
         if not self._eof_sent:
             self._eof_sent = True
-            try:
+            with contextlib.suppress(GuestError):  # nothing to close on the other side
                 self._process._connection._send(protocol.eof_frame(self._stream))
-            except GuestError:
-                pass  # nothing to close on the other side any more
 
 
 class GuestProcess:
@@ -532,7 +528,7 @@ class GuestProcess:
 
     def stdio(self) -> Stdio:
         """(stdin, stdout, stderr): binary file objects without ``fileno()``, or None."""
-        return self._stdin, self._stdout, self._stderr
+        return cast(Stdio, (self._stdin, self._stdout, self._stderr))
 
     def close_stdin(self, ctx: Context) -> None:
         """Close the process's stdin (it reads end-of-file once it drained what was sent)."""

@@ -27,7 +27,10 @@ from __future__ import annotations
 
 import json
 import struct
-from typing import Any
+
+TYPE_CHECKING = False  # the agent imports this module: typing costs time there
+if TYPE_CHECKING:
+    from typing import Any
 
 PROTOCOL_VERSIONS = (1,)
 """Versions this build speaks, oldest first; the host picks the newest both know."""
@@ -40,7 +43,7 @@ HELLO = 1
 REQUEST = 2
 """Host to guest: ``{"op": name, ...arguments}``; answered by one RESPONSE."""
 RESPONSE = 3
-"""Guest to host: ``{"result": {...}}`` or ``{"error": {"type": ..., "message": ..., "errno": N}}``."""
+"""Guest to host: ``{"result": {...}}``, or ``{"error": {"type", "message", "errno"}}``."""
 NOTIFY = 4
 """Guest to host, unsolicited: ``{"event": "exit", "key": K, "status": N}``."""
 DATA = 5

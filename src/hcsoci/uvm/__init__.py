@@ -11,7 +11,15 @@ from hcsoci.uvm.assets import BootAssets, build_assets, load_assets
 from hcsoci.uvm.options import UVMOptions
 from hcsoci.uvm.plan9 import Plan9Share, VMPlan9Share
 from hcsoci.uvm.scsi import SCSIAttachment, SCSIControllerFullError, VMSCSIDisk
-from hcsoci.uvm.vm import UtilityVM, UVMStartError, create, list_vms, open_vm, remove_vm
+from hcsoci.uvm.vm import (
+    UtilityVM,
+    UVMStartError,
+    create,
+    list_vms,
+    open_vm,
+    reap_dead_vms,
+    remove_vm,
+)
 
 __all__ = [
     "BootAssets",
@@ -28,5 +36,6 @@ __all__ = [
     "list_vms",
     "load_assets",
     "open_vm",
+    "reap_dead_vms",
     "remove_vm",
 ]

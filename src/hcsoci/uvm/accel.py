@@ -9,6 +9,7 @@ QEMU version.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -53,16 +54,24 @@ def trivial_boot_command(assets: BootAssets, accel: str, console: str) -> list[s
 
 def machine_args(accel: str) -> list[str]:
     """The machine and accelerator arguments shared by every boot."""
-    args = ["-machine", "pc", "-accel", accel]
-    if accel == "kvm":
-        args += ["-cpu", "host"]
-    return args
+    # RDRAND lets the TCG guest's kernel seed its random pool at boot: with the
+    # default CPU the agent's first read of /dev/urandom waited about a second.
+    # ("max" has it too, but its AVX paths make glibc's memcpy slow under TCG.)
+    return [
+        "-machine",
+        "pc",
+        "-accel",
+        accel,
+        "-cpu",
+        "host" if accel == "kvm" else "qemu64,+rdrand",
+    ]
 
 
 def _verdict_path(assets: BootAssets) -> Path:
     return assets.directory.parent / "accel-verdict.json"
 
 
+@functools.cache
 def _host_signature() -> str:
     qemu = subprocess.run([QEMU_BINARY, "--version"], capture_output=True, text=True).stdout
     return f"{os.uname().release} {qemu.splitlines()[0] if qemu else '?'}"

@@ -5,8 +5,8 @@ virtio-scsi, virtio-net and overlayfs as modules).  The initramfs holds
 ``busybox-static``, the modules needed to mount the guest root (inserted in
 the dependency order read from ``modules.dep``), the two init scripts, and a
 *seed*: the host Python interpreter and the few standard-library files the
-guest agent imports.  The seed is copied into the tmpfs upper layer of the
-guest root, so the agent starts from memory instead of over 9p (under TCG a
+guest agent imports.  The seed is the top lower layer of the guest root's
+overlay, so the agent starts from memory instead of over 9p (under TCG a
 lean interpreter start over 9p costs seconds).  Every other file the guest
 reads comes from the host's root through the read-only Plan9 share, including
 ``/lib/modules`` for modules loaded later with ``modprobe``.
@@ -49,11 +49,17 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_ASSETS_DIR = "/var/lib/hcsoci/uvm"
-BUILDER_VERSION = 3
+BUILDER_VERSION = 8
 """Bump when the initramfs layout or the init scripts change."""
 
 GUEST_BOOT_MODULES = ("virtio_pci", "virtio_console", "9pnet_virtio", "9p", "overlay")
-"""Modules needed before the guest root exists; the rest are modprobed from that root."""
+"""Modules needed before the guest root exists, inserted by the initramfs."""
+
+GUEST_DEVICE_MODULES = ("virtio_scsi", "sd_mod", "crc32c_generic", "ext4", "virtio_net")
+"""Modules the agent inserts on first use (from ``/.hcsoci/modules``), in order.
+
+They are not loaded at boot (that would slow every boot down), nor modprobed
+from the host root over 9p (kmod cannot read its indexes through the overlay)."""
 
 TRIVIAL_INIT_MARKER = "hcsoci-trivial-init-reached"
 
@@ -65,6 +71,7 @@ B=/bin/busybox
 $B mount -t proc proc /proc
 $B mount -t sysfs sysfs /sys
 $B mount -t devtmpfs devtmpfs /dev
+echo "hcsoci-init: userspace at $($B cut -d' ' -f1 /proc/uptime) s"
 for m in $($B cat /modules.order); do
     $B insmod "/lib/modules/$m" || echo "hcsoci-init: insmod $m failed"
 done
@@ -81,14 +88,16 @@ $B mount -t 9p -o "trans=virtio,version=9p2000.L,cache=${ROOTCACHE:-loose},ro,ms
     hostroot /mnt/host || fail "cannot mount the host root"
 $B mount -t tmpfs -o mode=0755 tmpfs /mnt/rw
 $B mkdir -p /mnt/rw/upper /mnt/rw/work
-if [ -d /seed ]; then $B cp -a /seed/. /mnt/rw/upper/; fi
+# The seed (this initramfs's /seed) is the top lower layer: no copying.
 $B mount -t overlay overlay \
-    -o lowerdir=/mnt/host,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work /newroot \
+    -o lowerdir=/seed:/mnt/host,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work /newroot \
     || fail "cannot mount the guest root overlay"
-$B mkdir -p /newroot/.hcsoci
-$B cp /bin/busybox /stage2 /newroot/.hcsoci/
+echo "hcsoci-init: guest root ready at $($B cut -d' ' -f1 /proc/uptime) s"
 for d in proc sys dev; do $B mount --move "/$d" "/newroot/$d"; done
-exec $B switch_root /newroot /.hcsoci/busybox sh /.hcsoci/stage2 "$PY" "$AGENT"
+# switch_root without its cleanup: the initramfs must stay, it holds the seed.
+cd /newroot
+$B mount --move . /
+exec $B chroot . /.hcsoci/busybox sh /.hcsoci/stage2 "$PY" "$AGENT"
 """
 
 _STAGE2 = r"""# hcsoci utility VM, stage 2 (PID 1 in the guest root): private /run and
@@ -105,6 +114,7 @@ $B ln -sf pts/ptmx /dev/ptmx 2>/dev/null
 $B mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm
 $B mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 $B hostname hcsoci-uvm
+echo "hcsoci-stage2: starting the agent at $($B cut -d' ' -f1 /proc/uptime) s"
 "$PY" -S -I "$AGENT"
 echo "hcsoci-stage2: guest agent exited with status $?"
 while true; do $B sleep 3600; done
@@ -126,7 +136,7 @@ class BootAssets:
     initramfs: Path
     kernel_release: str
     python: str
-    """The interpreter the guest runs the agent with (a host path)."""
+    """The interpreter the guest runs the agent with (a path in the guest)."""
     key: str
 
     @property
@@ -184,15 +194,15 @@ def module_load_order(release: str, names: tuple[str, ...]) -> list[Path]:
         order.append(module)
 
     for name in names:
-        module = by_name.get(name)
-        if module is None:
+        found = by_name.get(name)
+        if found is None:
             builtin = base / "modules.builtin"
             if builtin.exists() and any(
                 _module_name(line) == name for line in builtin.read_text().splitlines()
             ):
                 continue
             raise NotFoundError(f"kernel {release}: module {name!r} not found in modules.dep")
-        visit(module, ())
+        visit(found, ())
     return [base / module for module in order]
 
 
@@ -246,6 +256,14 @@ def _seed_files(python: str) -> list[str]:
     return sorted(f for f in files if not f.startswith(gcs_dir) and os.path.isfile(f))
 
 
+GUEST_PYTHON_PREFIX = "/.hcsoci/py"
+"""Where the seeded interpreter lives in the guest (its host path appended)."""
+
+
+def _is_shared_library(path: str) -> bool:
+    return ".so" in os.path.basename(path) and "/python3" not in path
+
+
 def _inputs(
     kernel: Path, modules: list[Path], busybox: Path, seed: list[str]
 ) -> list[tuple[str, int, int]]:
@@ -272,12 +290,17 @@ def build_assets(
     directory = directory or assets_dir()
     kernel, release = find_kernel()
     modules = module_load_order(release, GUEST_BOOT_MODULES)
+    device_modules = [
+        m
+        for m in module_load_order(release, GUEST_BOOT_MODULES + GUEST_DEVICE_MODULES)
+        if m not in modules
+    ]
     busybox = Path(shutil.which("busybox") or "/bin/busybox")
     if not busybox.exists():
         raise NotFoundError("busybox not found: install busybox-static (make install)")
     python = agent_python()
     seed = _seed_files(python) if seed_python else []
-    inputs = _inputs(kernel, modules, busybox, seed)
+    inputs = _inputs(kernel, modules + device_modules, busybox, seed)
     key = _key(inputs, compress)
     target = directory / key
     manifest_path = target / "manifest.json"
@@ -294,7 +317,9 @@ def build_assets(
             archive.directory(name)
         archive.file("bin/busybox", busybox.read_bytes(), 0o755)
         archive.file("init", _STAGE1.encode(), 0o755)
-        archive.file("stage2", _STAGE2.encode(), 0o644)
+        archive.path_parents("seed/.hcsoci/modules")
+        archive.file("seed/.hcsoci/busybox", busybox.read_bytes(), 0o755)
+        archive.file("seed/.hcsoci/stage2", _STAGE2.encode(), 0o644)
         archive.file("trivial-init", _TRIVIAL_INIT.encode(), 0o755)
         order = []
         for module in modules:
@@ -302,12 +327,21 @@ def build_assets(
             archive.file(f"lib/modules/{name}", _read_module(module), 0o644)
             order.append(name)
         archive.file("modules.order", ("\n".join(order) + "\n").encode(), 0o644)
-        if seed:
-            archive.directory("seed")
-            for path in seed:
-                archive.path_parents("seed" + os.path.dirname(path))
-                st = os.stat(path)
-                archive.file("seed" + path, Path(path).read_bytes(), st.st_mode & 0o7777)
+        order = []
+        for module in device_modules:
+            name = _module_name(module.name) + ".ko"
+            archive.file(f"seed/.hcsoci/modules/{name}", _read_module(module), 0o644)
+            order.append(name)
+        archive.file("seed/.hcsoci/modules/order", ("\n".join(order) + "\n").encode(), 0o644)
+        for path in seed:
+            # The interpreter and its stdlib files go under a private prefix, so
+            # that its directories exist only here: the overlay then never merges
+            # them with the host's big stdlib directories over 9p.  Shared
+            # libraries stay where the dynamic loader looks for them.
+            seeded = "seed" + (path if _is_shared_library(path) else GUEST_PYTHON_PREFIX + path)
+            archive.path_parents(os.path.dirname(seeded))
+            st = os.stat(path)
+            archive.file(seeded, Path(path).read_bytes(), st.st_mode & 0o7777, int(st.st_mtime))
         data = archive.finish()
         if compress:
             data = gzip.compress(data, compresslevel=6)
@@ -315,7 +349,7 @@ def build_assets(
         manifest = {
             "builder_version": BUILDER_VERSION,
             "kernel_release": release,
-            "python": python,
+            "python": GUEST_PYTHON_PREFIX + python if seed else python,
             "compress": compress,
             "inputs": inputs,
             "key": key,
@@ -329,7 +363,25 @@ def build_assets(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("built boot assets", extra={"directory": str(target)})
+    _prune_stale(directory, keep=target)
     return _assets_from_manifest(target)
+
+
+def _prune_stale(directory: Path, keep: Path) -> None:
+    """Delete older builds whose inputs changed: :func:`load_assets` would refuse them."""
+    for manifest_path in directory.glob("*/manifest.json"):
+        build = manifest_path.parent
+        if build == keep:
+            continue
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            current = manifest.get("builder_version") == BUILDER_VERSION and all(
+                _unchanged(*entry) for entry in manifest["inputs"]
+            )
+        except (OSError, ValueError, KeyError):
+            current = False
+        if not current:
+            shutil.rmtree(build, ignore_errors=True)
 
 
 def _assets_from_manifest(target: Path) -> BootAssets:
@@ -386,9 +438,9 @@ class _CpioWriter:
         self._inode = 1
         self._dirs: set[str] = set()
 
-    def _entry(self, name: str, mode: int, data: bytes) -> None:
+    def _entry(self, name: str, mode: int, data: bytes, mtime: int = 0) -> None:
         encoded = name.encode() + b"\0"
-        fields = (self._inode, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(encoded), 0)
+        fields = (self._inode, mode, 0, 0, 1, mtime, len(data), 0, 0, 0, 0, len(encoded), 0)
         self._inode += 1
         header = b"070701" + b"".join(b"%08X" % field for field in fields)
         self._chunks.append(header + encoded + b"\0" * (-(len(header) + len(encoded)) % 4))
@@ -404,8 +456,10 @@ class _CpioWriter:
         for end in range(1, len(parts) + 1):
             self.directory("/".join(parts[:end]))
 
-    def file(self, name: str, data: bytes, mode: int) -> None:
-        self._entry(name, 0o100000 | mode, data)
+    def file(self, name: str, data: bytes, mode: int, mtime: int = 0) -> None:
+        # Seeded .py files keep their mtime, or Python would find every cached
+        # .pyc stale, recompile it and copy directories up into the overlay.
+        self._entry(name, 0o100000 | mode, data, mtime)
 
     def finish(self) -> bytes:
         self._entry("TRAILER!!!", 0, b"")

@@ -70,12 +70,14 @@ class QMPSession:
             event = await self._client.events.get()
             for handler in list(self._handlers):
                 try:
-                    handler(str(event["event"]), dict(event.get("data", {})))
+                    data: dict[str, Any] = dict(event.get("data") or {})  # type: ignore[call-overload]
+                    handler(str(event["event"]), data)
                 except Exception:  # one bad handler must not stop event delivery
                     log.exception("QMP event handler failed")
 
-    def execute(self, command: str, arguments: dict[str, Any] | None = None,
-                timeout: float = 30.0) -> Any:
+    def execute(
+        self, command: str, arguments: dict[str, Any] | None = None, timeout: float = 30.0
+    ) -> Any:
         """Run one command; raises :class:`QMPCommandError` with QEMU's message."""
         if self._closed:
             raise QMPCommandError(f"QMP {self.name}: session closed")
@@ -97,7 +99,7 @@ class QMPSession:
             self._pump.cancel()
         try:
             self._call(self._client.disconnect(), 5.0)
-        except Exception as err:  # noqa: BLE001 - the peer may be gone already
+        except Exception as err:  # the peer may be gone already
             log.debug("QMP disconnect", extra={"error": str(err)})
         self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not threading.current_thread():

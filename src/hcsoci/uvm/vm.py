@@ -32,12 +32,22 @@ from hcsoci.mounts import unmount
 from hcsoci.store import Store, open_store, state_root
 from hcsoci.uvm.accel import QEMU_BINARY, machine_args, resolve_accel
 from hcsoci.uvm.assets import BootAssets, agent_path, load_assets
+from hcsoci.uvm.network import GuestNetworks, VMNic, delete_vm_taps
 from hcsoci.uvm.options import UVMOptions
 from hcsoci.uvm.plan9 import Plan9Share, Plan9Slots, mounts_under
 from hcsoci.uvm.qmp import QMPCommandError, QMPSession
 from hcsoci.uvm.scsi import SCSIAttachment, SCSIController
 
-__all__ = ["UVMStartError", "UtilityVM", "VMRecord", "create", "list_vms", "open_vm", "remove_vm"]
+__all__ = [
+    "UVMStartError",
+    "UtilityVM",
+    "VMRecord",
+    "create",
+    "list_vms",
+    "open_vm",
+    "reap_dead_vms",
+    "remove_vm",
+]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +100,7 @@ class UtilityVM:
         self.accel = ""
         self.plan9 = Plan9Slots(self, state_dir / "plan9", options.plan9_slots)
         self.scsi = SCSIController(self, options.scsi_luns)
+        self.networks = GuestNetworks(self)
         self.console_log = options.console_log or str(state_dir / "console.log")
 
     # -- identity -----------------------------------------------------------
@@ -274,9 +285,13 @@ class UtilityVM:
             with self._deleted_lock:
                 event = self._deleted.setdefault(device, threading.Event())
             event.set()
-        elif name == "VSERPORT_CHANGE" and data.get("id") == GCS_PORT_ID:
-            if not data.get("open") and self._gcs is not None:
-                self._gcs.fail(f"the guest agent of VM {self.id()} closed its port (crashed?)")
+        elif (
+            name == "VSERPORT_CHANGE"
+            and data.get("id") == GCS_PORT_ID
+            and not data.get("open")
+            and self._gcs is not None
+        ):
+            self._gcs.fail(f"the guest agent of VM {self.id()} closed its port (crashed?)")
 
     def wait(self) -> None:
         """Block until QEMU has exited."""
@@ -304,6 +319,7 @@ class UtilityVM:
     def close(self) -> None:
         """Terminate the VM and release its host resources and its state record."""
         self.terminate(background())
+        self.networks.clear()
         self.plan9.unbind_all()
         self.scsi.clear()
         _remove_state(self.id(), self.state_dir, self._store)
@@ -403,6 +419,22 @@ class UtilityVM:
         """The attachment of ``host_path``, if any."""
         return self.scsi.find(host_path)
 
+    def add_net_ns(self, ctx: Context, ns_id: str) -> None:
+        """Create a network namespace in the guest (named like the HNS namespace)."""
+        self.networks.add_namespace(ctx, ns_id)
+
+    def add_endpoints_to_ns(self, ctx: Context, ns_id: str, endpoints: list[Any]) -> None:
+        """Give namespace ``ns_id`` a NIC for each ``hns.Endpoint`` (tap on its bridge)."""
+        self.networks.add_endpoints(ctx, ns_id, endpoints)
+
+    def remove_net_ns(self, ctx: Context, ns_id: str) -> None:
+        """Unplug the namespace's NICs and delete it in the guest."""
+        self.networks.remove_namespace(ctx, ns_id)
+
+    def net_namespaces(self) -> dict[str, list[VMNic]]:
+        """Guest namespace id -> its NICs."""
+        return self.networks.namespaces()
+
     def __enter__(self) -> UtilityVM:
         return self
 
@@ -431,6 +463,7 @@ def _wait_pid(pid: int, start_time: int) -> None:
 
 
 def _remove_state(uvm_id: str, state_dir: Path, store: Store) -> None:
+    delete_vm_taps(uvm_id)
     for point in sorted(mounts_under(state_dir), reverse=True):
         unmount(point)
     shutil.rmtree(state_dir, ignore_errors=True)
@@ -514,3 +547,20 @@ def remove_vm(uvm_id: str, store: Store | None = None) -> None:
             os.kill(pid, signal.SIGKILL)
         _wait_pid(pid, start_time)
     _remove_state(uvm_id, Path(row["state_dir"]), store)
+
+
+def reap_dead_vms(store: Store | None = None) -> list[str]:
+    """Release the host state of every recorded VM whose QEMU is gone; their ids.
+
+    For gc: a controller killed halfway leaves the record, mounts and taps of a
+    VM that died with it (or was killed).  A VM whose QEMU still runs is kept:
+    it may belong to ``hcsoci uvm create``; ``remove_vm`` kills it.
+    """
+    store = store or open_store()
+    reaped = []
+    for record in list_vms(store):
+        started = record["state"] == "running" or int(record["pid"]) > 0
+        if started and not record["alive"]:
+            _remove_state(record["id"], Path(record["state_dir"]), store)
+            reaped.append(str(record["id"]))
+    return reaped

@@ -1,0 +1,145 @@
+"""The utility VM against its baselines, interleaved in one run.
+
+1. Boot: QEMU start to a guest agent that answers (``create`` + ``start``)
+   against the *same* QEMU command line, kernel and initramfs booting to the
+   trivial init (``rdinit=/trivial-init``, which prints a marker) under the
+   same accelerator.  The two alternate round by round.
+2. Exec: ``command(vm, "true").run()`` against ``command(LocalHost(), "true")``.
+3. Stdout throughput: ``dd`` writes N MiB to stdout; a Cmd relays it into a
+   sink, through the bridge from the VM against from a host process.
+
+Prints medians and ratios.  Run: ``python -m bench.bench_uvm`` (``--boots N``,
+``--execs N``, ``--mib N``, ``--accel auto|kvm|tcg``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+from hcsoci import LocalHost, command, context
+from hcsoci.uvm import UtilityVM, UVMOptions, build_assets, create
+from hcsoci.uvm.accel import resolve_accel
+from hcsoci.uvm.assets import TRIVIAL_INIT_MARKER
+
+
+class _Sink:
+    """A writer that only counts."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self.bytes += len(data)
+        return len(data)
+
+
+def trivial_boot_seconds(accel: str) -> float:
+    """Seconds from QEMU start to the trivial init's marker on the console."""
+    ctx = context.background()
+    vm = create(ctx, UVMOptions(owner="bench", accel=accel))
+    try:
+        command_line = vm.qemu_command(accel)
+        index = command_line.index("-append") + 1
+        command_line[index] += f" rdinit={vm.assets.trivial_init}"
+        console = Path(vm.console_log)
+        start = time.perf_counter()
+        qemu = subprocess.Popen(command_line, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            while True:
+                if console.exists() and TRIVIAL_INIT_MARKER.encode() in console.read_bytes():
+                    return time.perf_counter() - start
+                if qemu.poll() is not None:
+                    raise RuntimeError(f"trivial boot exited with {qemu.returncode}")
+                time.sleep(0.005)
+        finally:
+            qemu.kill()
+            qemu.wait()
+    finally:
+        vm.close()
+
+
+def agent_boot_seconds(accel: str) -> float:
+    """Seconds from QEMU start (in ``start``) to an answering guest agent."""
+    ctx = context.background()
+    vm = create(ctx, UVMOptions(owner="bench", accel=accel))
+    try:
+        start = time.perf_counter()
+        vm.start(ctx)
+        return time.perf_counter() - start
+    finally:
+        vm.close()
+
+
+def exec_seconds(host: object, runs: int) -> list[float]:
+    """Per-run seconds of ``command(host, "true").run()``."""
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        command(host, "true").run()  # type: ignore[arg-type]
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def throughput_mib_s(host: object, mib: int) -> float:
+    """MiB/s of ``dd`` stdout relayed by a Cmd into a counting sink."""
+    cmd = command(host, "dd", "if=/dev/zero", "bs=1M", f"count={mib}", "status=none")  # type: ignore[arg-type]
+    sink = _Sink()
+    cmd.stdout = sink
+    start = time.perf_counter()
+    cmd.run()
+    elapsed = time.perf_counter() - start
+    assert sink.bytes == mib * 1024 * 1024, sink.bytes
+    return mib / elapsed
+
+
+def main() -> None:
+    """Run the three comparisons and print medians and ratios."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--boots", type=int, default=3)
+    parser.add_argument("--execs", type=int, default=20)
+    parser.add_argument("--mib", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--accel", default="auto")
+    args = parser.parse_args()
+    accel = resolve_accel(args.accel, build_assets())
+    print(f"accelerator: {accel}")
+
+    trivial, agent = [], []
+    for _ in range(args.boots):
+        trivial.append(trivial_boot_seconds(accel))
+        agent.append(agent_boot_seconds(accel))
+    t, a = statistics.median(trivial), statistics.median(agent)
+    print(f"boot to trivial init   {t:7.2f} s  (runs {', '.join(f'{x:.2f}' for x in trivial)})")
+    print(f"boot to agent ready    {a:7.2f} s  (runs {', '.join(f'{x:.2f}' for x in agent)})")
+    print(f"  ratio agent/trivial  {a / t:7.2f}x")
+
+    ctx = context.background()
+    vm: UtilityVM = create(ctx, UVMOptions(owner="bench", accel=accel))
+    try:
+        vm.start(ctx)
+        local = LocalHost()
+        vm_exec, host_exec, vm_mib, host_mib = [], [], [], []
+        for _ in range(args.rounds):
+            vm_exec += exec_seconds(vm, args.execs)
+            host_exec += exec_seconds(local, args.execs)
+            vm_mib.append(throughput_mib_s(vm, args.mib))
+            host_mib.append(throughput_mib_s(local, args.mib))
+        ve, he = statistics.median(vm_exec), statistics.median(host_exec)
+        print(f"exec in VM             {ve * 1000:7.1f} ms")
+        print(f"exec on host           {he * 1000:7.1f} ms")
+        print(f"  ratio VM/host        {ve / he:7.1f}x")
+        vt, ht = statistics.median(vm_mib), statistics.median(host_mib)
+        runs = ", ".join(f"{x:.0f}" for x in vm_mib)
+        print(f"stdout from VM         {vt:7.0f} MiB/s  (runs {runs})")
+        print(f"stdout from host       {ht:7.0f} MiB/s")
+        print(f"  ratio VM/host        {vt / ht:7.2f}x")
+    finally:
+        vm.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""Network namespaces in a utility VM, with NICs on HNS networks.
+
+An HNS endpoint given to a VM becomes a tap device on the host, a port of the
+endpoint's network bridge, hot-plugged into the guest as ``virtio-net-pci``
+with the endpoint's MAC.  The agent finds the new interface by that MAC, moves
+it into the guest network namespace named like the HNS namespace, renames it
+``eth0``, ``eth1``..., and gives it the endpoint's address and default route.
+
+Tap names carry a short tag of the VM id (``hct<tag><n>``), so that removing
+a VM from another process (``hcsoci uvm rm``) finds and deletes them too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from hcsoci import hns
+from hcsoci.context import Context
+from hcsoci.errors import AlreadyExistsError, HcsociError, NotFoundError
+
+if TYPE_CHECKING:
+    from hcsoci.uvm.vm import UtilityVM
+
+__all__ = ["GuestNetworks", "VMNic", "delete_vm_taps", "tap_prefix"]
+
+log = logging.getLogger(__name__)
+
+
+def tap_prefix(uvm_id: str) -> str:
+    """The name prefix of every tap device of VM ``uvm_id``."""
+    return "hct" + hashlib.sha256(uvm_id.encode()).hexdigest()[:6]
+
+
+@dataclass
+class VMNic:
+    """An endpoint's NIC in the VM."""
+
+    endpoint_id: str
+    tap: str
+    device: str
+    namespace: str
+    guest_name: str
+
+
+@dataclass
+class _Namespace:
+    nics: list[VMNic] = field(default_factory=list)
+
+
+def _ip(*args: str) -> None:
+    done = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise HcsociError(f"ip {' '.join(args)}: {done.stderr.strip()}")
+
+
+def _delete_tap(tap: str) -> None:
+    if os.path.exists(f"/sys/class/net/{tap}"):
+        _ip("link", "delete", tap)
+
+
+def delete_vm_taps(uvm_id: str) -> None:
+    """Delete every tap device of VM ``uvm_id`` (tolerates none)."""
+    prefix = tap_prefix(uvm_id)
+    for name in os.listdir("/sys/class/net"):
+        if name.startswith(prefix):
+            _delete_tap(name)
+
+
+class GuestNetworks:
+    """The guest network namespaces of one VM and their NICs."""
+
+    def __init__(self, vm: UtilityVM) -> None:
+        self._vm = vm
+        self._lock = threading.Lock()
+        self._namespaces: dict[str, _Namespace] = {}
+        self._next = 0
+
+    def namespaces(self) -> dict[str, list[VMNic]]:
+        """Namespace id -> its NICs."""
+        with self._lock:
+            return {ns: list(state.nics) for ns, state in self._namespaces.items()}
+
+    def add_namespace(self, ctx: Context, ns_id: str) -> None:
+        """Create the guest namespace ``ns_id`` (AlreadyExistsError if it exists)."""
+        if not ns_id or "/" in ns_id:
+            raise HcsociError(f"add_net_ns: invalid namespace id {ns_id!r}")
+        with self._lock:
+            if ns_id in self._namespaces:
+                raise AlreadyExistsError(f"add_net_ns: VM {self._vm.id()} has {ns_id!r}")
+            self._namespaces[ns_id] = _Namespace()
+        try:
+            self._vm.gcs_request(ctx, "create_netns", {"name": ns_id})
+        except BaseException:
+            with self._lock:
+                self._namespaces.pop(ns_id, None)
+            raise
+
+    def add_endpoints(self, ctx: Context, ns_id: str, endpoints: list[hns.Endpoint]) -> None:
+        """Plug a NIC for each endpoint and configure it inside ``ns_id``."""
+        with self._lock:
+            namespace = self._namespaces.get(ns_id)
+        if namespace is None:
+            raise NotFoundError(f"add_endpoints_to_ns: VM {self._vm.id()} has no {ns_id!r}")
+        for endpoint in endpoints:
+            self._add(ctx, ns_id, namespace, endpoint)
+
+    def _add(self, ctx: Context, ns_id: str, namespace: _Namespace, ep: hns.Endpoint) -> None:
+        network = hns.get_network_by_id(ep.virtual_network)
+        with self._lock:
+            index = self._next
+            self._next += 1
+            nic = VMNic(
+                endpoint_id=ep.id,
+                tap=f"{tap_prefix(self._vm.id())}{index}",
+                device=f"nic{index}",
+                namespace=ns_id,
+                guest_name=f"eth{len(namespace.nics)}",
+            )
+            namespace.nics.append(nic)  # recorded before anything is allocated
+        try:
+            _ip("tuntap", "add", "dev", nic.tap, "mode", "tap")
+            _ip("link", "set", nic.tap, "master", network.bridge, "up")
+            self._vm._qmp_execute(
+                "netdev_add",
+                {
+                    "type": "tap",
+                    "id": f"net{index}",
+                    "ifname": nic.tap,
+                    "script": "no",
+                    "downscript": "no",
+                },
+            )
+            self._vm._device_add(
+                {
+                    "driver": "virtio-net-pci",
+                    "id": nic.device,
+                    "netdev": f"net{index}",
+                    "mac": ep.mac_address,
+                }
+            )
+            self._vm.gcs_request(
+                ctx,
+                "add_nic",
+                {
+                    "namespace": ns_id,
+                    "mac": ep.mac_address,
+                    "name": nic.guest_name,
+                    "address": f"{ep.ip_address}/{ep.prefix_length}",
+                    "gateway": ep.gateway_address,
+                },
+            )
+        except BaseException:
+            self._remove_nic(nic)
+            with self._lock:
+                namespace.nics.remove(nic)
+            raise
+
+    def _remove_nic(self, nic: VMNic) -> None:
+        self._vm._device_del(nic.device)
+        index = nic.device.removeprefix("nic")
+        if self._vm.is_running():
+            try:
+                self._vm._qmp_execute("netdev_del", {"id": f"net{index}"})
+            except HcsociError as err:
+                if "not found" not in str(err):
+                    raise
+        _delete_tap(nic.tap)
+
+    def remove_namespace(self, ctx: Context, ns_id: str) -> None:
+        """Unplug the namespace's NICs, delete their taps and the guest namespace."""
+        with self._lock:
+            namespace = self._namespaces.get(ns_id)
+        if namespace is None:
+            raise NotFoundError(f"remove_net_ns: VM {self._vm.id()} has no {ns_id!r}")
+        for nic in list(namespace.nics):
+            self._remove_nic(nic)
+            with self._lock:
+                namespace.nics.remove(nic)
+        if self._vm.is_running():
+            self._vm.gcs_request(ctx, "delete_netns", {"name": ns_id})
+        with self._lock:
+            self._namespaces.pop(ns_id, None)
+
+    def clear(self) -> None:
+        """Forget everything and delete the taps (the VM is gone)."""
+        with self._lock:
+            self._namespaces.clear()
+        delete_vm_taps(self._vm.id())

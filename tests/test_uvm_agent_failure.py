@@ -1,0 +1,66 @@
+"""A guest agent that stops answering, then crashes: clear errors, never a hang.
+
+The VM here is this module's own: the test breaks its agent on purpose.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from fixtures_uvm import MakeUVM, assert_vm_gone
+from hcsoci import ProcessParameters, command, context
+from hcsoci.gcs import BridgeClosedError, GuestTimeoutError
+from hcsoci.uvm import reap_dead_vms
+
+
+def test_stopped_then_crashed_agent(make_uvm: MakeUVM) -> None:
+    vm = make_uvm(request_timeout=3.0)
+    ctx = context.background()
+    agent = vm.gcs.agent_pid
+
+    # Freeze the agent for a while: requests time out instead of hanging.
+    command(
+        vm, "sh", "-c", f"(kill -STOP {agent}; sleep 15; kill -CONT {agent}) >/dev/null 2>&1 &"
+    ).run()
+    deadline = time.monotonic() + 60
+    with pytest.raises(GuestTimeoutError, match="no answer"):
+        while time.monotonic() < deadline:  # until the background shell has stopped it
+            vm.gcs_request(ctx, "ping", {})
+            time.sleep(0.2)
+    deadline = time.monotonic() + 60
+    while True:  # thawed: it answers again
+        try:
+            vm.gcs_request(ctx, "ping", {})
+            break
+        except GuestTimeoutError:
+            assert time.monotonic() < deadline, "the agent never came back"
+
+    # Kill it: waiters and new requests get BridgeClosedError.
+    sleeper = vm.create_process(
+        ctx, ProcessParameters(command_args=["sleep", "600"], environment={"PATH": "/bin"})
+    )
+    command(vm, "sh", "-c", f"kill -KILL {agent}").start()
+    with pytest.raises(BridgeClosedError):
+        sleeper.wait()
+    with pytest.raises(BridgeClosedError):
+        command(vm, "true").run()
+    sleeper.close()
+
+    # The VM can still be terminated, and leaves nothing behind.
+    vm.close()
+    assert_vm_gone(vm)
+
+
+def test_killed_qemu_is_reaped(make_uvm: MakeUVM) -> None:
+    vm = make_uvm()
+    os.kill(vm.pid(), signal.SIGKILL)  # a real fault: QEMU dies under its controller
+    vm.wait()
+    with pytest.raises(BridgeClosedError):
+        command(vm, "true").run()
+    assert vm.id() in reap_dead_vms()
+    assert_vm_gone(vm)
+    vm.close()  # the handle still closes quietly
