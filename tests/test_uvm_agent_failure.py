@@ -22,13 +22,19 @@ def test_stopped_then_crashed_agent(make_uvm: MakeUVM) -> None:
     ctx = context.background()
     agent = vm.gcs.agent_pid
 
-    # Freeze the agent for a while: requests time out instead of hanging.
-    command(
-        vm, "sh", "-c", f"(kill -STOP {agent}; sleep 15; kill -CONT {agent}) >/dev/null 2>&1 &"
-    ).run()
+    # Freeze the agent for a while: requests time out instead of hanging.  The
+    # freezer is a guest process of its own (kept open, not waited for), and it
+    # waits a moment so the agent's answer to its creation gets out first.
+    freezer = vm.create_process(
+        ctx,
+        ProcessParameters(
+            command_args=["sh", "-c", f"sleep 1; kill -STOP {agent}; sleep 12; kill -CONT {agent}"],
+            environment={"PATH": "/bin"},
+        ),
+    )
     deadline = time.monotonic() + 60
     with pytest.raises(GuestTimeoutError, match="no answer"):
-        while time.monotonic() < deadline:  # until the background shell has stopped it
+        while time.monotonic() < deadline:  # until the freezer has stopped it
             vm.gcs_request(ctx, "ping", {})
             time.sleep(0.2)
     deadline = time.monotonic() + 60
@@ -49,6 +55,7 @@ def test_stopped_then_crashed_agent(make_uvm: MakeUVM) -> None:
     with pytest.raises(BridgeClosedError):
         command(vm, "true").run()
     sleeper.close()
+    freezer.close()
 
     # The VM can still be terminated, and leaves nothing behind.
     vm.close()

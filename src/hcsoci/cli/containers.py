@@ -433,8 +433,9 @@ def delete(force: bool, container_id: str) -> None:
 
 @click.command()
 def gc() -> None:
-    """Release containers, namespaces and endpoints whose controller died; prints them."""
+    """Release containers, namespaces, endpoints and VMs whose controller died; prints them."""
     from hcsoci import hns
+    from hcsoci.uvm import reap_dead_vms
 
     try:
         for container_id in collect(context.background()):
@@ -442,6 +443,8 @@ def gc() -> None:
             click.echo(container_id)
         for line in hns.gc(context.background()):
             click.echo(line)
+        for vm_id in reap_dead_vms():
+            click.echo(f"released utility VM {vm_id} (its QEMU was gone)")
     except HcsociError as err:
         raise _fail(err) from err
     scratch_root = state_root() / "scratch"
