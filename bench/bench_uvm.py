@@ -7,20 +7,28 @@
 2. Exec: ``command(vm, "true").run()`` against ``command(LocalHost(), "true")``.
 3. Stdout throughput: ``dd`` writes N MiB to stdout; a Cmd relays it into a
    sink, through the bridge from the VM against from a host process.
+4. Container exec: ``command(container, "true").run()`` in a container inside
+   the VM (busybox image, layers over SCSI) against in a host container (runc
+   on this machine), alternating in blocks.
 
 Prints medians and ratios.  Run: ``python -m bench.bench_uvm`` (``--boots N``,
-``--execs N``, ``--mib N``, ``--accel auto|kvm|tcg``).
+``--execs N``, ``--mib N``, ``--accel auto|kvm|tcg``; ``--only containers``
+runs just the fourth).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import statistics
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
-from hcsoci import LocalHost, command, context
+from hcsoci import CreateOptions, LocalHost, command, context, create_container, images
+from hcsoci import release_resources as release
 from hcsoci.uvm import UtilityVM, UVMOptions, build_assets, create
 from hcsoci.uvm.accel import resolve_accel
 from hcsoci.uvm.assets import TRIVIAL_INIT_MARKER
@@ -96,6 +104,48 @@ def throughput_mib_s(host: object, mib: int) -> float:
     return mib / elapsed
 
 
+def container_exec_comparison(vm: UtilityVM, execs: int, rounds: int) -> None:
+    """Median exec latency in a VM container against a host container; prints the ratio."""
+    ctx = context.background()
+    work = Path(tempfile.mkdtemp(prefix="hcsoci-bench-"))
+    old_cache = os.environ.get("HCSOCI_LAYER_CACHE")
+    os.environ["HCSOCI_LAYER_CACHE"] = str(work / "layer-cache")
+    image = images.ensure_default_image(images.ImageStore(work / "images"))
+    made = []
+    try:
+        for index, hosting in enumerate((vm, None)):
+            spec = images.spec_for_image(image, ["sleep", "3600"])
+            scratch = work / f"scratch{index}"
+            scratch.mkdir()
+            assert spec.windows is not None and spec.windows.layer_folders is not None
+            spec.windows.layer_folders = [*spec.windows.layer_folders, str(scratch)]
+            container, resources = create_container(
+                ctx, CreateOptions(spec=spec, owner="bench", hosting_system=hosting)
+            )
+            made.append((container, resources))
+            container.start(ctx)
+        (vm_container, _), (host_container, _) = made
+        vm_exec, host_exec = [], []
+        for _ in range(rounds):
+            vm_exec += exec_seconds(vm_container, execs)
+            host_exec += exec_seconds(host_container, execs)
+        ve, he = statistics.median(vm_exec), statistics.median(host_exec)
+        print(f"exec in VM container   {ve * 1000:7.1f} ms")
+        print(f"exec in host container {he * 1000:7.1f} ms")
+        print(f"  ratio VM/host        {ve / he:7.1f}x")
+    finally:
+        for (container, resources), hosting in zip(made, (vm, None), strict=False):
+            container.terminate(ctx)
+            container.wait()
+            container.close()
+            release(ctx, resources, hosting, True)
+        if old_cache is None:
+            os.environ.pop("HCSOCI_LAYER_CACHE", None)
+        else:
+            os.environ["HCSOCI_LAYER_CACHE"] = old_cache
+        shutil.rmtree(work)
+
+
 def main() -> None:
     """Run the three comparisons and print medians and ratios."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -104,9 +154,16 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--accel", default="auto")
+    parser.add_argument("--only", choices=["containers"], default=None)
     args = parser.parse_args()
     accel = resolve_accel(args.accel, build_assets())
     print(f"accelerator: {accel}")
+    if args.only == "containers":
+        ctx = context.background()
+        with create(ctx, UVMOptions(owner="bench", accel=accel)) as only_vm:
+            only_vm.start(ctx)
+            container_exec_comparison(only_vm, args.execs, args.rounds)
+        return
 
     trivial, agent = [], []
     for _ in range(args.boots):
@@ -137,6 +194,7 @@ def main() -> None:
         print(f"stdout from VM         {vt:7.0f} MiB/s  (runs {runs})")
         print(f"stdout from host       {ht:7.0f} MiB/s")
         print(f"  ratio VM/host        {vt / ht:7.2f}x")
+        container_exec_comparison(vm, args.execs, args.rounds)
     finally:
         vm.close()
 

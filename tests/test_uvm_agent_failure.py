@@ -6,15 +6,17 @@ The VM here is this module's own: the test breaks its agent on purpose.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
 from fixtures_uvm import MakeUVM, assert_vm_gone
 from hcsoci import ProcessParameters, command, context
 from hcsoci.gcs import BridgeClosedError, GuestTimeoutError
-from hcsoci.uvm import reap_dead_vms
+from hcsoci.uvm import BootAssets, UVMOptions, UVMStartError, create, reap_dead_vms
 
 
 def test_stopped_then_crashed_agent(make_uvm: MakeUVM) -> None:
@@ -71,3 +73,17 @@ def test_killed_qemu_is_reaped(make_uvm: MakeUVM) -> None:
     assert vm.id() in reap_dead_vms()
     assert_vm_gone(vm)
     vm.close()  # the handle still closes quietly
+
+
+def test_agent_that_dies_while_booting_fails_the_start_at_once(
+    uvm_assets: BootAssets, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A real fault: the guest is told to run an agent file that does not exist.
+    missing = tmp_path / "gone" / "agent.py"
+    monkeypatch.setattr("hcsoci.uvm.vm.agent_path", lambda: missing)
+    options = UVMOptions(id="t-" + secrets.token_hex(4), owner="pytest", boot_timeout=300.0)
+    vm = create(context.background(), options)
+    with pytest.raises(UVMStartError, match="agent exited while the VM booted") as info:
+        vm.start(context.background())
+    assert "hcsoci-stage2: guest agent exited" in str(info.value)  # the console's tail
+    assert_vm_gone(vm)

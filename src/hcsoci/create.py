@@ -80,7 +80,8 @@ class CreateOptions:
     """What to create (the seed's ``CreateOptions``).
 
     ``id`` defaults to a new uuid and ``owner`` to the program's name.  ``spec``
-    is required.  ``hosting_system`` (a utility VM) is not supported for now.
+    is required.  ``hosting_system`` (a utility VM) creates the container inside
+    that VM (see :mod:`hcsoci.uvm.container`).
     ``network_namespace`` names an existing namespace to join.  With
     ``do_not_release_resources_on_failure`` a failed create leaves its
     allocations in place (and recorded) for debugging; release them with
@@ -162,6 +163,11 @@ def create_container(ctx: Context, options: CreateOptions) -> tuple[Container, R
     ``.resources`` attribute: what was allocated, already released unless
     ``do_not_release_resources_on_failure``.
     """
+    if options.hosting_system is not None:
+        # Hypervisor isolation: the LCOW flow, imported only when a VM is given.
+        vm_flow = importlib.import_module("hcsoci.uvm.container")
+        vm_container: tuple[Container, Resources] = vm_flow.create_vm_container(ctx, options)
+        return vm_container
     container_id = options.id or str(uuid.uuid4())
     owner = options.owner or os.path.basename(sys.argv[0] or "python")
     resources = Resources(container_id)
@@ -198,11 +204,6 @@ def create_container(ctx: Context, options: CreateOptions) -> tuple[Container, R
 def _check_options(options: CreateOptions, container_id: str) -> None:
     if options.spec is None:
         raise InvalidArgumentError("CreateOptions.spec: must be supplied")
-    if options.hosting_system is not None:
-        # The one place hypervisor isolation is refused until hcsoci.uvm grows it.
-        raise InvalidArgumentError(
-            "CreateOptions.hosting_system: containers inside a utility VM are not supported yet"
-        )
     _check_id(container_id)
     oci.validate_spec(options.spec)
     if options.spec.process is None:

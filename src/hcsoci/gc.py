@@ -43,6 +43,7 @@ _RESOURCE_MODULES = (
     "hcsoci.network",
     "hcsoci.hns",
     "hcsoci.uvm",
+    "hcsoci.uvm.container",
 )
 
 

@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
@@ -35,6 +35,9 @@ from hcsoci.errors import HcsociError, InvalidArgumentError, StateError
 from hcsoci.gc import collect, release_container
 from hcsoci.resources import Resources, release_resources
 from hcsoci.store import open_store, state_root
+
+if TYPE_CHECKING:
+    from hcsoci.uvm import UtilityVM
 
 __all__ = ["register"]
 
@@ -68,6 +71,7 @@ class ContainerRequest:
     runtime: str
     endpoints: tuple[str, ...]
     networks: tuple[str, ...]
+    isolation: str = "process"
 
 
 def _build_spec(request: ContainerRequest) -> oci.Spec:
@@ -100,7 +104,9 @@ def _build_spec(request: ContainerRequest) -> oci.Spec:
     return spec
 
 
-def _create(request: ContainerRequest) -> tuple[Container, Resources, Resources]:
+def _create(
+    request: ContainerRequest, vm: UtilityVM | None = None
+) -> tuple[Container, Resources, Resources]:
     """Create the container; returns it, its resources, and the run's own endpoints.
 
     Endpoints made for ``--network`` are recorded under the container's id too,
@@ -113,7 +119,9 @@ def _create(request: ContainerRequest) -> tuple[Container, Resources, Resources]
     try:
         spec = _build_spec(request)
         _attach_networks(spec, run_endpoints, request.endpoints, request.networks)
-        options = CreateOptions(id=container_id, spec=spec, owner="hcsoci", runtime=request.runtime)
+        options = CreateOptions(
+            id=container_id, spec=spec, owner="hcsoci", runtime=request.runtime, hosting_system=vm
+        )
         container, resources = create_container(ctx, options)
         return container, resources, run_endpoints
     except BaseException as err:
@@ -220,6 +228,9 @@ def _container_options(function: Callable[..., None]) -> Callable[..., None]:
                          help="Attach this existing endpoint (id) to the container."),
             click.option("--network", "networks", multiple=True,
                          help="Attach a new endpoint on this network, deleted with the container."),
+            click.option("--isolation", type=click.Choice(["process", "vm"]), default="process",
+                         help="process: runc on this host; vm: in a utility VM made for this "
+                         "command (implies --rm)."),
             click.argument("args", nargs=-1),
         ]
     ):  # fmt: skip
@@ -233,6 +244,8 @@ def _container_options(function: Callable[..., None]) -> Callable[..., None]:
 @_container_options
 def run(request: ContainerRequest, remove: bool, interactive: bool) -> None:
     """Create a container, run its command with this terminal's stdio; exit with its status."""
+    if request.isolation == "vm":
+        sys.exit(_run_in_vm(request, interactive))
     container, resources, run_endpoints = _create(request)
     if not remove:
         _hand_over(request.container_id)
@@ -250,10 +263,40 @@ def run(request: ContainerRequest, remove: bool, interactive: bool) -> None:
     sys.exit(status)
 
 
+def _run_in_vm(request: ContainerRequest, interactive: bool) -> int:
+    """``run --isolation vm``: a VM for this command, the container in it, then all released."""
+    from hcsoci import uvm
+
+    ctx = context.background()
+    try:
+        vm = uvm.create(ctx, uvm.UVMOptions(owner="hcsoci"))
+    except HcsociError as err:
+        raise _fail(err) from err
+    try:
+        vm.start(ctx)
+        container, resources, run_endpoints = _create(request, vm)
+        try:
+            if request.terminal and container.spec.process is not None:
+                container.spec.process.console_size = _terminal_size()
+            return _run_cmd(Cmd(container, None), interactive, request.terminal)
+        finally:
+            container.close()
+            # The VM goes away with its shares: all=False, as the seed does.
+            release_resources(ctx, resources, vm, False)
+            release_resources(ctx, run_endpoints, None, True)
+    except HcsociError as err:
+        raise _fail(err) from err
+    finally:
+        vm.close()
+        _remove_scratch(request.container_id)
+
+
 @click.command()
 @_container_options
 def create(request: ContainerRequest) -> None:
     """Create a container (not started); prints its id."""
+    if request.isolation != "process":
+        raise click.UsageError("--isolation vm: only `run` makes a VM container (for its run)")
     if request.terminal:
         raise click.UsageError("-t: a created container's init logs to a file; use `run -t`")
     container, _, _ = _create(request)

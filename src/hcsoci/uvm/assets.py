@@ -106,6 +106,11 @@ _STAGE2 = r"""# hcsoci utility VM, stage 2 (PID 1 in the guest root): private /r
 B=/.hcsoci/busybox
 PY="$1"
 AGENT="$2"
+# Copy the agent's package into the guest root first: the tree it came from
+# may live under /run or /tmp, which the private mounts below hide.
+$B mkdir -p /.hcsoci/gcs
+$B cp "${AGENT%/*}"/*.py /.hcsoci/gcs/ || echo "hcsoci-stage2: no agent in ${AGENT%/*}"
+AGENT="/.hcsoci/gcs/${AGENT##*/}"
 $B mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
 $B mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
 $B mkdir -p /dev/pts /dev/shm

@@ -21,10 +21,11 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hcsoci.context import Context, background
+from hcsoci.context import Canceled, Context, background, with_cancel
 from hcsoci.cow import ProcessParameters
 from hcsoci.errors import AlreadyExistsError, HcsociError, InvalidArgumentError, NotFoundError
 from hcsoci.gcs.connection import GuestConnection, GuestProcess
@@ -248,12 +249,34 @@ class UtilityVM:
         self._qmp = QMPSession(self.id())
         self._qmp.on_event(self._on_qmp_event)
         self._qmp.connect(str(qmp_path))
-        self._gcs = GuestConnection.connect(
-            str(self.state_dir / "gcs.sock"),
-            ctx,
-            timeout=max(0.1, deadline - time.monotonic()),
-            name=self.id(),
+        # Fail fast, not at the deadline, when the agent died while booting.
+        boot_ctx, give_up = with_cancel(ctx)
+        connected = threading.Event()
+        watcher = threading.Thread(
+            target=self._watch_boot, args=(give_up, connected), name=f"uvm-{self.id()}-boot"
         )
+        watcher.start()
+        try:
+            self._gcs = GuestConnection.connect(
+                str(self.state_dir / "gcs.sock"),
+                boot_ctx,
+                timeout=max(0.1, deadline - time.monotonic()),
+                name=self.id(),
+            )
+        except Canceled as err:
+            if ctx.err() is not None:
+                raise
+            raise UVMStartError("the guest agent exited while the VM booted") from err
+        finally:
+            connected.set()
+            watcher.join()
+
+    def _watch_boot(self, give_up: Callable[[], None], connected: threading.Event) -> None:
+        """Until ``connected``, cancel the boot when QEMU or the guest agent has exited."""
+        while not connected.wait(0.1):
+            if self._exited.is_set() or AGENT_EXITED_MARKER in _read_tail(self.console_log):
+                give_up()
+                return
 
     def _failure_detail(self) -> str:
         parts = []
@@ -564,3 +587,18 @@ def reap_dead_vms(store: Store | None = None) -> list[str]:
             _remove_state(record["id"], Path(record["state_dir"]), store)
             reaped.append(str(record["id"]))
     return reaped
+
+
+AGENT_EXITED_MARKER = "hcsoci-stage2: guest agent exited"
+"""What the guest's PID 1 writes to the console when the agent process ends."""
+
+
+def _read_tail(path: str, size: int = 4096) -> str:
+    """The last ``size`` bytes of a text file ('' when it cannot be read)."""
+    try:
+        with open(path, "rb") as file:
+            file.seek(0, os.SEEK_END)
+            file.seek(max(0, file.tell() - size))
+            return file.read().decode(errors="replace")
+    except OSError:
+        return ""

@@ -1,0 +1,694 @@
+"""Containers inside a utility VM (hcsshim's LCOW flow: resources_lcow.go, create.go).
+
+``create_container(ctx, CreateOptions(spec=..., hosting_system=vm))`` lands
+here.  The container's root in the guest is ``/run/gcs/c/<id>``:
+
+* ``spec.windows.layer_folders`` (``layern..layer1, scratch``): each read-only
+  layer becomes an ext4 image (built once with ``mke2fs -d``, cached in
+  ``$HCSOCI_LAYER_CACHE``, default ``/var/lib/hcsoci/layer-images``) attached
+  read-only over SCSI at ``/run/gcs/layers/<key>`` (``add_scsi`` counts
+  references, so containers sharing a layer share the disk); the scratch
+  folder gets ``sandbox.img``, attached read-write at ``<root>/scratch``; the
+  agent combines them into an overlay at ``<root>/rootfs``;
+* ``spec.root.path`` (without layers): a Plan9 share of that host directory
+  mounted at ``<root>/rootfs`` (read-only when ``root.readonly``);
+* ``bind`` mounts: Plan9 shares (a single file through a ``restrict``-ed share
+  of its directory); ``virtual-disk`` mounts: SCSI disks; ``sandbox://``
+  sources name guest paths under ``/run/gcs/sandbox``.
+
+The spec sent to the guest drops hooks, ``cgroupsPath`` and the ``windows``
+section and points ``root.path`` at the guest rootfs.  The guest runs the
+container with the host's ``runc`` (the guest root is the host's ``/`` over
+9p), state under ``/run/gcs/runc``.  Every share, disk and guest path is
+recorded as a :class:`~hcsoci.resources.Resource` before it is allocated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from hcsoci import oci
+from hcsoci.cmd import ExitError, command
+from hcsoci.container import ContainerProperties, _process_config
+from hcsoci.context import Context, background
+from hcsoci.cow import ProcessParameters, Stdio
+from hcsoci.errors import HcsociError, InvalidArgumentError, NotFoundError, StateError
+from hcsoci.gcs.connection import GuestProcess
+from hcsoci.resources import Resource, Resources, release_resources
+from hcsoci.store import Store, open_store
+from hcsoci.uvm.plan9 import VMPlan9Share
+from hcsoci.uvm.scsi import VMSCSIDisk
+from hcsoci.uvm.vm import UtilityVM
+
+__all__ = [
+    "VMContainer",
+    "VMContainerProcess",
+    "VMGuestContainer",
+    "VMGuestDir",
+    "VMGuestMount",
+    "ScratchImage",
+    "create_vm_container",
+    "guest_run",
+    "layer_image",
+]
+
+log = logging.getLogger(__name__)
+
+GUEST_ROOT = "/run/gcs/c"
+GUEST_LAYERS = "/run/gcs/layers"
+GUEST_SANDBOX = "/run/gcs/sandbox"
+GUEST_RUNC_ROOT = "/run/gcs/runc"
+SCRATCH_IMAGE = "sandbox.img"
+SCRATCH_SIZE = "2G"  # sparse: costs what the container writes
+_RUNC = f"runc --root {GUEST_RUNC_ROOT}"
+
+
+def layer_cache_dir() -> Path:
+    """Where layer ext4 images are cached (``$HCSOCI_LAYER_CACHE``)."""
+    return Path(os.environ.get("HCSOCI_LAYER_CACHE") or "/var/lib/hcsoci/layer-images")
+
+
+def guest_run(ctx: Context, vm: UtilityVM, script: str, stdin: bytes | None = None) -> bytes:
+    """Run ``sh -c script`` in the guest; its stdout, or an error carrying its stderr."""
+    cmd = command(vm, "sh", "-c", script)
+    cmd.context = ctx
+    stderr = io.BytesIO()
+    cmd.stderr = stderr
+    if stdin is not None:
+        cmd.stdin = io.BytesIO(stdin)
+    try:
+        return cmd.output()
+    except ExitError as err:
+        detail = stderr.getvalue().decode(errors="replace").strip()
+        raise HcsociError(f"in utility VM {vm.id()}: {script!r}: {detail or err}") from err
+
+
+# --- resources --------------------------------------------------------------
+
+
+class _InVM(Resource, kw_only=True):
+    in_vm = True
+    vm_id: str
+
+    def _vm(self, vm: UtilityVM | None) -> UtilityVM | None:
+        if vm is None or vm.id() != self.vm_id or not vm.is_running():
+            return None  # the VM is gone, and this with it
+        return vm
+
+
+class VMGuestDir(_InVM, kw_only=True):
+    """A directory in the guest (the container's root); removed when nothing is mounted below."""
+
+    kind = "uvm-guest-dir"
+    path: str
+
+    def release(self, ctx: Context, vm: UtilityVM | None) -> None:
+        live = self._vm(vm)
+        if live is None:
+            return
+        path = shlex.quote(self.path)
+        guest_run(
+            ctx,
+            live,
+            f"if grep -qF ' '{path}/ /proc/self/mounts; then "
+            f"echo {path} still has mounts >&2; exit 1; fi; rm -rf {path}",
+        )
+
+
+class VMGuestMount(_InVM, kw_only=True):
+    """A mount the agent made in the guest (the overlay rootfs)."""
+
+    kind = "uvm-guest-mount"
+    target: str
+
+    def release(self, ctx: Context, vm: UtilityVM | None) -> None:
+        live = self._vm(vm)
+        if live is not None:
+            live.gcs_request(ctx, "unmount", {"target": self.target, "remove_dir": False})
+
+
+class VMGuestContainer(_InVM, kw_only=True):
+    """The container in the guest's runc (``runc delete --force`` undoes it)."""
+
+    kind = "uvm-guest-container"
+    container_id: str
+
+    def release(self, ctx: Context, vm: UtilityVM | None) -> None:
+        live = self._vm(vm)
+        if live is None:
+            return
+        cid = shlex.quote(self.container_id)
+        guest_run(
+            ctx,
+            live,
+            f"{_RUNC} delete --force {cid} >/dev/null 2>&1; "
+            f"if {_RUNC} state {cid} >/dev/null 2>&1; then "
+            f"echo runc could not delete {cid} >&2; exit 1; fi",
+        )
+
+
+class ScratchImage(Resource, kw_only=True):
+    """The scratch disk image this creation made in the scratch folder."""
+
+    kind = "uvm-scratch-image"
+    path: str
+
+    def release(self, ctx: Context, vm: UtilityVM | None) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+# --- layer images -----------------------------------------------------------
+
+
+def _tree_size(directory: Path) -> tuple[int, int]:
+    size = entries = 0
+    for root, dirs, files in os.walk(directory):
+        for name in files + dirs:
+            entries += 1
+            with contextlib.suppress(OSError):
+                size += (os.lstat(os.path.join(root, name)).st_size + 4095) // 4096 * 4096
+    return size, entries
+
+
+def layer_image(layer: str, cache: Path | None = None) -> Path:
+    """The ext4 image of the layer directory ``layer`` (built once, then cached)."""
+    source = Path(layer).resolve()
+    stamp = source.stat().st_mtime_ns
+    key = hashlib.sha256(f"{source}\0{stamp}".encode()).hexdigest()[:32]
+    cache = cache or layer_cache_dir()
+    image = cache / f"{key}.ext4"
+    if image.exists():
+        return image
+    cache.mkdir(parents=True, exist_ok=True)
+    size, entries = _tree_size(source)
+    kib = (size * 13 // 10 + entries * 4096) // 1024 + 16 * 1024
+    partial = cache / f".{key}.{os.getpid()}.{threading.get_ident()}.tmp"
+    try:
+        done = subprocess.run(
+            ["mke2fs", "-q", "-F", "-t", "ext4", "-d", str(source), str(partial), f"{kib}k"],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            raise HcsociError(f"mke2fs of layer {layer!r} failed: {done.stderr.strip()}")
+        os.replace(partial, image)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+    return image
+
+
+# --- the create flow --------------------------------------------------------
+
+
+def create_vm_container(ctx: Context, options: Any) -> tuple[VMContainer, Resources]:
+    """The ``hosting_system`` branch of :func:`hcsoci.create_container`."""
+    from hcsoci import create as host_create  # the shared checks and state rows
+
+    vm: UtilityVM = options.hosting_system
+    container_id = options.id or __import__("uuid").uuid4().hex
+    owner = options.owner or os.path.basename(sys.argv[0] or "python")
+    resources = Resources(container_id)
+    try:
+        host_create._check_context(ctx)
+        if options.spec is None:
+            raise InvalidArgumentError("CreateOptions.spec: must be supplied")
+        host_create._check_id(container_id)
+        oci.validate_spec(options.spec)
+        if options.spec.process is None:
+            raise InvalidArgumentError(
+                "spec.process: a container needs a process to run as its init"
+            )
+        if not isinstance(vm, UtilityVM):
+            raise InvalidArgumentError(f"CreateOptions.hosting_system: {vm!r} is not a UtilityVM")
+        if not vm.is_running():
+            raise StateError(f"CreateOptions.hosting_system: {vm!r} is not running")
+        _check_input(options)
+        store = open_store()
+        root = f"{GUEST_ROOT}/{container_id}"
+        host_create._insert_row(store, container_id, owner, Path(root), "runc")
+    except BaseException as err:
+        err.resources = resources  # type: ignore[attr-defined]
+        raise
+
+    resources = Resources(container_id, store)
+    resources.container_root_in_uvm = root
+    try:
+        resources.add(host_create.ContainerRecord(container_id=container_id))
+        spec = _allocate(ctx, vm, options.spec, resources, root)
+        container = VMContainer(container_id, vm, root, spec, store, owner=owner)
+    except BaseException as err:
+        if not options.do_not_release_resources_on_failure:
+            try:
+                release_resources(ctx, resources, vm, True)
+            except Exception as release_err:
+                log.error("release after failed create: %s", release_err)
+                err.add_note(f"releasing what was allocated failed too: {release_err}")
+        err.resources = resources  # type: ignore[attr-defined]
+        raise
+    return container, resources
+
+
+def _check_input(options: Any) -> None:
+    spec: oci.Spec = options.spec
+    if options.network_namespace or (
+        spec.windows is not None
+        and spec.windows.network is not None
+        and spec.windows.network.endpoint_list
+    ):
+        raise InvalidArgumentError(
+            "spec.windows.network: networking for containers in a utility VM is not supported"
+        )
+    layers = spec.windows.layer_folders if spec.windows is not None else None
+    if layers:
+        if len(layers) < 2:
+            raise InvalidArgumentError(
+                f"spec.windows.layer_folders: {layers!r} needs at least one layer and a scratch"
+            )
+        if spec.root is not None and os.path.isabs(spec.root.path):
+            raise InvalidArgumentError(
+                f"spec.root.path: {spec.root.path!r} contradicts spec.windows.layer_folders"
+            )
+        for index, folder in enumerate(layers):
+            if not os.path.isdir(folder):
+                raise NotFoundError(
+                    f"spec.windows.layer_folders[{index}]: {folder!r} is not an existing directory"
+                )
+    else:
+        path = spec.root.path if spec.root is not None else ""
+        if not path or not os.path.isabs(path):
+            raise InvalidArgumentError(
+                f"spec.root.path: {path!r}: set an absolute host directory or "
+                "spec.windows.layer_folders"
+            )
+        if not os.path.isdir(path):
+            raise NotFoundError(f"spec.root.path: {path!r} is not an existing directory")
+    for index, mount in enumerate(spec.mounts or []):
+        field = f"spec.mounts[{index}]"
+        if mount.source.startswith("sandbox://"):
+            continue
+        is_bind = mount.type in ("bind", "rbind") or "bind" in (mount.options or [])
+        if (is_bind or mount.type in ("virtual-disk", "automanage-virtual-disk")) and not (
+            os.path.isabs(mount.source) and os.path.exists(mount.source)
+        ):
+            raise NotFoundError(f"{field}.source: {mount.source!r} does not exist on the host")
+
+
+def _allocate(
+    ctx: Context, vm: UtilityVM, user_spec: oci.Spec, resources: Resources, root: str
+) -> oci.Spec:
+    spec = msgspec.convert(msgspec.to_builtins(user_spec), oci.Spec)
+    vm_id = vm.id()
+    resources.add(VMGuestDir(vm_id=vm_id, path=root))
+    guest_run(ctx, vm, f"mkdir -p {shlex.quote(root)}/rootfs")
+    rootfs = f"{root}/rootfs"
+    readonly = spec.root.readonly if spec.root is not None else False
+    layers = spec.windows.layer_folders if spec.windows is not None else None
+    if layers:
+        lowers = []
+        for index, folder in enumerate(layers[:-1]):
+            try:
+                image = layer_image(folder)
+            except (OSError, HcsociError) as err:
+                raise HcsociError(
+                    f"spec.windows.layer_folders[{index}]: {folder!r}: {err}"
+                ) from err
+            uvm_path = f"{GUEST_LAYERS}/{image.stem}"
+            resources.add(VMSCSIDisk(vm_id=vm_id, host_path=str(image)))
+            vm.add_scsi(ctx, str(image), uvm_path, True)
+            lowers.append(uvm_path)
+        scratch = Path(layers[-1]) / SCRATCH_IMAGE
+        if not scratch.exists():
+            resources.add(ScratchImage(path=str(scratch)))
+            done = subprocess.run(
+                ["mke2fs", "-q", "-F", "-t", "ext4", str(scratch), SCRATCH_SIZE],
+                capture_output=True,
+                text=True,
+            )
+            if done.returncode != 0:
+                raise HcsociError(
+                    f"spec.windows.layer_folders[{len(layers) - 1}]: cannot make "
+                    f"{str(scratch)!r}: {done.stderr.strip()}"
+                )
+        resources.add(VMSCSIDisk(vm_id=vm_id, host_path=str(scratch)))
+        vm.add_scsi(ctx, str(scratch), f"{root}/scratch", False)
+        resources.add(VMGuestMount(vm_id=vm_id, target=rootfs))
+        vm.gcs_request(
+            ctx,
+            "mount_overlay",
+            {
+                "target": rootfs,
+                "lowers": lowers,
+                "upper": f"{root}/scratch/upper",
+                "work": f"{root}/scratch/work",
+            },
+        )
+    else:
+        assert spec.root is not None
+        share = VMPlan9Share(vm_id=vm_id)
+        resources.add(share)
+        added = vm.add_plan9(ctx, spec.root.path, rootfs, readonly, False, [])
+        share.name = added.name
+        resources.update(share)
+    spec.mounts = [
+        _guest_mount(ctx, vm, resources, root, index, mount)
+        for index, mount in enumerate(spec.mounts or [])
+    ]
+    spec.root = oci.Root(path=rootfs, readonly=readonly)
+    spec.hooks = None
+    spec.windows = None
+    if spec.linux is not None:
+        spec.linux.cgroups_path = ""
+    guest_run(ctx, vm, f"cat > {shlex.quote(root)}/config.json", oci.encode_spec(spec))
+    resources.add(VMGuestContainer(vm_id=vm_id, container_id=resources.owner_id))
+    resources.store.execute(
+        "UPDATE containers SET state = 'created' WHERE id = ?", (resources.owner_id,)
+    )
+    return spec
+
+
+def _guest_mount(
+    ctx: Context, vm: UtilityVM, resources: Resources, root: str, index: int, mount: oci.Mount
+) -> oci.Mount:
+    options = list(mount.options or [])
+    read_only = "ro" in options
+    if mount.source.startswith("sandbox://"):
+        source = f"{GUEST_SANDBOX}/{mount.source.removeprefix('sandbox://').lstrip('/')}"
+        guest_run(ctx, vm, f"mkdir -p {shlex.quote(source)}")
+        if "bind" not in options and "rbind" not in options:
+            options.append("rbind")
+        return oci.Mount(destination=mount.destination, type="bind", source=source, options=options)
+    if mount.type in ("virtual-disk", "automanage-virtual-disk"):
+        target = f"{root}/disks/{index}"
+        resources.add(VMSCSIDisk(vm_id=vm.id(), host_path=mount.source))
+        vm.add_scsi(ctx, mount.source, target, read_only)
+        kept = [o for o in options if o not in ("bind", "rbind")]
+        return oci.Mount(
+            destination=mount.destination, type="bind", source=target, options=["rbind", *kept]
+        )
+    if mount.type in ("bind", "rbind") or "bind" in options or "rbind" in options:
+        host = Path(mount.source)
+        target = f"{root}/mounts/{index}"
+        share = VMPlan9Share(vm_id=vm.id())
+        resources.add(share)
+        if host.is_dir():
+            added = vm.add_plan9(ctx, str(host), target, read_only, False, [])
+            guest_source = target
+        else:
+            added = vm.add_plan9(ctx, str(host.parent), target, read_only, True, [host.name])
+            guest_source = f"{target}/{host.name}"
+        share.name = added.name
+        resources.update(share)
+        if "bind" not in options and "rbind" not in options:
+            options.append("rbind")
+        return oci.Mount(
+            destination=mount.destination, type="bind", source=guest_source, options=options
+        )
+    return mount
+
+
+# --- the container ----------------------------------------------------------
+
+
+class VMContainerProcess:
+    """A process of a container in a utility VM (``cow.Process``): a ``runc`` in the guest."""
+
+    def __init__(self, container: VMContainer, guest: GuestProcess, pid_file: str) -> None:
+        self._container = container
+        self._guest = guest
+        self._pid_file = pid_file
+
+    def __repr__(self) -> str:
+        return f"<VMContainerProcess {self._container.id()} {self._guest!r}>"
+
+    def pid(self) -> int:
+        """The pid of the process's ``runc`` in the guest."""
+        return self._guest.pid()
+
+    def stdio(self) -> Stdio:
+        return self._guest.stdio()
+
+    def close_stdin(self, ctx: Context) -> None:
+        self._guest.close_stdin(ctx)
+
+    def resize_console(self, ctx: Context, width: int, height: int) -> None:
+        self._guest.resize_console(ctx, width, height)
+
+    def signal(self, ctx: Context, sig: int) -> bool:
+        """Send ``sig``: runc forwards it; SIGKILL goes to the container process itself."""
+        if self._guest._exit_status is not None:
+            return False
+        if sig != signal.SIGKILL:
+            return self._guest.signal(ctx, sig)
+        pid_file = shlex.quote(self._pid_file)
+        try:
+            guest_run(
+                ctx,
+                self._container.vm,
+                f"i=0; while [ ! -s {pid_file} ]; do i=$((i+1)); [ $i -gt 200 ] && exit 3; "
+                f"sleep 0.05; done; kill -KILL $(cat {pid_file})",
+            )
+        except HcsociError:
+            return self._guest.signal(ctx, sig)
+        return True
+
+    def kill(self, ctx: Context) -> bool:
+        return self.signal(ctx, signal.SIGKILL)
+
+    def wait(self) -> None:
+        self._guest.wait()
+
+    def exit_code(self) -> int:
+        return self._guest.exit_code()
+
+    def close(self) -> None:
+        self._guest.close()
+
+
+class VMContainer:
+    """A container in a utility VM (``cow.Container``), run by the guest's runc."""
+
+    def __init__(
+        self,
+        container_id: str,
+        vm: UtilityVM,
+        root: str,
+        spec: oci.Spec,
+        store: Store,
+        *,
+        owner: str = "",
+    ) -> None:
+        self._id = container_id
+        self.vm = vm
+        self.root = root
+        self.spec = spec
+        self.owner = owner
+        self._store = store
+        self._state = "created"
+        self._init: VMContainerProcess | None = None
+        self._lock = threading.Lock()
+        self._execs = 0
+
+    def __repr__(self) -> str:
+        return f"<VMContainer {self._id} in {self.vm.id()} {self._state}>"
+
+    @property
+    def log_path(self) -> str:
+        """Where ``start`` sends the init's output (a guest path)."""
+        return f"{self.root}/container.log"
+
+    def id(self) -> str:
+        return self._id
+
+    def os(self) -> str:
+        return "linux"
+
+    def is_oci(self) -> bool:
+        return True
+
+    def create_process(self, ctx: Context, config: Any) -> VMContainerProcess:
+        """``None`` starts the init with relayed stdio; an ``oci.Process`` runs ``runc exec``."""
+        _check_context(ctx)
+        process, pipes = _process_config(config)
+        if process is None:
+            return self._start_init(ctx, pipes, to_log=False)
+        return self._exec(ctx, process, pipes)
+
+    def start(self, ctx: Context) -> None:
+        """Run the init with its output in the guest's ``<root>/container.log``."""
+        _check_context(ctx)
+        self._start_init(ctx, (False, False, False), to_log=True)
+
+    def shutdown(self, ctx: Context) -> None:
+        self._signal_init(ctx, "TERM")
+
+    def terminate(self, ctx: Context) -> None:
+        self._signal_init(ctx, "KILL")
+
+    def wait(self) -> None:
+        init = self._init
+        if init is None:
+            raise StateError(f"container {self._id}: not started")
+        init.wait()
+
+    def close(self) -> None:
+        init = self._init
+        if init is not None:
+            init.close()
+
+    def properties(self, ctx: Context) -> ContainerProperties:
+        state = self._current_state()
+        props = ContainerProperties(
+            id=self._id, owner=self.owner, state=state, init_pid=0, bundle=self.root, runtime="runc"
+        )
+        init = self._init
+        if init is not None and state == "stopped":
+            with contextlib.suppress(HcsociError):
+                props.exit_code = init.exit_code()
+        if state == "running":
+            with contextlib.suppress(HcsociError, ValueError):
+                out = guest_run(ctx, self.vm, f"{_RUNC} state {shlex.quote(self._id)}")
+                props.init_pid = int(msgspec.json.decode(out).get("pid") or 0)
+        return props
+
+    # -- internals --
+
+    def _current_state(self) -> str:
+        with self._lock:
+            if self._state in ("created", "starting"):
+                return "created"
+        init = self._init
+        if init is not None and init._guest._exit_status is None and init._guest._failure is None:
+            return "running"
+        return "stopped"
+
+    def _signal_init(self, ctx: Context, name: str) -> None:
+        if self._current_state() != "running":
+            raise StateError(f"container {self._id}: the init is not running")
+        guest_run(ctx, self.vm, f"{_RUNC} kill {shlex.quote(self._id)} {name}")
+
+    def _spawn(
+        self,
+        ctx: Context,
+        script: str,
+        env: dict[str, str],
+        pipes: tuple[bool, bool, bool],
+        terminal: bool,
+    ) -> GuestProcess:
+        params = ProcessParameters(
+            command_args=["sh", "-c", script],
+            environment={
+                "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                **env,
+            },
+            working_directory="/",
+            emulate_console=terminal,
+            create_stdin_pipe=pipes[0],
+            create_stdout_pipe=pipes[1],
+            create_stderr_pipe=pipes[2],
+        )
+        return self.vm.create_process(ctx, params)
+
+    def _start_init(
+        self, ctx: Context, pipes: tuple[bool, bool, bool], to_log: bool
+    ) -> VMContainerProcess:
+        with self._lock:
+            if self._state != "created":
+                raise StateError(
+                    f"container {self._id}: the init has started already (state {self._state})"
+                )
+            self._state = "starting"
+        assert self.spec.process is not None
+        try:
+            terminal = bool(self.spec.process.terminal)
+            if to_log and terminal:
+                raise StateError(
+                    f"container {self._id}: spec.process.terminal is set; start a terminal init "
+                    "with a Cmd (create_process(ctx, None)), start() only writes a log file"
+                )
+            root = shlex.quote(self.root)
+            pid_file = f"{self.root}/init.pid"
+            run = (
+                f"exec {_RUNC} --log {root}/runtime.log run --bundle {root} "
+                f"--pid-file {shlex.quote(pid_file)} {shlex.quote(self._id)}"
+            )
+            if to_log:
+                run += f" </dev/null >>{root}/container.log 2>&1"
+            guest = self._spawn(ctx, run, {}, pipes, terminal)
+            process = VMContainerProcess(self, guest, pid_file)
+            self._await_running(ctx, process, f"{self.root}/runtime.log")
+        except BaseException:
+            with self._lock:
+                self._state = "created"
+            raise
+        with self._lock:
+            self._init = process
+            self._state = "running"
+        self._store.execute(
+            "UPDATE containers SET state = 'running', init_pid = ? WHERE id = ?",
+            (process.pid(), self._id),
+        )
+        return process
+
+    def _await_running(self, ctx: Context, process: VMContainerProcess, runtime_log: str) -> None:
+        """Wait for runc's pid file (the process runs), or report why runc gave up."""
+        pid_file = shlex.quote(process._pid_file)
+        try:
+            guest_run(
+                ctx,
+                self.vm,
+                f"while [ ! -s {pid_file} ]; do kill -0 {process.pid()} 2>/dev/null || exit 3; "
+                "sleep 0.02; done",
+            )
+        except HcsociError as err:
+            detail = b""
+            with contextlib.suppress(HcsociError):
+                detail = guest_run(ctx, self.vm, f"tail -n 5 {shlex.quote(runtime_log)}")
+            with contextlib.suppress(Exception):
+                process._guest.kill(background())
+            process.close()
+            raise HcsociError(
+                f"container {self._id}: runc did not start the process: "
+                f"{detail.decode(errors='replace').strip() or err}"
+            ) from err
+
+    def _exec(
+        self, ctx: Context, process: oci.Process, pipes: tuple[bool, bool, bool]
+    ) -> VMContainerProcess:
+        state = self._current_state()
+        if state != "running":
+            raise StateError(f"container {self._id}: cannot run a process in it (state {state})")
+        with self._lock:
+            self._execs += 1
+            token = f"{self._execs}"
+        base = f"{self.root}/exec/{token}"
+        quoted = shlex.quote(base)
+        script = (
+            f"mkdir -p {shlex.quote(self.root)}/exec && "
+            f'printf %s "$HCSOCI_PROCESS" > {quoted}.json && unset HCSOCI_PROCESS && '
+            f"exec {_RUNC} --log {quoted}.log exec --process {quoted}.json "
+            f"--pid-file {quoted}.pid {shlex.quote(self._id)}"
+        )
+        env = {"HCSOCI_PROCESS": msgspec.json.encode(process).decode()}
+        guest = self._spawn(ctx, script, env, pipes, bool(process.terminal))
+        return VMContainerProcess(self, guest, f"{base}.pid")
+
+
+def _check_context(ctx: Context) -> None:
+    err = ctx.err()
+    if err is not None:
+        raise err

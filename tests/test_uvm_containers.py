@@ -1,0 +1,251 @@
+"""Containers inside a utility VM: the LCOW flow (layers over SCSI, Plan9 roots and binds).
+
+One VM for the whole module (``uvm_for_containers``); every test releases
+what it created and checks that the VM holds no share, disk or mount of it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fixtures_uvm import assert_vm_gone
+from hcsoci import (
+    CreateOptions,
+    ExitError,
+    command,
+    command_context,
+    context,
+    create_container,
+    images,
+    oci,
+    release_resources,
+)
+from hcsoci.errors import NotFoundError
+from hcsoci.resources import Resources
+from hcsoci.store import open_store, state_root
+from hcsoci.uvm import BootAssets, UtilityVM, UVMOptions, VMPlan9Share, VMSCSIDisk, create
+from hcsoci.uvm.container import GUEST_ROOT, VMContainer
+
+SpecFactory = Callable[..., oci.Spec]
+
+
+@pytest.fixture(scope="module")
+def layer_cache() -> Iterator[Path]:
+    """A private layer-image cache for the module (``$HCSOCI_LAYER_CACHE``)."""
+    path = Path(tempfile.mkdtemp(prefix="hcsoci-layer-cache-"))
+    old = os.environ.get("HCSOCI_LAYER_CACHE")
+    os.environ["HCSOCI_LAYER_CACHE"] = str(path)
+    try:
+        yield path
+    finally:
+        if old is None:
+            os.environ.pop("HCSOCI_LAYER_CACHE", None)
+        else:
+            os.environ["HCSOCI_LAYER_CACHE"] = old
+        for image in path.iterdir():
+            image.unlink()
+        path.rmdir()
+
+
+@pytest.fixture(scope="module")
+def vm(uvm_assets: BootAssets, layer_cache: Path) -> Iterator[UtilityVM]:
+    options = UVMOptions(id="tc-" + os.urandom(4).hex(), owner="pytest", scsi_luns=6, plan9_slots=4)
+    machine = create(context.background(), options)
+    machine.start(context.background())
+    try:
+        yield machine
+    finally:
+        machine.close()
+        assert_vm_gone(machine)
+
+
+@pytest.fixture
+def vm_spec(busybox_image: images.Image, tmp_path: Path) -> SpecFactory:
+    def make(args: list[str], **kwargs: Any) -> oci.Spec:
+        spec = images.spec_for_image(busybox_image, args, **kwargs)
+        scratch = tempfile.mkdtemp(prefix="scratch-", dir=tmp_path)
+        assert spec.windows is not None and spec.windows.layer_folders is not None
+        spec.windows.layer_folders = [*spec.windows.layer_folders, scratch]
+        return spec
+
+    return make
+
+
+def guest_mounts(vm: UtilityVM) -> list[str]:
+    lines = command(vm, "cat", "/proc/self/mounts").output().decode().splitlines()
+    return [line.split()[1] for line in lines]
+
+
+def assert_vm_clean(vm: UtilityVM) -> None:
+    assert [a.host_path for a in vm.scsi.attachments()] == []
+    assert vm.plan9.shares() == []
+    assert [m for m in guest_mounts(vm) if m.startswith("/run/gcs")] == []
+    assert command(vm, "ls", GUEST_ROOT).output().strip() == b""
+
+
+def make(vm: UtilityVM, spec: oci.Spec) -> tuple[VMContainer, Resources]:
+    container, resources = create_container(
+        context.background(), CreateOptions(spec=spec, hosting_system=vm)
+    )
+    assert isinstance(container, VMContainer)
+    return container, resources
+
+
+def release(vm: UtilityVM, resources: Resources) -> None:
+    release_resources(context.background(), resources, vm, True)
+
+
+def test_layers_init_log_exec_and_kill(vm: UtilityVM, vm_spec: SpecFactory) -> None:
+    ctx = context.background()
+    container, resources = make(vm, vm_spec(["sh", "-c", "echo hello-init; sleep 300"]))
+    try:
+        container.start(ctx)
+        guest_log = container.log_path
+        deadline = time.monotonic() + 10
+        while b"hello-init" not in command(vm, "cat", guest_log).output():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        # exec through Cmd: output, exit code
+        assert command(container, "cat", "/etc/passwd").output().startswith(b"root:")
+        with pytest.raises(ExitError) as raised:
+            command(container, "sh", "-c", "exit 7").run()
+        assert raised.value.exit_code == 7
+        # writes land in the scratch, not in the layer
+        command(container, "sh", "-c", "echo x > /written").run()
+        assert command(container, "cat", "/written").output() == b"x\n"
+        # context kill -> 137
+        kill_ctx, cancel = context.with_cancel(ctx)
+        cmd = command_context(kill_ctx, container, "sleep", "300")
+        cmd.start()
+        time.sleep(0.5)
+        cancel()
+        with pytest.raises(ExitError) as killed:
+            cmd.wait()
+        assert killed.value.exit_code == 137
+        container.terminate(ctx)
+        container.wait()
+        assert container.properties(ctx).state == "stopped"
+    finally:
+        container.close()
+        release(vm, resources)
+    assert_vm_clean(vm)
+
+
+def test_init_through_cmd_relays_stdio(vm: UtilityVM, vm_spec: SpecFactory) -> None:
+    container, resources = make(vm, vm_spec(["sh", "-c", "cat; echo err >&2; exit 3"]))
+    try:
+        cmd = command(container, "ignored")
+        cmd.spec = None
+        cmd.stdin = io.BytesIO(b"from-stdin\n")
+        cmd.stdout, cmd.stderr = io.BytesIO(), io.BytesIO()
+        with pytest.raises(ExitError) as raised:
+            cmd.run()
+        assert raised.value.exit_code == 3
+        assert cmd.stdout.getvalue() == b"from-stdin\n"
+        assert cmd.stderr.getvalue() == b"err\n"
+    finally:
+        container.close()
+        release(vm, resources)
+    assert_vm_clean(vm)
+
+
+def test_plan9_root_and_single_file_bind(
+    vm: UtilityVM, busybox_image: images.Image, tmp_path: Path
+) -> None:
+    ctx = context.background()
+    secret = tmp_path / "data" / "message.txt"
+    secret.parent.mkdir()
+    secret.write_text("through-plan9\n")
+    (secret.parent / "hidden.txt").write_text("no")
+    spec = images.spec_for_image(busybox_image, ["sleep", "300"])
+    spec.windows = None
+    spec.root = oci.Root(path=busybox_image.layer_folders[0], readonly=True)
+    spec.mounts = [
+        *(spec.mounts or []),
+        oci.Mount(
+            destination="/etc/hostname",  # exists: the root is read-only
+            type="bind",
+            source=str(secret),
+            options=["rbind", "ro"],
+        ),
+    ]
+    container, resources = make(vm, spec)
+    try:
+        container.start(ctx)
+        assert command(container, "cat", "/etc/hostname").output() == b"through-plan9\n"
+        for target in ("/etc/hostname", "/new-file"):  # read-only bind, read-only root
+            with pytest.raises(ExitError):
+                command(container, "sh", "-c", f"echo x > {target}").run()
+        # the restricted share shows only the one file
+        share_dirs = [s for s in vm.plan9.shares() if s.restrict]
+        assert len(share_dirs) == 1 and share_dirs[0].allowed_names == ("message.txt",)
+        assert len(resources.find(VMPlan9Share)) == 2
+    finally:
+        container.close()
+        release(vm, resources)
+    assert secret.read_text() == "through-plan9\n"
+    assert_vm_clean(vm)
+
+
+def test_shared_layer_shares_the_disk_and_all_false_keeps_shares(
+    vm: UtilityVM, vm_spec: SpecFactory
+) -> None:
+    ctx = context.background()
+    first, first_resources = make(vm, vm_spec(["sleep", "300"]))
+    second, second_resources = make(vm, vm_spec(["sleep", "300"]))
+    try:
+        layer_disks = [a for a in vm.scsi.attachments() if a.read_only]
+        assert len(layer_disks) == 1 and layer_disks[0].ref_count == 2
+        assert len(vm.scsi.attachments()) == 3  # one layer, two scratches
+        # all=False: the VM shares stay (the VM is going away)
+        release_resources(ctx, second_resources, vm, False)
+        assert len(vm.scsi.attachments()) == 3
+        assert {r.kind for r in second_resources.items()} >= {VMSCSIDisk.kind}
+        release(vm, second_resources)
+        assert layer_disks[0].ref_count == 1
+        assert len(vm.scsi.attachments()) == 2
+    finally:
+        first.close()
+        second.close()
+        release(vm, first_resources)
+        release(vm, second_resources)
+    assert_vm_clean(vm)
+
+
+def test_missing_layer_is_a_clear_error_and_leaves_nothing(
+    vm: UtilityVM, vm_spec: SpecFactory, tmp_path: Path
+) -> None:
+    spec = vm_spec(["true"])
+    assert spec.windows is not None and spec.windows.layer_folders is not None
+    missing = str(tmp_path / "no-such-layer")
+    spec.windows.layer_folders = [missing, *spec.windows.layer_folders]
+    with pytest.raises(NotFoundError, match=r"layer_folders\[0\].*no-such-layer") as raised:
+        make(vm, spec)
+    assert len(raised.value.resources) == 0  # type: ignore[attr-defined]
+    assert_vm_clean(vm)
+
+
+def test_cli_run_isolation_vm(layer_cache: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "HCSOCI_IMAGES": str(tmp_path / "images")}
+    done = subprocess.run(
+        [sys.executable, "-m", "hcsoci.cli.main", "run", "--isolation", "vm", "--name", "cli-vm",
+         "--", "sh", "-c", "echo hi-from-vm; exit 4"],
+        capture_output=True,
+        timeout=300,
+        env=env,
+    )  # fmt: skip
+    assert done.returncode == 4, done.stderr
+    assert done.stdout == b"hi-from-vm\n"
+    assert open_store().query("SELECT id FROM containers WHERE id = 'cli-vm'") == []
+    assert open_store().query("SELECT id FROM vms WHERE owner = 'hcsoci'") == []
+    assert not (state_root() / "scratch" / "cli-vm").exists()
