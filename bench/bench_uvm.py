@@ -12,8 +12,8 @@
    on this machine), alternating in blocks.
 
 Prints medians and ratios.  Run: ``python -m bench.bench_uvm`` (``--boots N``,
-``--execs N``, ``--mib N``, ``--accel auto|kvm|tcg``; ``--only containers``
-runs just the fourth).
+``--execs N``, ``--mib N``, ``--accel auto|kvm|tcg``; ``--only boot`` runs
+just the first, ``--only containers`` just the fourth).
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--accel", default="auto")
-    parser.add_argument("--only", choices=["containers"], default=None)
+    parser.add_argument("--only", choices=["boot", "containers"], default=None)
     args = parser.parse_args()
     accel = resolve_accel(args.accel, build_assets())
     print(f"accelerator: {accel}")
@@ -173,6 +173,8 @@ def main() -> None:
     print(f"boot to trivial init   {t:7.2f} s  (runs {', '.join(f'{x:.2f}' for x in trivial)})")
     print(f"boot to agent ready    {a:7.2f} s  (runs {', '.join(f'{x:.2f}' for x in agent)})")
     print(f"  ratio agent/trivial  {a / t:7.2f}x")
+    if args.only == "boot":
+        return
 
     ctx = context.background()
     vm: UtilityVM = create(ctx, UVMOptions(owner="bench", accel=accel))

@@ -34,6 +34,7 @@ __all__ = [
     "create_container_endpoint",
     "get_namespace_endpoints",
     "namespace_file",
+    "point_spec_at_namespace",
     "setup_container_network",
 ]
 
@@ -120,7 +121,7 @@ def setup_container_network(
         path = hns.namespace_path(namespace_id)
     else:
         return
-    _point_spec_at(spec, path)
+    point_spec_at_namespace(spec, path)
 
 
 def _check_endpoints(endpoint_ids: list[str]) -> None:
@@ -147,7 +148,8 @@ def _check_context(ctx: Context) -> None:
         raise err
 
 
-def _point_spec_at(spec: oci.Spec, path: str) -> None:
+def point_spec_at_namespace(spec: oci.Spec, path: str) -> None:
+    """Point the spec's ``network`` namespace at ``path`` (adding the entry if missing)."""
     if spec.linux is None:
         spec.linux = oci.Linux()
     namespaces = spec.linux.namespaces = list(spec.linux.namespaces or [])

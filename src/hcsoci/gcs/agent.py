@@ -786,8 +786,11 @@ def op_add_nic(body: dict[str, Any]) -> dict[str, Any]:
         if time.monotonic() > deadline:
             raise RequestError(f"no NIC with MAC {body['mac']} appeared", errno.ENODEV)
         time.sleep(0.05)
-    _run(["ip", "link", "set", "dev", interface, "netns", namespace])
-    _run(["ip", "-n", namespace, "link", "set", "dev", interface, "name", name])
+    # A unique name first: the kernel's name (eth0...) may be taken in the namespace.
+    moving = "hcn" + str(body["mac"]).replace(":", "")[-8:]
+    _run(["ip", "link", "set", "dev", interface, "name", moving])
+    _run(["ip", "link", "set", "dev", moving, "netns", namespace])
+    _run(["ip", "-n", namespace, "link", "set", "dev", moving, "name", name])
     _run(["ip", "-n", namespace, "addr", "add", str(body["address"]), "dev", name])
     _run(["ip", "-n", namespace, "link", "set", "dev", name, "up"])
     if body.get("gateway"):

@@ -14,7 +14,11 @@ here.  The container's root in the guest is ``/run/gcs/c/<id>``:
   mounted at ``<root>/rootfs`` (read-only when ``root.readonly``);
 * ``bind`` mounts: Plan9 shares (a single file through a ``restrict``-ed share
   of its directory); ``virtual-disk`` mounts: SCSI disks; ``sandbox://``
-  sources name guest paths under ``/run/gcs/sandbox``.
+  sources name guest paths under ``/run/gcs/sandbox``;
+* ``spec.windows.network.endpoint_list``: an hns namespace on the host
+  (``Resources.net_ns``), a guest namespace of the same id with a NIC per
+  endpoint (``add_net_ns`` / ``add_endpoints_to_ns``), joined by the guest
+  container (``/run/netns/<id>``).
 
 The spec sent to the guest drops hooks, ``cgroupsPath`` and the ``windows``
 section and points ``root.path`` at the guest rootfs.  The guest runs the
@@ -35,20 +39,23 @@ import signal
 import subprocess
 import sys
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from hcsoci import oci
+from hcsoci import hns, oci
 from hcsoci.cmd import ExitError, command
 from hcsoci.container import ContainerProperties, _process_config
 from hcsoci.context import Context, background
 from hcsoci.cow import ProcessParameters, Stdio
 from hcsoci.errors import HcsociError, InvalidArgumentError, NotFoundError, StateError
 from hcsoci.gcs.connection import GuestProcess
+from hcsoci.network import CreatedNamespace, point_spec_at_namespace
 from hcsoci.resources import Resource, Resources, release_resources
 from hcsoci.store import Store, open_store
+from hcsoci.uvm.network import VMNetEndpoint, VMNetNamespace
 from hcsoci.uvm.plan9 import VMPlan9Share
 from hcsoci.uvm.scsi import VMSCSIDisk
 from hcsoci.uvm.vm import UtilityVM
@@ -71,6 +78,7 @@ GUEST_ROOT = "/run/gcs/c"
 GUEST_LAYERS = "/run/gcs/layers"
 GUEST_SANDBOX = "/run/gcs/sandbox"
 GUEST_RUNC_ROOT = "/run/gcs/runc"
+GUEST_NETNS = "/run/netns"
 SCRATCH_IMAGE = "sandbox.img"
 SCRATCH_SIZE = "2G"  # sparse: costs what the container writes
 _RUNC = f"runc --root {GUEST_RUNC_ROOT}"
@@ -265,14 +273,13 @@ def create_vm_container(ctx: Context, options: Any) -> tuple[VMContainer, Resour
 
 def _check_input(options: Any) -> None:
     spec: oci.Spec = options.spec
-    if options.network_namespace or (
-        spec.windows is not None
-        and spec.windows.network is not None
-        and spec.windows.network.endpoint_list
-    ):
+    if options.network_namespace:
         raise InvalidArgumentError(
-            "spec.windows.network: networking for containers in a utility VM is not supported"
+            f"CreateOptions.network_namespace: {options.network_namespace!r}: a container in a "
+            "utility VM cannot join a host namespace; list its endpoints in "
+            "spec.windows.network.endpoint_list"
         )
+    _check_endpoints(options.hosting_system, _endpoint_ids(spec))
     layers = spec.windows.layer_folders if spec.windows is not None else None
     if layers:
         if len(layers) < 2:
@@ -308,11 +315,76 @@ def _check_input(options: Any) -> None:
             raise NotFoundError(f"{field}.source: {mount.source!r} does not exist on the host")
 
 
+def _endpoint_ids(spec: oci.Spec) -> list[str]:
+    network = spec.windows.network if spec.windows is not None else None
+    return list(network.endpoint_list or []) if network is not None else []
+
+
+def _check_endpoints(vm: UtilityVM, endpoint_ids: list[str]) -> None:
+    """Refuse unknown or busy endpoints before anything is allocated."""
+    field = "spec.windows.network.endpoint_list"
+    for index, endpoint_id in enumerate(endpoint_ids):
+        try:
+            endpoint = hns.get_endpoint_by_id(endpoint_id)
+        except NotFoundError:
+            raise NotFoundError(f"{field}[{index}]: endpoint {endpoint_id!r} not found") from None
+        if endpoint.namespace:
+            raise StateError(
+                f"{field}[{index}]: endpoint {endpoint_id} is already in host namespace "
+                f"{endpoint.namespace}"
+            )
+        nic = vm.networks.find_endpoint(endpoint_id)
+        if nic is not None:
+            raise StateError(
+                f"{field}[{index}]: endpoint {endpoint_id} is already a NIC of utility VM "
+                f"{vm.id()} (namespace {nic.namespace})"
+            )
+    if len(set(endpoint_ids)) != len(endpoint_ids):
+        raise StateError(f"{field} {endpoint_ids}: an endpoint twice")
+
+
+def _allocate_network(ctx: Context, vm: UtilityVM, spec: oci.Spec, resources: Resources) -> None:
+    """The seed's hosting-system network flow: a host namespace, ``AddNetNS``, NICs.
+
+    The host namespace (an hns namespace, :attr:`Resources.net_ns`) names the
+    container's network, as in HNS; the endpoints are plumbed into the VM as
+    NICs (taps on their bridges) rather than into it as veths, which would put
+    a second port with the endpoint's MAC on the bridge.  The guest namespace
+    has the same id, and the guest container joins it.
+    """
+    endpoint_ids = _endpoint_ids(spec)
+    if not endpoint_ids:
+        return
+    vm_id = vm.id()
+    namespace_id = str(uuid.uuid4())
+    resources.add(CreatedNamespace(namespace_id=namespace_id))
+    hns.create_namespace(namespace_id)
+    resources.net_ns = namespace_id
+    resources.add(VMNetNamespace(vm_id=vm_id, namespace_id=namespace_id))
+    vm.add_net_ns(ctx, namespace_id)
+    for index, endpoint_id in enumerate(endpoint_ids):
+        _check_context(ctx)
+        resources.add(
+            VMNetEndpoint(vm_id=vm_id, namespace_id=namespace_id, endpoint_id=endpoint_id)
+        )
+        try:
+            endpoint = hns.get_endpoint_by_id(endpoint_id)
+            vm.add_endpoints_to_ns(ctx, namespace_id, [endpoint])
+        except HcsociError as err:
+            raise HcsociError(
+                f"spec.windows.network.endpoint_list[{index}]: endpoint {endpoint_id}: "
+                f"cannot add it to utility VM {vm_id}: {err}"
+            ) from err
+        log.info("added endpoint %s to %s in utility VM %s", endpoint_id, namespace_id, vm_id)
+    point_spec_at_namespace(spec, f"{GUEST_NETNS}/{namespace_id}")
+
+
 def _allocate(
     ctx: Context, vm: UtilityVM, user_spec: oci.Spec, resources: Resources, root: str
 ) -> oci.Spec:
     spec = msgspec.convert(msgspec.to_builtins(user_spec), oci.Spec)
     vm_id = vm.id()
+    _allocate_network(ctx, vm, spec, resources)
     resources.add(VMGuestDir(vm_id=vm_id, path=root))
     guest_run(ctx, vm, f"mkdir -p {shlex.quote(root)}/rootfs")
     rootfs = f"{root}/rootfs"
@@ -560,9 +632,16 @@ class VMContainer:
             with contextlib.suppress(HcsociError):
                 props.exit_code = init.exit_code()
         if state == "running":
+            cid = shlex.quote(self._id)
             with contextlib.suppress(HcsociError, ValueError):
-                out = guest_run(ctx, self.vm, f"{_RUNC} state {shlex.quote(self._id)}")
-                props.init_pid = int(msgspec.json.decode(out).get("pid") or 0)
+                out = guest_run(
+                    ctx,
+                    self.vm,
+                    f"{_RUNC} state {cid} | tr -d '\\n'; echo; {_RUNC} ps --format json {cid}",
+                )
+                state_json, _, ps_json = out.partition(b"\n")
+                props.init_pid = int(msgspec.json.decode(state_json).get("pid") or 0)
+                props.processes = [int(pid) for pid in msgspec.json.decode(ps_json) or []]
         return props
 
     # -- internals --

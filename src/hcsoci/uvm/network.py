@@ -8,6 +8,11 @@ it into the guest network namespace named like the HNS namespace, renames it
 
 Tap names carry a short tag of the VM id (``hct<tag><n>``), so that removing
 a VM from another process (``hcsoci uvm rm``) finds and deletes them too.
+
+A VM container's networking is recorded as :class:`VMNetNamespace` (the guest
+namespace) and :class:`VMNetEndpoint` (each NIC) resources.  They are not
+``in_vm`` shares: like the seed's ``addedNetNSToVM``, release takes the NICs
+out of the VM and deletes the guest namespace even with ``all=False``.
 """
 
 from __future__ import annotations
@@ -23,11 +28,19 @@ from typing import TYPE_CHECKING
 from hcsoci import hns
 from hcsoci.context import Context
 from hcsoci.errors import AlreadyExistsError, HcsociError, NotFoundError
+from hcsoci.resources import Resource
 
 if TYPE_CHECKING:
     from hcsoci.uvm.vm import UtilityVM
 
-__all__ = ["GuestNetworks", "VMNic", "delete_vm_taps", "tap_prefix"]
+__all__ = [
+    "GuestNetworks",
+    "VMNetEndpoint",
+    "VMNetNamespace",
+    "VMNic",
+    "delete_vm_taps",
+    "tap_prefix",
+]
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +165,8 @@ class GuestNetworks:
                     "mac": ep.mac_address,
                     "name": nic.guest_name,
                     "address": f"{ep.ip_address}/{ep.prefix_length}",
-                    "gateway": ep.gateway_address,
+                    # the first NIC's gateway is the default route, as in an hns namespace
+                    "gateway": ep.gateway_address if nic.guest_name == "eth0" else "",
                 },
             )
         except BaseException:
@@ -160,6 +174,30 @@ class GuestNetworks:
             with self._lock:
                 namespace.nics.remove(nic)
             raise
+
+    def find_endpoint(self, endpoint_id: str) -> VMNic | None:
+        """The NIC of ``endpoint_id`` in any namespace of this VM, if any."""
+        with self._lock:
+            for state in self._namespaces.values():
+                for nic in state.nics:
+                    if nic.endpoint_id == endpoint_id:
+                        return nic
+        return None
+
+    def remove_endpoint(self, ctx: Context, ns_id: str, endpoint_id: str) -> None:
+        """Unplug the NIC of ``endpoint_id`` from namespace ``ns_id`` and delete its tap."""
+        with self._lock:
+            namespace = self._namespaces.get(ns_id)
+            nics = [n for n in namespace.nics if n.endpoint_id == endpoint_id] if namespace else []
+        if namespace is None or not nics:
+            raise NotFoundError(
+                f"remove_endpoint: VM {self._vm.id()} has no NIC of endpoint {endpoint_id!r} "
+                f"in {ns_id!r}"
+            )
+        for nic in nics:
+            self._remove_nic(nic)
+            with self._lock:
+                namespace.nics.remove(nic)
 
     def _remove_nic(self, nic: VMNic) -> None:
         self._vm._device_del(nic.device)
@@ -192,3 +230,46 @@ class GuestNetworks:
         with self._lock:
             self._namespaces.clear()
         delete_vm_taps(self._vm.id())
+
+
+# --- resources --------------------------------------------------------------
+
+
+def _live(vm: UtilityVM | None, vm_id: str) -> UtilityVM | None:
+    if vm is None or vm.id() != vm_id or not vm.is_running():
+        return None  # the VM is gone, and its NICs and taps with it
+    return vm
+
+
+class VMNetNamespace(Resource, kw_only=True):
+    """A network namespace added to a VM (``AddNetNS``): its NICs unplugged, then deleted."""
+
+    kind = "uvm-net-namespace"
+    vm_id: str
+    namespace_id: str
+
+    def release(self, ctx: Context, vm: UtilityVM | None) -> None:
+        live = _live(vm, self.vm_id)
+        if live is None:
+            return
+        if self.namespace_id in live.net_namespaces():
+            live.remove_net_ns(ctx, self.namespace_id)
+        else:  # another process's VM handle: the agent tolerates a missing namespace
+            live.gcs_request(ctx, "delete_netns", {"name": self.namespace_id})
+
+
+class VMNetEndpoint(Resource, kw_only=True):
+    """An endpoint's NIC in a VM's namespace (``AddEndpointsToNS``): unplugged, tap deleted."""
+
+    kind = "uvm-nic"
+    vm_id: str
+    namespace_id: str
+    endpoint_id: str
+
+    def release(self, ctx: Context, vm: UtilityVM | None) -> None:
+        live = _live(vm, self.vm_id)
+        if live is None:
+            return
+        nic = live.networks.find_endpoint(self.endpoint_id)
+        if nic is not None and nic.namespace == self.namespace_id:
+            live.networks.remove_endpoint(ctx, self.namespace_id, self.endpoint_id)

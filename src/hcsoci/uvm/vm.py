@@ -32,7 +32,7 @@ from hcsoci.gcs.connection import GuestConnection, GuestProcess
 from hcsoci.mounts import unmount
 from hcsoci.store import Store, open_store, state_root
 from hcsoci.uvm.accel import QEMU_BINARY, machine_args, resolve_accel
-from hcsoci.uvm.assets import BootAssets, agent_path, load_assets
+from hcsoci.uvm.assets import BootAssets, agent_path, compile_agent, load_assets
 from hcsoci.uvm.network import GuestNetworks, VMNic, delete_vm_taps
 from hcsoci.uvm.options import UVMOptions
 from hcsoci.uvm.plan9 import Plan9Share, Plan9Slots, mounts_under
@@ -221,6 +221,7 @@ class UtilityVM:
                 )
             self._pid = self._process.pid
             self._pid_start = _process_start_time(self._pid)
+            compile_agent()  # while QEMU boots; the guest reads it seconds later
             self._store.execute(
                 "UPDATE vms SET pid = ?, pid_start = ?, state = 'running', accel = ? WHERE id = ?",
                 (self._pid, self._pid_start, self.accel, self.id()),

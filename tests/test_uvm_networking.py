@@ -1,0 +1,232 @@
+"""Networking of containers inside a utility VM (the seed's hosting-system network flow).
+
+One VM for the module.  A VM container's endpoints become NICs (taps on their
+network's bridge) in a guest namespace its runc container joins; releasing
+the container's resources takes them out again.  Addresses are only on the
+test's own hns networks (fresh subnets from ``free_subnet``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fixtures_containers import Created, SpecFactory
+from fixtures_hns import HnsLab
+from fixtures_uvm import assert_vm_gone
+from hcsoci import (
+    CreateOptions,
+    command,
+    context,
+    create_container,
+    hns,
+    images,
+    oci,
+    release_resources,
+)
+from hcsoci.errors import HcsociError, NotFoundError
+from hcsoci.hns import netlink
+from hcsoci.network import CreatedNamespace
+from hcsoci.store import open_store
+from hcsoci.uvm import BootAssets, UtilityVM, UVMOptions, create
+from hcsoci.uvm.container import GUEST_ROOT, VMContainer
+from hcsoci.uvm.network import VMNetEndpoint, VMNetNamespace, tap_prefix
+
+CTX = context.background()
+SERVER = (
+    "mkdir -p /tmp/www && echo hello from $(hostname) > /tmp/www/index.html && "
+    "exec httpd -f -p 8080 -h /tmp/www"
+)
+
+
+@pytest.fixture(scope="module")
+def vm(uvm_assets: BootAssets) -> Iterator[UtilityVM]:
+    cache = Path(tempfile.mkdtemp(prefix="hcsoci-layer-cache-"))
+    old = os.environ.get("HCSOCI_LAYER_CACHE")
+    os.environ["HCSOCI_LAYER_CACHE"] = str(cache)
+    options = UVMOptions(id="tn-" + os.urandom(4).hex(), owner="pytest", scsi_luns=4)
+    machine = create(context.background(), options)
+    try:
+        machine.start(context.background())
+        yield machine
+    finally:
+        machine.close()
+        if old is None:
+            os.environ.pop("HCSOCI_LAYER_CACHE", None)
+        else:
+            os.environ["HCSOCI_LAYER_CACHE"] = old
+        for image in cache.iterdir():
+            image.unlink()
+        cache.rmdir()
+        assert_vm_gone(machine)
+
+
+@pytest.fixture
+def vm_spec(busybox_image: images.Image, tmp_path: Path) -> Callable[..., oci.Spec]:
+    def make(args: list[str], endpoints: list[str], **kwargs: Any) -> oci.Spec:
+        spec = images.spec_for_image(busybox_image, args, **kwargs)
+        scratch = tempfile.mkdtemp(prefix="scratch-", dir=tmp_path)
+        assert spec.windows is not None and spec.windows.layer_folders is not None
+        spec.windows.layer_folders = [*spec.windows.layer_folders, scratch]
+        spec.windows.network = oci.WindowsNetwork(endpoint_list=endpoints)
+        return spec
+
+    return make
+
+
+def host_taps(vm: UtilityVM) -> list[str]:
+    return [name for name in netlink.list_links() if name.startswith(tap_prefix(vm.id()))]
+
+
+def guest_netns(vm: UtilityVM) -> list[str]:
+    listing = command(vm, "sh", "-c", "ls /run/netns 2>/dev/null || true").output()
+    return listing.decode().split()
+
+
+def guest_nics(vm: UtilityVM) -> int:
+    """virtio-net devices the guest kernel sees."""
+    script = "grep -l '^0x0001$' /sys/bus/virtio/devices/*/device 2>/dev/null | wc -l"
+    return int(command(vm, "sh", "-c", script).output())
+
+
+def assert_vm_network_clean(vm: UtilityVM, net_ns: str) -> None:
+    """Nothing of the VM's networking is left, nor the host namespace ``net_ns`` (if any)."""
+    assert vm.net_namespaces() == {}
+    assert host_taps(vm) == []
+    assert guest_netns(vm) == []
+    assert guest_nics(vm) == 0
+    assert [a.host_path for a in vm.scsi.attachments()] == []
+    assert vm.plan9.shares() == []
+    assert command(vm, "ls", GUEST_ROOT).output().strip() == b""
+    if net_ns:  # other test runs may make namespaces meanwhile: check ours only
+        assert not os.path.exists(hns.namespace_path(net_ns))
+        with pytest.raises(NotFoundError):
+            hns.get_namespace(net_ns)
+
+
+def wget(container: object, url: str) -> bytes:
+    """``wget`` in ``container`` until the server answers (no ``-T``: busybox crashes on it)."""
+    last: Exception | None = None
+    for _ in range(60):
+        ctx, cancel = context.with_timeout(CTX, 10.0)
+        try:
+            return command_output(ctx, container, "wget", "-q", "-O", "-", url)
+        except HcsociError as err:
+            last = err
+            time.sleep(0.2)
+        finally:
+            cancel()
+    raise AssertionError(f"wget {url}: {last}")
+
+
+def command_output(ctx: context.Context, host: object, *argv: str) -> bytes:
+    from hcsoci import command_context
+
+    return command_context(ctx, host, *argv).output()  # type: ignore[arg-type]
+
+
+def test_vm_container_and_host_container_share_a_network(
+    vm: UtilityVM,
+    lab: HnsLab,
+    created: Created,
+    container_spec: SpecFactory,
+    vm_spec: Callable[..., oci.Spec],
+) -> None:
+    network = lab.network()
+    vm_ep, host_ep = lab.endpoint(network), lab.endpoint(network)
+    spec = vm_spec(["sh", "-c", SERVER], [vm_ep.id])
+    spec.hostname = f"vm{lab.token}"
+    container, resources = create_container(CTX, CreateOptions(spec=spec, hosting_system=vm))
+    assert isinstance(container, VMContainer)
+    try:
+        kinds = [r.kind for r in resources.items()]
+        assert kinds[1:4] == [CreatedNamespace.kind, VMNetNamespace.kind, VMNetEndpoint.kind]
+        assert resources.net_ns in vm.net_namespaces()
+        [nic] = vm.net_namespaces()[resources.net_ns]
+        assert nic.endpoint_id == vm_ep.id
+        assert Path(f"/sys/class/net/{nic.tap}/master").resolve().name == network.bridge
+        namespaces = {n.type: n.path for n in container.spec.linux.namespaces or []}
+        assert namespaces["network"] == f"/run/netns/{resources.net_ns}"
+        container.start(CTX)
+        # The guest container sees its NIC...
+        address = command(container, "ip", "-o", "-4", "addr", "show", "eth0").output().decode()
+        assert f"{vm_ep.ip_address}/{vm_ep.prefix_length}" in address
+        # ...and a host container on the same network fetches from it.
+        host_spec = container_spec(["sleep", "600"])
+        assert host_spec.windows is not None
+        host_spec.windows.network = oci.WindowsNetwork(endpoint_list=[host_ep.id])
+        client, client_res = created(host_spec)
+        client_ns = client_res.net_ns
+        client.start(CTX)
+        body = wget(client, f"http://{vm_ep.ip_address}:8080/")
+        assert body == f"hello from vm{lab.token}\n".encode()
+        props = container.properties(CTX)
+        assert props.state == "running" and props.init_pid > 0
+        assert props.init_pid in props.processes
+        container.terminate(CTX)
+        container.wait()
+    finally:
+        container.close()
+        release_resources(CTX, resources, vm, True)
+    assert resources.items() == []
+    assert_vm_network_clean(vm, resources.net_ns)
+    assert os.path.exists(hns.namespace_path(client_ns))  # the host container's, still there
+
+
+def test_release_with_all_false_still_takes_the_nics_out(
+    vm: UtilityVM, lab: HnsLab, vm_spec: Callable[..., oci.Spec]
+) -> None:
+    network = lab.network()
+    endpoints = [lab.endpoint(network), lab.endpoint(network)]
+    spec = vm_spec(["sleep", "600"], [e.id for e in endpoints])
+    container, resources = create_container(CTX, CreateOptions(spec=spec, hosting_system=vm))
+    container.close()
+    assert [n.guest_name for n in vm.net_namespaces()[resources.net_ns]] == ["eth0", "eth1"]
+    assert len(host_taps(vm)) == 2
+    release_resources(CTX, resources, vm, False)
+    assert vm.net_namespaces() == {} and host_taps(vm) == [] and guest_netns(vm) == []
+    assert not os.path.exists(hns.namespace_path(resources.net_ns))
+    assert not resources.find(VMNetEndpoint) and not resources.find(VMNetNamespace)
+    release_resources(CTX, resources, vm, True)  # the shares the VM kept
+    assert_vm_network_clean(vm, resources.net_ns)
+
+
+def test_unknown_endpoint_is_refused_and_nothing_is_left(
+    vm: UtilityVM, lab: HnsLab, vm_spec: Callable[..., oci.Spec]
+) -> None:
+    network = lab.network()
+    good = lab.endpoint(network)
+    spec = vm_spec(["true"], [good.id, "no-such-endpoint"])
+    with pytest.raises(
+        NotFoundError, match=r"endpoint_list\[1\]: endpoint 'no-such-endpoint'"
+    ) as e:
+        create_container(CTX, CreateOptions(spec=spec, hosting_system=vm))
+    assert e.value.resources.net_ns == "" and e.value.resources.items() == []  # type: ignore[attr-defined]
+    assert_vm_network_clean(vm, "")
+    with pytest.raises(HcsociError, match="network_namespace"):
+        create_container(
+            CTX, CreateOptions(spec=spec, hosting_system=vm, network_namespace="whatever")
+        )
+
+
+def test_failure_midway_releases_what_was_added(
+    vm: UtilityVM, lab: HnsLab, vm_spec: Callable[..., oci.Spec]
+) -> None:
+    good_net, broken_net = lab.network(), lab.network()
+    good, broken = lab.endpoint(good_net), lab.endpoint(broken_net)
+    netlink.delete_link(broken_net.bridge)  # the second NIC cannot join its bridge
+    spec = vm_spec(["true"], [good.id, broken.id])
+    with pytest.raises(HcsociError, match=rf"endpoint_list\[1\]: endpoint {broken.id}") as raised:
+        create_container(CTX, CreateOptions(spec=spec, hosting_system=vm))
+    failed = raised.value.resources  # type: ignore[attr-defined]
+    assert failed.items() == [] and failed.net_ns
+    assert_vm_network_clean(vm, failed.net_ns)
+    rows = open_store().query("SELECT kind FROM resources WHERE kind LIKE 'uvm-n%'")
+    assert rows == []
+    assert hns.get_endpoint_by_id(good.id).namespace == ""
