@@ -39,6 +39,7 @@ uvm-assets: system-packages venv
 demo: install
 	$(PY) -m hcsoci.demo
 	$(VENV)/bin/hcsoci run --rm -- sh -c 'echo "hello from $$(hostname), a runc container on the busybox image"; id'
+	$(VENV)/bin/hcsoci run --isolation vm -- sh -c 'echo "hello from a container inside a utility VM (guest kernel $$(uname -r))"'
 
 lint: venv
 	$(VENV)/bin/ruff check src tests bench
