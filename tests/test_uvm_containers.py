@@ -30,7 +30,10 @@ from hcsoci import (
     oci,
     release_resources,
 )
+from hcsoci.cow import ProcessParameters
 from hcsoci.errors import NotFoundError
+from hcsoci.gcs import protocol
+from hcsoci.gcs.connection import GuestError, GuestNotFoundError
 from hcsoci.resources import Resources
 from hcsoci.store import open_store, state_root
 from hcsoci.uvm import BootAssets, UtilityVM, UVMOptions, VMPlan9Share, VMSCSIDisk, create
@@ -153,6 +156,58 @@ def test_init_through_cmd_relays_stdio(vm: UtilityVM, vm_spec: SpecFactory) -> N
         assert raised.value.exit_code == 3
         assert cmd.stdout.getvalue() == b"from-stdin\n"
         assert cmd.stderr.getvalue() == b"err\n"
+    finally:
+        container.close()
+        release(vm, resources)
+    assert_vm_clean(vm)
+
+
+def test_bridge_container_ops(vm: UtilityVM, vm_spec: SpecFactory) -> None:
+    """The agent's container requests, straight through the GuestConnection."""
+    ctx = context.background()
+    gcs = vm.gcs
+    assert gcs.version == protocol.CONTAINER_VERSION == max(protocol.PROTOCOL_VERSIONS)
+    container, resources = make(vm, vm_spec(["sh", "-c", "read line; echo got-$line; exit 5"]))
+    cid = container.id()
+    try:
+        with pytest.raises(GuestError, match="in use"):  # create_container registered it
+            gcs.create_container(ctx, cid, container.root)
+        with pytest.raises(GuestNotFoundError):
+            gcs.start_container(ctx, "no-such-container", ProcessParameters(command_args=["x"]))
+        stdio = ProcessParameters(
+            command_args=["runc"], create_stdin_pipe=True, create_stdout_pipe=True
+        )
+        init = gcs.start_container(ctx, cid, stdio)
+        assert init.container_pid > 0
+        state = gcs.container_state(ctx, cid)
+        assert (state.status, state.pid, state.bundle) == (
+            "running",
+            init.container_pid,
+            container.root,
+        )
+        assert init.container_pid in state.processes
+        # exec; SIGKILL through the runc exec handle reaches the process: 128 + 9
+        sleeper = gcs.exec_in_container(
+            ctx, cid, {"args": ["sleep", "300"], "cwd": "/", "env": ["PATH=/bin"]}, stdio
+        )
+        assert sleeper.signal(ctx, 9)
+        sleeper.wait()
+        assert sleeper.exit_code() == 137
+        sleeper.close()
+        stdin, stdout, _ = init.stdio()
+        assert stdin is not None and stdout is not None
+        stdin.write(b"hello\n")
+        init.close_stdin(ctx)
+        assert stdout.read() == b"got-hello\n"
+        assert gcs.wait_container(cid, timeout=30) == 5  # the container_exit notification
+        init.wait()
+        assert init.exit_code() == 5
+        init.close()
+        assert gcs.container_state(ctx, cid).status == "stopped"
+        assert gcs.delete_container(ctx, cid) is True
+        with pytest.raises(GuestNotFoundError):
+            gcs.container_state(ctx, cid)
+        assert gcs.delete_container(ctx, cid) is False
     finally:
         container.close()
         release(vm, resources)

@@ -73,6 +73,8 @@ class GuestProcess:
         self.credit: dict[int, int] = {}
         self.paused: set[int] = set()
         self.console: int = -1  # pty master, for resize
+        self.container = ""  # the container whose init (runc run) this is
+        self.pid_file = ""  # runc's pid file of the container process it runs
 
 
 class Agent:
@@ -98,6 +100,8 @@ class Agent:
             "signal_process": self.op_signal_process,
             "close_process": self.op_close_process,
             "resize_console": self.op_resize_console,
+            "create_container": self.op_create_container,
+            "exec_in_container": self.op_exec_in_container,
             "ping": lambda _: {"pid": os.getpid()},
         }
         self.slow_ops: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
@@ -111,7 +115,16 @@ class Agent:
             "delete_netns": op_delete_netns,
             "add_nic": op_add_nic,
             "shutdown": op_shutdown,
+            "signal_container": op_signal_container,
+            "signal_container_process": self.op_signal_container_process,
+            "container_state": self.op_container_state,
+            "delete_container": self.op_delete_container,
         }
+        # Started in the loop, answered from a worker thread once the second part returns.
+        self.split_ops: dict[str, tuple[Callable[[dict[str, Any]], Any], Callable[[Any], Any]]] = {
+            "start_container": (self.op_start_container, self.await_container_start),
+        }
+        self.containers: dict[str, str] = {}  # container id -> bundle
 
     # -- the loop -----------------------------------------------------------
 
@@ -223,6 +236,20 @@ class Agent:
             self._send(_response(request_id, lambda: handler(body)))
             return
         slow = self.slow_ops.get(str(op))
+        split = self.split_ops.get(str(op))
+        if split is not None:
+            first: list[Any] = []
+
+            def begin() -> dict[str, Any]:
+                first.append(split[0](body))
+                return {}
+
+            frame = _response(request_id, begin)
+            if not first:
+                self._send(frame)  # the first part failed
+                return
+            started, finish = first[0], split[1]
+            slow = lambda _: finish(started)  # noqa: E731
         if slow is None:
             self._send(_response(request_id, lambda: _unknown(op)))
             return
@@ -292,6 +319,11 @@ class Agent:
                 null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
                 child_fds.append(null)
                 child_stdio = [null, null, null]
+                if body.get("output_file"):
+                    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+                    output = os.open(str(body["output_file"]), flags, 0o644)
+                    child_fds.append(output)
+                    child_stdio[1] = child_stdio[2] = output
                 for fd, wanted in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
                     if body.get(wanted):
                         read_end, write_end = os.pipe2(os.O_CLOEXEC)
@@ -351,6 +383,128 @@ class Agent:
             raise RequestError(f"process {process.pid} has no console", errno.ENOTTY)
         _set_winsize(process.console, int(body["width"]), int(body["height"]))
         return {}
+
+    # -- containers (protocol version 2): runc in the guest ---------------------
+
+    def _bundle(self, body: dict[str, Any]) -> tuple[str, str]:
+        container_id = str(body["id"])
+        bundle = self.containers.get(container_id)
+        if bundle is None:
+            raise RequestError(f"no container {container_id!r}", errno.ENOENT)
+        return container_id, bundle
+
+    def _runc_process(self, body: dict[str, Any], args: list[str]) -> GuestProcess:
+        """Start ``runc`` as a tracked process (the request's key, stdio and terminal)."""
+        request = {**body, "args": ["runc", "--root", _RUNC_ROOT, *args]}
+        request.update(env=[f"PATH={_PATH}"], cwd="/", user="")
+        self.op_create_process(request)
+        return self.processes[int(body["key"])]
+
+    def op_create_container(self, body: dict[str, Any]) -> dict[str, Any]:
+        container_id, bundle = str(body["id"]), str(body["bundle"])
+        if not container_id or "/" in container_id or container_id in self.containers:
+            raise RequestError(f"container id {container_id!r} is invalid or in use", errno.EEXIST)
+        _ensure_dir(bundle)
+        if body.get("spec") is not None:
+            import json
+
+            with open(f"{bundle}/config.json", "w") as config:
+                json.dump(body["spec"], config)
+        elif not os.path.exists(f"{bundle}/config.json"):
+            raise RequestError(f"{bundle}/config.json: no spec", errno.ENOENT)
+        self.containers[container_id] = bundle
+        return {}
+
+    def op_start_container(self, body: dict[str, Any]) -> tuple[GuestProcess, str, float]:
+        container_id, bundle = self._bundle(body)
+        if any(p.container == container_id for p in self.processes.values()):
+            raise RequestError(f"container {container_id!r} was started already", errno.EBUSY)
+        pid_file = f"{bundle}/init.pid"
+        for stale in (pid_file, f"{bundle}/runtime.log"):
+            try:  # noqa: SIM105 - see the imports
+                os.unlink(stale)
+            except FileNotFoundError:
+                pass
+        args = ["--log", f"{bundle}/runtime.log", "run", "--bundle", bundle]
+        process = self._runc_process(body, [*args, "--pid-file", pid_file, container_id])
+        process.container, process.pid_file = container_id, pid_file
+        return process, bundle, float(body.get("timeout") or 60)
+
+    def await_container_start(self, started: tuple[GuestProcess, str, float]) -> dict[str, Any]:
+        """On a worker thread: wait for runc's pid file, or say why runc gave up."""
+        process, bundle, timeout = started
+        deadline = time.monotonic() + timeout
+        while True:
+            pid = _read_pid(process.pid_file)
+            if pid:
+                return {"pid": process.pid, "init_pid": pid, "stdin_window": _STDIN_WINDOW}
+            if process.status is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        detail = ""
+        try:
+            with open(f"{bundle}/runtime.log", errors="replace") as runtime_log:
+                detail = " ".join(runtime_log.read().splitlines()[-5:])
+        except OSError:
+            pass
+        if process.status is None:
+            detail = f"no pid file after {timeout:g} s {detail}".strip()
+            try:  # noqa: SIM105 - see the imports
+                os.kill(process.pid, 9)
+            except OSError:
+                pass
+        raise RequestError(
+            f"runc did not start container {process.container!r}: "
+            f"{detail or f'exit status {process.status}'}",
+            errno.EIO,
+        )
+
+    def op_exec_in_container(self, body: dict[str, Any]) -> dict[str, Any]:
+        container_id, bundle = self._bundle(body)
+        import json
+
+        base = f"{bundle}/exec/{int(body['key'])}"
+        _ensure_dir(f"{bundle}/exec")
+        with open(f"{base}.json", "w") as process_json:
+            json.dump(body["process"], process_json)
+        args = ["--log", f"{base}.log", "exec", "--process", f"{base}.json"]
+        process = self._runc_process(body, [*args, "--pid-file", f"{base}.pid", container_id])
+        process.pid_file = f"{base}.pid"
+        return {"pid": process.pid, "stdin_window": _STDIN_WINDOW}
+
+    def op_signal_container_process(self, body: dict[str, Any]) -> dict[str, Any]:
+        """On a worker thread: signal the container process of a runc (not runc itself)."""
+        process = self._process(body)
+        sig = int(body["signal"])
+        deadline = time.monotonic() + float(body.get("timeout") or 10)
+        while process.status is None:
+            pid = _read_pid(process.pid_file) if process.pid_file else 0
+            target = pid or (process.pid if time.monotonic() > deadline else 0)
+            if target:
+                try:
+                    os.kill(target, sig)
+                except ProcessLookupError:
+                    return {"delivered": False}
+                return {"delivered": True}
+            time.sleep(0.05)
+        return {"delivered": False}
+
+    def op_container_state(self, body: dict[str, Any]) -> dict[str, Any]:
+        return op_container_state(body, self.containers.get(str(body["id"])))
+
+    def op_delete_container(self, body: dict[str, Any]) -> dict[str, Any]:
+        """On a worker thread: ``runc delete --force``; the container must be gone after."""
+        container_id = str(body["id"])
+        import subprocess
+
+        runc = ["runc", "--root", _RUNC_ROOT]
+        env = {"PATH": _PATH}
+        subprocess.run([*runc, "delete", "--force", container_id], capture_output=True, env=env)
+        state = subprocess.run([*runc, "state", container_id], capture_output=True, env=env)
+        if state.returncode == 0:
+            raise RequestError(f"runc could not delete container {container_id!r}", errno.EBUSY)
+        known = self.containers.pop(container_id, None) is not None
+        return {"deleted": known}
 
     def _process(self, body: dict[str, Any]) -> GuestProcess:
         process = self.processes.get(int(body["key"]))
@@ -488,6 +642,9 @@ class Agent:
             process.console = -1
         body = {"event": "exit", "key": process.key, "status": process.status}
         self._send(protocol.message_frame(protocol.NOTIFY, 0, body))
+        if process.container:
+            body = {**body, "event": "container_exit", "id": process.container}
+            self._send(protocol.message_frame(protocol.NOTIFY, 0, body))
 
     def _drop_process(self, process: GuestProcess) -> None:
         self.processes.pop(process.key, None)
@@ -508,6 +665,63 @@ class Agent:
             import threading
 
             threading.Thread(target=_reap_later, args=(pid, pidfd), daemon=True).start()
+
+
+_RUNC_ROOT = "/run/gcs/runc"
+_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def _read_pid(path: str) -> int:
+    try:
+        with open(path) as pid_file:
+            text = pid_file.read().strip()
+    except OSError:
+        return 0
+    return int(text) if text.isdigit() else 0
+
+
+def op_signal_container(body: dict[str, Any]) -> dict[str, Any]:
+    """``runc kill`` (its init, or with ``all`` every process of the container)."""
+    argv = ["runc", "--root", _RUNC_ROOT, "kill"]
+    if body.get("all"):
+        argv.append("--all")
+    _run([*argv, str(body["id"]), str(int(body["signal"]))], {"PATH": _PATH})
+    return {}
+
+
+def op_container_state(body: dict[str, Any], bundle: str | None) -> dict[str, Any]:
+    """``runc state`` and ``runc ps``: status, init pid and every process's pid.
+
+    ``runc run`` deletes its container when the init exits, so a container the
+    agent knows (``bundle``) but runc does not is ``stopped`` once it started,
+    ``created`` before.
+    """
+    import json
+    import subprocess
+
+    runc, env = ["runc", "--root", _RUNC_ROOT], {"PATH": _PATH}
+    container_id = str(body["id"])
+    state = subprocess.run([*runc, "state", container_id], capture_output=True, env=env)
+    if state.returncode != 0 and bundle is not None:
+        status = "stopped" if os.path.exists(f"{bundle}/init.pid") else "created"
+        return {"status": status, "pid": 0, "bundle": bundle, "processes": []}
+    if state.returncode != 0:
+        message = state.stderr.decode(errors="replace").strip()
+        raise RequestError(f"container {container_id!r}: {message}", errno.ENOENT)
+    found = json.loads(state.stdout)
+    processes: list[int] = []
+    if found.get("status") in ("running", "paused"):
+        ps = subprocess.run(
+            [*runc, "ps", "--format", "json", container_id], capture_output=True, env=env
+        )
+        if ps.returncode == 0:
+            processes = [int(pid) for pid in json.loads(ps.stdout) or []]
+    return {
+        "status": str(found.get("status") or ""),
+        "pid": int(found.get("pid") or 0),
+        "bundle": str(found.get("bundle") or ""),
+        "processes": processes,
+    }
 
 
 def _reap_later(pid: int, pidfd: int) -> None:
@@ -600,10 +814,10 @@ def _resolve_user(user: str) -> tuple[int | None, int | None, list[int]]:
 # -- slow requests: run on worker threads --------------------------------------
 
 
-def _run(argv: list[str]) -> None:
+def _run(argv: list[str], env: dict[str, str] | None = None) -> None:
     import subprocess
 
-    done = subprocess.run(argv, capture_output=True, text=True)
+    done = subprocess.run(argv, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         message = (done.stderr or done.stdout).strip() or f"exit status {done.returncode}"
         raise RequestError(f"{' '.join(argv)}: {message}", errno.EIO)

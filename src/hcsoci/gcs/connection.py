@@ -28,6 +28,7 @@ from hcsoci.gcs import protocol
 
 __all__ = [
     "BridgeClosedError",
+    "GuestContainerState",
     "GuestConnection",
     "GuestError",
     "GuestNotFoundError",
@@ -71,6 +72,20 @@ class BridgeClosedError(GuestError):
 
 
 @dataclass
+class GuestContainerState:
+    """What ``runc state`` and ``runc ps`` say about a container in the guest."""
+
+    status: str
+    """``created``, ``running``, ``paused`` or ``stopped``."""
+    pid: int
+    """The init's pid in the guest (0 once it stopped)."""
+    bundle: str
+    """The container's bundle directory in the guest."""
+    processes: list[int]
+    """Every process of the container (guest pids), while it runs."""
+
+
+@dataclass
 class _Pending:
     op: str
     done: threading.Event
@@ -91,6 +106,8 @@ class GuestConnection:
         self._process_keys = itertools.count(1)
         self._processes: dict[int, GuestProcess] = {}
         self._broken: BridgeClosedError | None = None
+        self._container_exits: dict[str, int] = {}
+        self._container_exited = threading.Condition(self._lock)
         self.version = 0
         self.agent_pid = 0
         self.boot_id = ""
@@ -224,6 +241,142 @@ class GuestConnection:
         process._started(int(result["pid"]), int(result.get("stdin_window") or 0))
         return process
 
+    # -- containers (protocol version 2) ---------------------------------------
+
+    def _check_containers(self, op: str) -> None:
+        if self.version < protocol.CONTAINER_VERSION:
+            raise GuestError(
+                op, f"the guest agent speaks protocol {self.version}, containers need "
+                f"{protocol.CONTAINER_VERSION}", errno_module.EOPNOTSUPP
+            )  # fmt: skip
+
+    def create_container(
+        self, ctx: Context, container_id: str, bundle: str, spec: dict[str, Any] | None = None
+    ) -> None:
+        """Register a container with the agent (hcsshim's ``CreateContainer``).
+
+        ``bundle`` is a guest directory; the agent writes ``spec`` (an OCI spec
+        as JSON builtins, guest paths) to its ``config.json``, or, when
+        ``spec`` is None, uses the ``config.json`` already there.  Nothing runs
+        until :meth:`start_container`.
+        """
+        self._check_containers("create_container")
+        self.request(ctx, "create_container", {"id": container_id, "bundle": bundle, "spec": spec})
+
+    def start_container(
+        self,
+        ctx: Context,
+        container_id: str,
+        params: ProcessParameters,
+        output_file: str = "",
+        timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    ) -> GuestProcess:
+        """Run the container's init (``runc run``); returns once it runs (hcsshim's ``Start``).
+
+        ``params`` says which stdio pipes to relay and whether the init has a
+        terminal (its command line comes from the spec).  ``output_file``
+        (a guest path) takes the init's stdout and stderr instead of pipes;
+        stdin is then ``/dev/null``.  The returned process is the guest's
+        ``runc run``: it exits with the init's status (``128 + N`` for
+        signal N), and the agent also sends a ``container_exit`` notification
+        (see :meth:`wait_container`).  A SIGKILL sent through it goes to the
+        init itself.
+        """
+        self._check_containers("start_container")
+        with self._lock:
+            self._container_exits.pop(container_id, None)
+        extra = {"id": container_id, "output_file": output_file, "timeout": timeout}
+        return self._start(ctx, "start_container", params, extra, timeout + 10)
+
+    def exec_in_container(
+        self, ctx: Context, container_id: str, process: dict[str, Any], params: ProcessParameters
+    ) -> GuestProcess:
+        """Run ``process`` (an OCI process as JSON builtins) in a running container.
+
+        ``params`` gives only the stdio pipes and the terminal.  The returned
+        process is the guest's ``runc exec``; it exits with the process's
+        status, and a SIGKILL sent through it goes to the process itself.
+        """
+        self._check_containers("exec_in_container")
+        return self._start(
+            ctx, "exec_in_container", params, {"id": container_id, "process": process}
+        )
+
+    def signal_container(
+        self, ctx: Context, container_id: str, sig: int, all_processes: bool = False
+    ) -> None:
+        """``runc kill``: signal the container's init (or every process with ``all_processes``)."""
+        self._check_containers("signal_container")
+        args = {"id": container_id, "signal": int(sig), "all": all_processes}
+        self.request(ctx, "signal_container", args)
+
+    def container_state(self, ctx: Context, container_id: str) -> GuestContainerState:
+        """The container's runc state and processes; GuestNotFoundError when runc has none."""
+        self._check_containers("container_state")
+        result = self.request(ctx, "container_state", {"id": container_id})
+        return GuestContainerState(
+            status=str(result["status"]),
+            pid=int(result["pid"]),
+            bundle=str(result["bundle"]),
+            processes=[int(pid) for pid in result["processes"]],
+        )
+
+    def delete_container(self, ctx: Context, container_id: str) -> bool:
+        """``runc delete --force`` and forget it; False when the agent did not know it."""
+        self._check_containers("delete_container")
+        result = self.request(ctx, "delete_container", {"id": container_id})
+        return bool(result.get("deleted"))
+
+    def wait_container(self, container_id: str, timeout: float | None = None) -> int:
+        """Block until the agent reports the exit of the container's init; its status.
+
+        Raises :class:`GuestTimeoutError` after ``timeout`` seconds and the
+        bridge's error if the bridge breaks first.
+        """
+        with self._container_exited:
+            done = self._container_exited.wait_for(
+                lambda: container_id in self._container_exits or self._broken is not None,
+                timeout,
+            )
+            if container_id in self._container_exits:
+                return self._container_exits[container_id]
+            if not done:
+                raise GuestTimeoutError("wait_container", f"{container_id} still runs")
+            assert self._broken is not None
+            raise self._broken
+
+    def _start(
+        self,
+        ctx: Context,
+        op: str,
+        params: ProcessParameters,
+        extra: dict[str, Any],
+        timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    ) -> GuestProcess:
+        key = next(self._process_keys)
+        process = GuestProcess(self, key, params)
+        process._in_container = True
+        with self._lock:
+            self._processes[key] = process
+        args: dict[str, Any] = {
+            "key": key,
+            "terminal": params.emulate_console,
+            "console_size": list(params.console_size),
+            "stdin": params.create_stdin_pipe,
+            "stdout": params.create_stdout_pipe,
+            "stderr": params.create_stderr_pipe and not params.emulate_console,
+            "window": protocol.DEFAULT_WINDOW,
+            **extra,
+        }
+        try:
+            result = self.request(ctx, op, args, timeout=timeout)
+        except BaseException:
+            process.close()  # the agent may have started (and tracks) a runc that gave up
+            raise
+        process._started(int(result["pid"]), int(result.get("stdin_window") or 0))
+        process.container_pid = int(result.get("init_pid") or 0)
+        return process
+
     def _forget(self, key: int) -> None:
         with self._lock:
             self._processes.pop(key, None)
@@ -283,6 +436,10 @@ class GuestConnection:
                     exited = self._processes.get(int(body["key"]))
                 if exited is not None:
                     exited._exited(int(body["status"]))
+            elif body.get("event") == "container_exit":
+                with self._container_exited:
+                    self._container_exits[str(body["id"])] = int(body["status"])
+                    self._container_exited.notify_all()
         else:
             log.warning("unexpected frame from the guest", extra={"type": frame_type})
 
@@ -304,6 +461,7 @@ class GuestConnection:
             if self._broken is not None:
                 return
             self._broken = BridgeClosedError("bridge", reason)
+            self._container_exited.notify_all()
             pending = list(self._pending.values())
             processes = list(self._processes.values())
         log.debug("bridge closed", extra={"vm": self.name, "reason": reason})
@@ -478,6 +636,9 @@ class GuestProcess:
         )
         self._stdin: GuestStreamWriter | None = None
         self._wants_stdin = params.create_stdin_pipe
+        self._in_container = False  # a runc run/exec: SIGKILL goes to its container process
+        self.container_pid = 0
+        """For a container's init: its pid in the guest (0 otherwise)."""
 
     def _credit_sender(self, fd: int) -> Callable[[int], None]:
         stream = protocol.stream_id(self._key, fd)
@@ -547,9 +708,11 @@ class GuestProcess:
         """Send ``sig``; False when the process had exited already."""
         if self._exit_status is not None:
             return False
-        result = self._connection.request(
-            ctx, "signal_process", {"key": self._key, "signal": int(sig)}
-        )
+        op = "signal_process"
+        if self._in_container and sig == 9:
+            # runc cannot forward SIGKILL: the agent sends it to the container process.
+            op = "signal_container_process"
+        result = self._connection.request(ctx, op, {"key": self._key, "signal": int(sig)})
         return bool(result.get("delivered"))
 
     def kill(self, ctx: Context) -> bool:

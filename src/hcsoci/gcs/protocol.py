@@ -32,8 +32,17 @@ TYPE_CHECKING = False  # the agent imports this module: typing costs time there
 if TYPE_CHECKING:
     from typing import Any
 
-PROTOCOL_VERSIONS = (1,)
-"""Versions this build speaks, oldest first; the host picks the newest both know."""
+PROTOCOL_VERSIONS = (1, 2)
+"""Versions this build speaks, oldest first; the host picks the newest both know.
+
+Version 2 added the container requests (``create_container``,
+``start_container``, ``exec_in_container``, ``signal_container``,
+``signal_container_process``, ``container_state``, ``delete_container``) and
+the ``container_exit`` notification.
+"""
+
+CONTAINER_VERSION = 2
+"""The first version with the container requests."""
 
 PORT_NAME = "hcsoci.gcs"
 """The virtio-serial port name the agent looks for under /sys/class/virtio-ports."""
@@ -45,7 +54,9 @@ REQUEST = 2
 RESPONSE = 3
 """Guest to host: ``{"result": {...}}``, or ``{"error": {"type", "message", "errno"}}``."""
 NOTIFY = 4
-"""Guest to host, unsolicited: ``{"event": "exit", "key": K, "status": N}``."""
+"""Guest to host, unsolicited: ``{"event": "exit", "key": K, "status": N}``, and
+(version 2) ``{"event": "container_exit", "id": ID, "key": K, "status": N}`` after
+the exit of a container's init."""
 DATA = 5
 """Stream bytes."""
 WINDOW = 6

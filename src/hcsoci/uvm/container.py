@@ -21,9 +21,12 @@ here.  The container's root in the guest is ``/run/gcs/c/<id>``:
   container (``/run/netns/<id>``).
 
 The spec sent to the guest drops hooks, ``cgroupsPath`` and the ``windows``
-section and points ``root.path`` at the guest rootfs.  The guest runs the
-container with the host's ``runc`` (the guest root is the host's ``/`` over
-9p), state under ``/run/gcs/runc``.  Every share, disk and guest path is
+section and points ``root.path`` at the guest rootfs.  The guest agent runs
+the container with the host's ``runc`` (the guest root is the host's ``/``
+over 9p), state under ``/run/gcs/runc``, through the bridge's container
+requests (:meth:`~hcsoci.gcs.connection.GuestConnection.create_container`,
+``start_container``, ``exec_in_container``, ``signal_container``,
+``container_state``, ``delete_container``).  Every share, disk and guest path is
 recorded as a :class:`~hcsoci.resources.Resource` before it is allocated.
 """
 
@@ -48,10 +51,10 @@ import msgspec
 from hcsoci import hns, oci
 from hcsoci.cmd import ExitError, command
 from hcsoci.container import ContainerProperties, _process_config
-from hcsoci.context import Context, background
+from hcsoci.context import Context
 from hcsoci.cow import ProcessParameters, Stdio
 from hcsoci.errors import HcsociError, InvalidArgumentError, NotFoundError, StateError
-from hcsoci.gcs.connection import GuestProcess
+from hcsoci.gcs.connection import GuestError, GuestProcess
 from hcsoci.network import CreatedNamespace, point_spec_at_namespace
 from hcsoci.resources import Resource, Resources, release_resources
 from hcsoci.store import Store, open_store
@@ -81,7 +84,6 @@ GUEST_RUNC_ROOT = "/run/gcs/runc"
 GUEST_NETNS = "/run/netns"
 SCRATCH_IMAGE = "sandbox.img"
 SCRATCH_SIZE = "2G"  # sparse: costs what the container writes
-_RUNC = f"runc --root {GUEST_RUNC_ROOT}"
 
 
 def layer_cache_dir() -> Path:
@@ -149,23 +151,15 @@ class VMGuestMount(_InVM, kw_only=True):
 
 
 class VMGuestContainer(_InVM, kw_only=True):
-    """The container in the guest's runc (``runc delete --force`` undoes it)."""
+    """The container in the guest (the agent's ``delete_container``: ``runc delete --force``)."""
 
     kind = "uvm-guest-container"
     container_id: str
 
     def release(self, ctx: Context, vm: UtilityVM | None) -> None:
         live = self._vm(vm)
-        if live is None:
-            return
-        cid = shlex.quote(self.container_id)
-        guest_run(
-            ctx,
-            live,
-            f"{_RUNC} delete --force {cid} >/dev/null 2>&1; "
-            f"if {_RUNC} state {cid} >/dev/null 2>&1; then "
-            f"echo runc could not delete {cid} >&2; exit 1; fi",
-        )
+        if live is not None:
+            live.gcs.delete_container(ctx, self.container_id)
 
 
 class ScratchImage(Resource, kw_only=True):
@@ -445,8 +439,10 @@ def _allocate(
     spec.windows = None
     if spec.linux is not None:
         spec.linux.cgroups_path = ""
-    guest_run(ctx, vm, f"cat > {shlex.quote(root)}/config.json", oci.encode_spec(spec))
     resources.add(VMGuestContainer(vm_id=vm_id, container_id=resources.owner_id))
+    vm.gcs.create_container(
+        ctx, resources.owner_id, root, msgspec.json.decode(oci.encode_spec(spec))
+    )
     resources.store.execute(
         "UPDATE containers SET state = 'created' WHERE id = ?", (resources.owner_id,)
     )
@@ -499,10 +495,9 @@ def _guest_mount(
 class VMContainerProcess:
     """A process of a container in a utility VM (``cow.Process``): a ``runc`` in the guest."""
 
-    def __init__(self, container: VMContainer, guest: GuestProcess, pid_file: str) -> None:
+    def __init__(self, container: VMContainer, guest: GuestProcess) -> None:
         self._container = container
         self._guest = guest
-        self._pid_file = pid_file
 
     def __repr__(self) -> str:
         return f"<VMContainerProcess {self._container.id()} {self._guest!r}>"
@@ -522,21 +517,7 @@ class VMContainerProcess:
 
     def signal(self, ctx: Context, sig: int) -> bool:
         """Send ``sig``: runc forwards it; SIGKILL goes to the container process itself."""
-        if self._guest._exit_status is not None:
-            return False
-        if sig != signal.SIGKILL:
-            return self._guest.signal(ctx, sig)
-        pid_file = shlex.quote(self._pid_file)
-        try:
-            guest_run(
-                ctx,
-                self._container.vm,
-                f"i=0; while [ ! -s {pid_file} ]; do i=$((i+1)); [ $i -gt 200 ] && exit 3; "
-                f"sleep 0.05; done; kill -KILL $(cat {pid_file})",
-            )
-        except HcsociError:
-            return self._guest.signal(ctx, sig)
-        return True
+        return self._guest.signal(ctx, sig)
 
     def kill(self, ctx: Context) -> bool:
         return self.signal(ctx, signal.SIGKILL)
@@ -573,7 +554,6 @@ class VMContainer:
         self._state = "created"
         self._init: VMContainerProcess | None = None
         self._lock = threading.Lock()
-        self._execs = 0
 
     def __repr__(self) -> str:
         return f"<VMContainer {self._id} in {self.vm.id()} {self._state}>"
@@ -606,10 +586,10 @@ class VMContainer:
         self._start_init(ctx, (False, False, False), to_log=True)
 
     def shutdown(self, ctx: Context) -> None:
-        self._signal_init(ctx, "TERM")
+        self._signal_init(ctx, signal.SIGTERM)
 
     def terminate(self, ctx: Context) -> None:
-        self._signal_init(ctx, "KILL")
+        self._signal_init(ctx, signal.SIGKILL)
 
     def wait(self) -> None:
         init = self._init
@@ -632,16 +612,10 @@ class VMContainer:
             with contextlib.suppress(HcsociError):
                 props.exit_code = init.exit_code()
         if state == "running":
-            cid = shlex.quote(self._id)
-            with contextlib.suppress(HcsociError, ValueError):
-                out = guest_run(
-                    ctx,
-                    self.vm,
-                    f"{_RUNC} state {cid} | tr -d '\\n'; echo; {_RUNC} ps --format json {cid}",
-                )
-                state_json, _, ps_json = out.partition(b"\n")
-                props.init_pid = int(msgspec.json.decode(state_json).get("pid") or 0)
-                props.processes = [int(pid) for pid in msgspec.json.decode(ps_json) or []]
+            with contextlib.suppress(HcsociError):
+                guest_state = self.vm.gcs.container_state(ctx, self._id)
+                props.init_pid = guest_state.pid
+                props.processes = guest_state.processes
         return props
 
     # -- internals --
@@ -655,32 +629,21 @@ class VMContainer:
             return "running"
         return "stopped"
 
-    def _signal_init(self, ctx: Context, name: str) -> None:
+    def _signal_init(self, ctx: Context, sig: int) -> None:
         if self._current_state() != "running":
             raise StateError(f"container {self._id}: the init is not running")
-        guest_run(ctx, self.vm, f"{_RUNC} kill {shlex.quote(self._id)} {name}")
+        self.vm.gcs.signal_container(ctx, self._id, sig)
 
-    def _spawn(
-        self,
-        ctx: Context,
-        script: str,
-        env: dict[str, str],
-        pipes: tuple[bool, bool, bool],
-        terminal: bool,
-    ) -> GuestProcess:
-        params = ProcessParameters(
-            command_args=["sh", "-c", script],
-            environment={
-                "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                **env,
-            },
-            working_directory="/",
+    @staticmethod
+    def _stdio(pipes: tuple[bool, bool, bool], terminal: bool) -> ProcessParameters:
+        """The stdio part of a process's parameters (its command comes from the spec)."""
+        return ProcessParameters(
+            command_args=["runc"],
             emulate_console=terminal,
             create_stdin_pipe=pipes[0],
             create_stdout_pipe=pipes[1],
             create_stderr_pipe=pipes[2],
         )
-        return self.vm.create_process(ctx, params)
 
     def _start_init(
         self, ctx: Context, pipes: tuple[bool, bool, bool], to_log: bool
@@ -699,17 +662,19 @@ class VMContainer:
                     f"container {self._id}: spec.process.terminal is set; start a terminal init "
                     "with a Cmd (create_process(ctx, None)), start() only writes a log file"
                 )
-            root = shlex.quote(self.root)
-            pid_file = f"{self.root}/init.pid"
-            run = (
-                f"exec {_RUNC} --log {root}/runtime.log run --bundle {root} "
-                f"--pid-file {shlex.quote(pid_file)} {shlex.quote(self._id)}"
-            )
-            if to_log:
-                run += f" </dev/null >>{root}/container.log 2>&1"
-            guest = self._spawn(ctx, run, {}, pipes, terminal)
-            process = VMContainerProcess(self, guest, pid_file)
-            self._await_running(ctx, process, f"{self.root}/runtime.log")
+            try:
+                guest = self.vm.gcs.start_container(
+                    ctx,
+                    self._id,
+                    self._stdio(pipes, terminal),
+                    output_file=self.log_path if to_log else "",
+                    timeout=self.vm.options.request_timeout,
+                )
+            except GuestError as err:
+                raise HcsociError(
+                    f"container {self._id}: runc did not start the process: {err}"
+                ) from err
+            process = VMContainerProcess(self, guest)
         except BaseException:
             with self._lock:
                 self._state = "created"
@@ -723,48 +688,19 @@ class VMContainer:
         )
         return process
 
-    def _await_running(self, ctx: Context, process: VMContainerProcess, runtime_log: str) -> None:
-        """Wait for runc's pid file (the process runs), or report why runc gave up."""
-        pid_file = shlex.quote(process._pid_file)
-        try:
-            guest_run(
-                ctx,
-                self.vm,
-                f"while [ ! -s {pid_file} ]; do kill -0 {process.pid()} 2>/dev/null || exit 3; "
-                "sleep 0.02; done",
-            )
-        except HcsociError as err:
-            detail = b""
-            with contextlib.suppress(HcsociError):
-                detail = guest_run(ctx, self.vm, f"tail -n 5 {shlex.quote(runtime_log)}")
-            with contextlib.suppress(Exception):
-                process._guest.kill(background())
-            process.close()
-            raise HcsociError(
-                f"container {self._id}: runc did not start the process: "
-                f"{detail.decode(errors='replace').strip() or err}"
-            ) from err
-
     def _exec(
         self, ctx: Context, process: oci.Process, pipes: tuple[bool, bool, bool]
     ) -> VMContainerProcess:
         state = self._current_state()
         if state != "running":
             raise StateError(f"container {self._id}: cannot run a process in it (state {state})")
-        with self._lock:
-            self._execs += 1
-            token = f"{self._execs}"
-        base = f"{self.root}/exec/{token}"
-        quoted = shlex.quote(base)
-        script = (
-            f"mkdir -p {shlex.quote(self.root)}/exec && "
-            f'printf %s "$HCSOCI_PROCESS" > {quoted}.json && unset HCSOCI_PROCESS && '
-            f"exec {_RUNC} --log {quoted}.log exec --process {quoted}.json "
-            f"--pid-file {quoted}.pid {shlex.quote(self._id)}"
+        guest = self.vm.gcs.exec_in_container(
+            ctx,
+            self._id,
+            msgspec.to_builtins(process),
+            self._stdio(pipes, bool(process.terminal)),
         )
-        env = {"HCSOCI_PROCESS": msgspec.json.encode(process).decode()}
-        guest = self._spawn(ctx, script, env, pipes, bool(process.terminal))
-        return VMContainerProcess(self, guest, f"{base}.pid")
+        return VMContainerProcess(self, guest)
 
 
 def _check_context(ctx: Context) -> None:
