@@ -58,3 +58,26 @@ def test_exec_in_unknown_vm_is_a_clear_error() -> None:
     result = hcsoci("uvm", "exec", "no-such-vm", "--", "true")
     assert result.returncode == 1
     assert b"no utility VM with id 'no-such-vm'" in result.stderr
+
+
+CONTROLLER = """
+import os, signal, sys
+from hcsoci import context
+from hcsoci.uvm import UVMOptions, create
+vm = create(context.background(), UVMOptions(id=sys.argv[1], owner="doomed"))
+vm.start(context.background())
+os.kill(os.getpid(), signal.SIGKILL)  # the controller dies; QEMU (own session) runs on
+"""
+
+
+def test_gc_reaps_a_running_vm_whose_controller_was_killed(cli_vm_id: str) -> None:
+    doomed = subprocess.run(
+        [sys.executable, "-c", CONTROLLER, cli_vm_id], capture_output=True, timeout=300
+    )
+    assert doomed.returncode == -9, doomed.stderr.decode()
+    assert qemu_processes(cli_vm_id), "QEMU should outlive its killed controller"
+    collected = hcsoci("gc")
+    assert collected.returncode == 0, collected.stderr.decode()
+    assert cli_vm_id in collected.stdout.decode()
+    assert qemu_processes(cli_vm_id) == []
+    assert open_store().query("SELECT 1 FROM vms WHERE id = ?", (cli_vm_id,)) == []

@@ -58,7 +58,9 @@ CREATE TABLE IF NOT EXISTS vms (
     pid_start   INTEGER NOT NULL DEFAULT 0, -- /proc/PID/stat start time: pid reuse guard
     accel       TEXT NOT NULL DEFAULT '',
     options     TEXT NOT NULL,              -- UVMOptions, JSON
-    created_at  REAL NOT NULL
+    created_at  REAL NOT NULL,
+    controller_pid   INTEGER NOT NULL DEFAULT 0,  -- the creating process; 0: handed over
+    controller_start INTEGER NOT NULL DEFAULT 0
 );
 
 -- hcsoci.hns: networks, namespaces, endpoints (IP allocations and membership).
@@ -128,6 +130,7 @@ class Store:
         with self.transaction() as conn:
             for statement in _split_statements(_SCHEMA):
                 conn.execute(statement)
+            _add_missing_columns(conn)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @contextmanager
@@ -156,6 +159,21 @@ class Store:
         """Close the connection."""
         with self._lock:
             self._conn.close()
+
+
+# Columns added after a table first shipped: a state root made by an older
+# version gets them on open (CREATE TABLE IF NOT EXISTS leaves old tables alone).
+_ADDED_COLUMNS: list[tuple[str, str, str]] = [
+    ("vms", "controller_pid", "INTEGER NOT NULL DEFAULT 0"),
+    ("vms", "controller_start", "INTEGER NOT NULL DEFAULT 0"),
+]
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    for table, column, declaration in _ADDED_COLUMNS:
+        present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
 
 def _split_statements(script: str) -> Iterator[str]:

@@ -487,7 +487,7 @@ def gc() -> None:
         for line in hns.gc(context.background()):
             click.echo(line)
         for vm_id in reap_dead_vms():
-            click.echo(f"released utility VM {vm_id} (its QEMU was gone)")
+            click.echo(f"released utility VM {vm_id} (its QEMU or its controller was gone)")
     except HcsociError as err:
         raise _fail(err) from err
     scratch_root = state_root() / "scratch"

@@ -12,7 +12,15 @@ from rich.table import Table
 from hcsoci import context
 from hcsoci.cmd import ExitError, command
 from hcsoci.errors import HcsociError
-from hcsoci.uvm import UVMOptions, build_assets, create, list_vms, open_vm, remove_vm
+from hcsoci.uvm import (
+    UVMOptions,
+    build_assets,
+    create,
+    hand_over_vm,
+    list_vms,
+    open_vm,
+    remove_vm,
+)
 from hcsoci.uvm.accel import resolve_accel
 
 
@@ -64,6 +72,7 @@ def create_command(
     try:
         vm = create(ctx, options)
         vm.start(ctx)
+        hand_over_vm(vm.id())
         vm.detach()
     except HcsociError as err:
         _fail(err)

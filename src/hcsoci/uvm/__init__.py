@@ -15,6 +15,7 @@ from hcsoci.uvm.vm import (
     UtilityVM,
     UVMStartError,
     create,
+    hand_over_vm,
     list_vms,
     open_vm,
     reap_dead_vms,
@@ -37,5 +38,6 @@ __all__ = [
     "load_assets",
     "open_vm",
     "reap_dead_vms",
+    "hand_over_vm",
     "remove_vm",
 ]

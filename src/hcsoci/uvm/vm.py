@@ -28,6 +28,7 @@ from typing import Any
 from hcsoci.context import Canceled, Context, background, with_cancel
 from hcsoci.cow import ProcessParameters
 from hcsoci.errors import AlreadyExistsError, HcsociError, InvalidArgumentError, NotFoundError
+from hcsoci.gc import controller_alive, controller_identity
 from hcsoci.gcs.connection import GuestConnection, GuestProcess
 from hcsoci.mounts import unmount
 from hcsoci.store import Store, open_store, state_root
@@ -508,10 +509,19 @@ def create(ctx: Context, options: UVMOptions) -> UtilityVM:
     with store.transaction() as conn:
         if conn.execute("SELECT 1 FROM vms WHERE id = ?", (opts.id,)).fetchone():
             raise AlreadyExistsError(f"UVMOptions.id: a VM {opts.id!r} exists already")
+        controller_pid, controller_start = controller_identity()
         conn.execute(
-            "INSERT INTO vms (id, owner, state, state_dir, options, created_at) "
-            "VALUES (?, ?, 'created', ?, ?, ?)",
-            (opts.id, opts.owner, str(state_dir), json.dumps(vars(opts)), time.time()),
+            "INSERT INTO vms (id, owner, state, state_dir, options, created_at, "
+            "controller_pid, controller_start) VALUES (?, ?, 'created', ?, ?, ?, ?, ?)",
+            (
+                opts.id,
+                opts.owner,
+                str(state_dir),
+                json.dumps(vars(opts)),
+                time.time(),
+                controller_pid,
+                controller_start,
+            ),
         )
     try:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -573,12 +583,20 @@ def remove_vm(uvm_id: str, store: Store | None = None) -> None:
     _remove_state(uvm_id, Path(row["state_dir"]), store)
 
 
+def hand_over_vm(uvm_id: str, store: Store | None = None) -> None:
+    """Give the VM to the user: it outlives this process and gc leaves it running."""
+    (store or open_store()).execute(
+        "UPDATE vms SET controller_pid = 0, controller_start = 0 WHERE id = ?", (uvm_id,)
+    )
+
+
 def reap_dead_vms(store: Store | None = None) -> list[str]:
-    """Release the host state of every recorded VM whose QEMU is gone; their ids.
+    """Release every VM whose QEMU is gone or whose controller died; their ids.
 
     For gc: a controller killed halfway leaves the record, mounts and taps of a
-    VM that died with it (or was killed).  A VM whose QEMU still runs is kept:
-    it may belong to ``hcsoci uvm create``; ``remove_vm`` kills it.
+    VM that died with it (or was killed), or a QEMU still running with nobody
+    to drive it (QEMU runs in its own session).  A VM handed over to the user
+    (``hcsoci uvm create``: :func:`hand_over_vm`) is kept while QEMU runs.
     """
     store = store or open_store()
     reaped = []
@@ -587,6 +605,10 @@ def reap_dead_vms(store: Store | None = None) -> list[str]:
         if started and not record["alive"]:
             _remove_state(record["id"], Path(record["state_dir"]), store)
             reaped.append(str(record["id"]))
+        elif not controller_alive(int(record["controller_pid"]), int(record["controller_start"])):
+            with contextlib.suppress(NotFoundError):  # someone else reaped it meanwhile
+                remove_vm(str(record["id"]), store)
+                reaped.append(str(record["id"]))
     return reaped
 
 
