@@ -221,17 +221,11 @@ class GuestConnection:
             self._processes[key] = process
         env = [f"{k}={v}" for k, v in params.environment.items()]
         args: dict[str, Any] = {
-            "key": key,
+            **_stdio_request(key, params),
             "args": params.command_args,
             "env": env,
             "cwd": params.working_directory or "/",
             "user": params.user,
-            "terminal": params.emulate_console,
-            "console_size": list(params.console_size),
-            "stdin": params.create_stdin_pipe,
-            "stdout": params.create_stdout_pipe,
-            "stderr": params.create_stderr_pipe and not params.emulate_console,
-            "window": protocol.DEFAULT_WINDOW,
         }
         try:
             result = self.request(ctx, "create_process", args)
@@ -358,16 +352,7 @@ class GuestConnection:
         process._in_container = True
         with self._lock:
             self._processes[key] = process
-        args: dict[str, Any] = {
-            "key": key,
-            "terminal": params.emulate_console,
-            "console_size": list(params.console_size),
-            "stdin": params.create_stdin_pipe,
-            "stdout": params.create_stdout_pipe,
-            "stderr": params.create_stderr_pipe and not params.emulate_console,
-            "window": protocol.DEFAULT_WINDOW,
-            **extra,
-        }
+        args: dict[str, Any] = {**_stdio_request(key, params), **extra}
         try:
             result = self.request(ctx, op, args, timeout=timeout)
         except BaseException:
@@ -754,3 +739,16 @@ class GuestProcess:
 
     def __repr__(self) -> str:
         return f"<GuestProcess pid={self._pid} key={self._key}>"
+
+
+def _stdio_request(key: int, params: ProcessParameters) -> dict[str, Any]:
+    """The part of a process-starting request that says which streams the guest makes."""
+    return {
+        "key": key,
+        "terminal": params.emulate_console,
+        "console_size": list(params.console_size),
+        "stdin": params.create_stdin_pipe,
+        "stdout": params.create_stdout_pipe,
+        "stderr": params.create_stderr_pipe and not params.emulate_console,
+        "window": protocol.DEFAULT_WINDOW,
+    }
