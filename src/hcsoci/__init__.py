@@ -3,14 +3,42 @@
 The public API is fixed (see docs/ and DESIGN.md); everything else is internal.
 """
 
-from hcsoci import context, hns, images, oci
+from typing import TYPE_CHECKING, Any
+
+from hcsoci import context, oci
 from hcsoci.cmd import ClosedPipeError, Cmd, ExitError, ExitState, command, command_context
 from hcsoci.cow import ProcessParameters
-from hcsoci.create import CreateOptions, create_container
 from hcsoci.errors import HcsociError, NotFoundError
 from hcsoci.local import LocalHost
-from hcsoci.network import get_namespace_endpoints
 from hcsoci.resources import Resources, release_resources
+
+if TYPE_CHECKING:
+    from hcsoci import hns, images
+    from hcsoci.create import CreateOptions, create_container
+    from hcsoci.network import get_namespace_endpoints
+
+# Imported on first use: networking pulls in pyroute2 (~160 ms) and containers the
+# image store, which a process that only runs commands never needs.
+_LAZY = {
+    "hns": ("hcsoci.hns", None),
+    "images": ("hcsoci.images", None),
+    "CreateOptions": ("hcsoci.create", "CreateOptions"),
+    "create_container": ("hcsoci.create", "create_container"),
+    "get_namespace_endpoints": ("hcsoci.network", "get_namespace_endpoints"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'hcsoci' has no attribute {name!r}")
+    import importlib
+
+    module_name, attribute = _LAZY[name]
+    module = importlib.import_module(module_name)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "ClosedPipeError",
