@@ -86,7 +86,7 @@ class ContainerProperties:
         return asdict(self)
 
 
-def _process_config(config: Any) -> tuple[oci.Process | None, tuple[bool, bool, bool]]:
+def oci_process_and_pipes(config: Any) -> tuple[oci.Process | None, tuple[bool, bool, bool]]:
     """Split a ``create_process`` config into (OCI process, which pipes to create)."""
     if config is None or isinstance(config, oci.Process):
         terminal = config is not None and config.terminal
@@ -400,7 +400,7 @@ class Container:
         (``runc exec``), with pipes or, when ``terminal`` is set, a terminal.
         """
         _check_context(ctx)
-        process, pipes = _process_config(config)
+        process, pipes = oci_process_and_pipes(config)
         if process is None:
             return self._start_init(pipes, to_log=False)
         return self._exec(process, pipes)

@@ -32,7 +32,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
@@ -163,22 +163,16 @@ def create_container(ctx: Context, options: CreateOptions) -> tuple[Container, R
     ``.resources`` attribute: what was allocated, already released unless
     ``do_not_release_resources_on_failure``.
     """
-    if options.hosting_system is not None:
-        # Hypervisor isolation: the LCOW flow, imported only when a VM is given.
-        vm_flow = importlib.import_module("hcsoci.uvm.container")
-        vm_container: tuple[Container, Resources] = vm_flow.create_vm_container(ctx, options)
-        return vm_container
     container_id = options.id or str(uuid.uuid4())
     owner = options.owner or os.path.basename(sys.argv[0] or "python")
     resources = Resources(container_id)
     try:
         _check_context(ctx)
         _check_options(options, container_id)
-        runtime = Runtime(options.runtime)
+        placement = _placement(options, container_id)
         store = open_store()
-        bundle = state_root() / "containers" / container_id
         # The row comes before any allocation: from here on gc can find what we leave.
-        _insert_row(store, container_id, owner, bundle, runtime.name)
+        _insert_row(store, container_id, owner, placement.location, placement.runtime_name)
     except BaseException as err:
         err.resources = resources  # type: ignore[attr-defined]
         raise
@@ -186,19 +180,56 @@ def create_container(ctx: Context, options: CreateOptions) -> tuple[Container, R
     resources = Resources(container_id, store)
     try:
         resources.add(ContainerRecord(container_id=container_id))
-        spec = _allocate(ctx, options, resources, runtime, bundle)
-        container = Container(container_id, bundle, runtime, spec, store, owner=owner)
+        container: Container = placement.allocate(ctx, resources, owner, store)
     except BaseException as err:
         if not options.do_not_release_resources_on_failure:
             try:
-                release_resources(ctx, resources, None, True)
+                release_resources(ctx, resources, options.hosting_system, True)
             except Exception as release_err:
                 log.error("release after failed create: %s", release_err)
                 err.add_note(f"releasing what was allocated failed too: {release_err}")
         err.resources = resources  # type: ignore[attr-defined]
         raise
-    log.debug("container created", extra={"id": container_id, "bundle": str(bundle)})
+    log.debug("container created", extra={"id": container_id, "where": str(placement.location)})
     return container, resources
+
+
+class Placement(Protocol):
+    """Where a container is made: this machine (runc) or a utility VM.
+
+    Constructing one checks the placement-specific input; ``allocate`` makes
+    every allocation (each recorded in ``resources`` first) and returns the
+    created container.
+    """
+
+    location: Path  # the bundle, or the container's root in the guest: kept in its state row
+    runtime_name: str
+
+    def allocate(self, ctx: Context, resources: Resources, owner: str, store: Store) -> Any: ...
+
+
+class _OnHost:
+    """A process-isolated container: a runc bundle on this machine."""
+
+    def __init__(self, options: CreateOptions, container_id: str) -> None:
+        self.options = options
+        self.container_id = container_id
+        self.runtime = Runtime(options.runtime)
+        self.runtime_name = self.runtime.name
+        self.location = state_root() / "containers" / container_id
+
+    def allocate(self, ctx: Context, resources: Resources, owner: str, store: Store) -> Container:
+        spec = _allocate(ctx, self.options, resources, self.runtime, self.location)
+        return Container(self.container_id, self.location, self.runtime, spec, store, owner=owner)
+
+
+def _placement(options: CreateOptions, container_id: str) -> Placement:
+    if options.hosting_system is None:
+        return _OnHost(options, container_id)
+    # Hypervisor isolation: the LCOW flow, imported only when a VM is given.
+    vm_flow = importlib.import_module("hcsoci.uvm.container")
+    placement: Placement = vm_flow.InUtilityVM(options, container_id)
+    return placement
 
 
 def _check_options(options: CreateOptions, container_id: str) -> None:

@@ -40,7 +40,6 @@ import os
 import shlex
 import signal
 import subprocess
-import sys
 import threading
 import uuid
 from pathlib import Path
@@ -50,14 +49,14 @@ import msgspec
 
 from hcsoci import hns, oci
 from hcsoci.cmd import ExitError, command
-from hcsoci.container import ContainerProperties, _process_config
+from hcsoci.container import ContainerProperties, oci_process_and_pipes
 from hcsoci.context import Context
 from hcsoci.cow import ProcessParameters, Stdio
 from hcsoci.errors import HcsociError, InvalidArgumentError, NotFoundError, StateError
 from hcsoci.gcs.connection import GuestError, GuestProcess
 from hcsoci.network import CreatedNamespace, point_spec_at_namespace
-from hcsoci.resources import Resource, Resources, release_resources
-from hcsoci.store import Store, open_store
+from hcsoci.resources import Resource, Resources
+from hcsoci.store import Store
 from hcsoci.uvm.network import VMNetEndpoint, VMNetNamespace
 from hcsoci.uvm.plan9 import VMPlan9Share
 from hcsoci.uvm.scsi import VMSCSIDisk
@@ -70,7 +69,7 @@ __all__ = [
     "VMGuestDir",
     "VMGuestMount",
     "ScratchImage",
-    "create_vm_container",
+    "InUtilityVM",
     "guest_run",
     "layer_image",
 ]
@@ -217,52 +216,28 @@ def layer_image(layer: str, cache: Path | None = None) -> Path:
 # --- the create flow --------------------------------------------------------
 
 
-def create_vm_container(ctx: Context, options: Any) -> tuple[VMContainer, Resources]:
-    """The ``hosting_system`` branch of :func:`hcsoci.create_container`."""
-    from hcsoci import create as host_create  # the shared checks and state rows
+class InUtilityVM:
+    """The ``hosting_system`` placement of :func:`hcsoci.create_container` (LCOW flow)."""
 
-    vm: UtilityVM = options.hosting_system
-    container_id = options.id or __import__("uuid").uuid4().hex
-    owner = options.owner or os.path.basename(sys.argv[0] or "python")
-    resources = Resources(container_id)
-    try:
-        host_create._check_context(ctx)
-        if options.spec is None:
-            raise InvalidArgumentError("CreateOptions.spec: must be supplied")
-        host_create._check_id(container_id)
-        oci.validate_spec(options.spec)
-        if options.spec.process is None:
-            raise InvalidArgumentError(
-                "spec.process: a container needs a process to run as its init"
-            )
+    runtime_name = "runc"
+
+    def __init__(self, options: Any, container_id: str) -> None:
+        vm = options.hosting_system
         if not isinstance(vm, UtilityVM):
             raise InvalidArgumentError(f"CreateOptions.hosting_system: {vm!r} is not a UtilityVM")
         if not vm.is_running():
             raise StateError(f"CreateOptions.hosting_system: {vm!r} is not running")
         _check_input(options)
-        store = open_store()
-        root = f"{GUEST_ROOT}/{container_id}"
-        host_create._insert_row(store, container_id, owner, Path(root), "runc")
-    except BaseException as err:
-        err.resources = resources  # type: ignore[attr-defined]
-        raise
+        self.vm = vm
+        self.spec: oci.Spec = options.spec
+        self.container_id = container_id
+        self.root = f"{GUEST_ROOT}/{container_id}"
+        self.location = Path(self.root)
 
-    resources = Resources(container_id, store)
-    resources.container_root_in_uvm = root
-    try:
-        resources.add(host_create.ContainerRecord(container_id=container_id))
-        spec = _allocate(ctx, vm, options.spec, resources, root)
-        container = VMContainer(container_id, vm, root, spec, store, owner=owner)
-    except BaseException as err:
-        if not options.do_not_release_resources_on_failure:
-            try:
-                release_resources(ctx, resources, vm, True)
-            except Exception as release_err:
-                log.error("release after failed create: %s", release_err)
-                err.add_note(f"releasing what was allocated failed too: {release_err}")
-        err.resources = resources  # type: ignore[attr-defined]
-        raise
-    return container, resources
+    def allocate(self, ctx: Context, resources: Resources, owner: str, store: Store) -> VMContainer:
+        resources.container_root_in_uvm = self.root
+        spec = _allocate(ctx, self.vm, self.spec, resources, self.root)
+        return VMContainer(self.container_id, self.vm, self.root, spec, store, owner=owner)
 
 
 def _check_input(options: Any) -> None:
@@ -575,7 +550,7 @@ class VMContainer:
     def create_process(self, ctx: Context, config: Any) -> VMContainerProcess:
         """``None`` starts the init with relayed stdio; an ``oci.Process`` runs ``runc exec``."""
         _check_context(ctx)
-        process, pipes = _process_config(config)
+        process, pipes = oci_process_and_pipes(config)
         if process is None:
             return self._start_init(ctx, pipes, to_log=False)
         return self._exec(ctx, process, pipes)
