@@ -360,17 +360,11 @@ class Cmd:
         progress = relay.Progress()
         try:
             relay.copy(dst, src, progress)
-        except BrokenPipeError as err:
-            log.debug(
-                "command copy complete: %s, %d bytes, %s",
-                name,
-                progress.bytes,
-                err,
-                extra={"file": name, "bytes": progress.bytes, "error": str(err)},
-            )
-            raise
         except Exception as err:
-            log.error(
+            # A reader that went away is routine; any other failure is an error.
+            level = logging.DEBUG if isinstance(err, BrokenPipeError) else logging.ERROR
+            log.log(
+                level,
                 "command copy complete: %s, %d bytes, %s",
                 name,
                 progress.bytes,
