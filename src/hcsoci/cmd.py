@@ -131,7 +131,7 @@ class Cmd:
     Set the attributes, then :meth:`run` (or :meth:`start` and :meth:`wait`, or
     :meth:`output`).  ``stdin`` is any binary reader and ``stdout``/``stderr``
     any binary writer; when both ends of a relay are real file descriptors the
-    data moves in the kernel (``os.splice``/``os.sendfile``).  None means the
+    data moves descriptor to descriptor (see :mod:`hcsoci.relay`).  None means the
     process gets no pipe for that stream.
     """
 

@@ -2,10 +2,11 @@
 
 ``python -m hcsoci.demo`` first runs commands through ``Cmd`` on this machine:
 captures output, feeds stdin, reports an exit code, kills a command whose
-context timed out, runs one on a terminal (and resizes it), and splices a few
-MiB into a file.  Then it does the same through a real runc container created
-from an OCI spec on the default busybox image, and releases every resource the
-container held.  It exits non-zero if anything did not behave as expected.
+context timed out, runs one on a terminal (and resizes it), and relays a few
+MiB into a file, descriptor to descriptor.  Then it does the same through a
+real runc container created from an OCI spec on the default busybox image, and
+releases every resource the container held.  It exits non-zero if anything did
+not behave as expected.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def _resize(host: LocalHost) -> str:
     return f"resized the terminal to 132x50: the process got SIGWINCH and saw {size!r}"
 
 
-def _zero_copy(host: LocalHost) -> str:
+def _file_relay(host: LocalHost) -> str:
     mib = 64
     with tempfile.TemporaryFile(prefix="hcsoci-demo-") as sink:
         cmd = command(host, "head", "-c", f"{mib}M", "/dev/zero")
@@ -114,7 +115,7 @@ def _zero_copy(host: LocalHost) -> str:
         elapsed = time.monotonic() - start
         size = os.fstat(sink.fileno()).st_size
     assert size == mib << 20, size
-    return f"{mib} MiB of stdout spliced into a file in {elapsed:.2f} s"
+    return f"{mib} MiB of stdout relayed into a file in {elapsed:.2f} s"
 
 
 DEMOS: list[tuple[str, Callable[[LocalHost], str]]] = [
@@ -124,7 +125,7 @@ DEMOS: list[tuple[str, Callable[[LocalHost], str]]] = [
     ("timeout", _timeout_kill),
     ("terminal", _terminal),
     ("resize", _resize),
-    ("zero-copy", _zero_copy),
+    ("file relay", _file_relay),
 ]
 
 

@@ -2,9 +2,13 @@
 
 :func:`copy` moves bytes from a reader to a writer until end of file, like Go's
 ``io.Copy``.  When both ends are real file descriptors the data never passes
-through Python: ``os.splice`` when either end is a pipe, ``os.sendfile`` when
-the source is a regular file.  Anything else (``io.BytesIO``, a pseudo-terminal,
-any object with ``read``/``write``) goes through a reused buffer.
+through Python objects: ``os.splice`` when either end is a pipe, ``os.sendfile``
+when the source is a regular file, and one exception measured on this project's
+kernels: from a pipe into a regular file, ``os.readv`` into one reused buffer
+and ``os.write`` from it (``splice`` into the page cache cost 40% more CPU and
+ran 10-15% slower; see ``docs/cmd.md``).  Anything else (``io.BytesIO``, a
+pseudo-terminal, any object with ``read``/``write``) goes through a reused
+buffer too, but by way of the objects' own methods.
 
 A stream may offer ``wait_ready()``: block until its descriptor is ready for
 its one direction, or raise once the stream is closed from another thread.
@@ -27,7 +31,10 @@ from typing import Protocol
 __all__ = ["Progress", "Reader", "Writer", "copy"]
 
 _CHUNK = 1 << 20
-"""Largest zero-copy move per call: the size LocalHost gives its pipes."""
+"""Largest move per call: the size LocalHost gives its pipes."""
+
+_FIRST_CHUNK = 64 * 1024
+"""Buffer a pipe-to-file copy starts with; it grows to _CHUNK once a read fills it."""
 
 _BUFFER_SIZE = 256 * 1024
 """Buffer of the copy loop that goes through Python."""
@@ -97,13 +104,16 @@ def _flush(stream: object) -> None:
 def _copy_descriptors(
     dst: Writer, dst_fd: int, src: Reader, src_fd: int, progress: Progress
 ) -> bool:
-    """Zero-copy as far as possible.  Returns whether end of file was reached."""
+    """Move bytes descriptor to descriptor.  Returns whether end of file was reached."""
     src_mode = os.fstat(src_fd).st_mode
     dst_mode = os.fstat(dst_fd).st_mode
-    if stat.S_ISFIFO(src_mode) or stat.S_ISFIFO(dst_mode):
-        splicing = True
+    move: _Move
+    if stat.S_ISFIFO(src_mode) and stat.S_ISREG(dst_mode):
+        move = _ReadWrite()
+    elif stat.S_ISFIFO(src_mode) or stat.S_ISFIFO(dst_mode):
+        move = _splice
     elif stat.S_ISREG(src_mode):
-        splicing = False
+        move = _sendfile
     else:
         return False
     pending = _buffered_input(src, src_fd)
@@ -124,18 +134,14 @@ def _copy_descriptors(
     try:
         while True:
             try:
-                if splicing:
-                    n = os.splice(
-                        in_fd, out_fd, _CHUNK, flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
-                    )
-                else:
-                    n = os.sendfile(out_fd, in_fd, None, _CHUNK)
+                n = move(in_fd, out_fd)
             except BlockingIOError:
                 _wait(src, in_fd, select.POLLIN)
                 _wait(dst, out_fd, select.POLLOUT)
                 continue
             except OSError as err:
-                if err.errno in _NO_ZERO_COPY:
+                # A failed write after readv has lost what it read: no fallback then.
+                if err.errno in _NO_ZERO_COPY and not isinstance(move, _ReadWrite):
                     return False
                 raise
             if n == 0:
@@ -144,6 +150,42 @@ def _copy_descriptors(
     finally:
         os.close(in_fd)
         os.close(out_fd)
+
+
+class _Move(Protocol):
+    """Move up to one chunk from ``in_fd`` to ``out_fd``; 0 at end of file.
+
+    BlockingIOError when nothing could be moved yet.
+    """
+
+    def __call__(self, in_fd: int, out_fd: int, /) -> int: ...
+
+
+def _splice(in_fd: int, out_fd: int) -> int:
+    return os.splice(in_fd, out_fd, _CHUNK, flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
+
+
+def _sendfile(in_fd: int, out_fd: int) -> int:
+    return os.sendfile(out_fd, in_fd, None, _CHUNK)
+
+
+class _ReadWrite:
+    """Pipe to regular file through one buffer, no Python object per chunk.
+
+    A regular file never makes ``write`` block, so each call writes all it read.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = memoryview(bytearray(_FIRST_CHUNK))
+
+    def __call__(self, in_fd: int, out_fd: int) -> int:
+        n = os.readv(in_fd, [self._buffer])
+        view = self._buffer[:n]
+        while view:
+            view = view[os.write(out_fd, view) :]
+        if n == len(self._buffer) < _CHUNK:
+            self._buffer = memoryview(bytearray(_CHUNK))
+        return n
 
 
 def _buffered_input(src: object, fd: int) -> bytes | None:
