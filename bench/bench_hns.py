@@ -388,6 +388,7 @@ class ContainerPair:
             spec.windows.layer_folders = [*spec.windows.layer_folders, scratch]
             spec.windows.network = oci.WindowsNetwork(endpoint_list=[endpoint.id])
             container, resources = create_container(self.ctx, CreateOptions(spec=spec))
+            assert isinstance(container, Container)
             self.made.append((container, resources))
             container.start(self.ctx)
 

@@ -61,6 +61,7 @@ class Created:
         container, resources = create_container(
             context.background(), CreateOptions(spec=spec, **options)
         )
+        assert isinstance(container, Container)  # these tests place on this machine
         self.made.append((container, resources))
         return container, resources
 

@@ -151,6 +151,7 @@ def test_vm_container_and_host_container_share_a_network(
         [nic] = vm.net_namespaces()[resources.net_ns]
         assert nic.endpoint_id == vm_ep.id
         assert Path(f"/sys/class/net/{nic.tap}/master").resolve().name == network.bridge
+        assert container.spec.linux is not None
         namespaces = {n.type: n.path for n in container.spec.linux.namespaces or []}
         assert namespaces["network"] == f"/run/netns/{resources.net_ns}"
         container.start(CTX)

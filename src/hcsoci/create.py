@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
-from hcsoci import oci
+from hcsoci import cow, oci
 from hcsoci.container import Container
 from hcsoci.context import Context
 from hcsoci.errors import AlreadyExistsError, HcsociError, InvalidArgumentError, NotFoundError
@@ -154,7 +154,7 @@ def _mounts_under(path: str) -> list[str]:
 # --- the create flow ---
 
 
-def create_container(ctx: Context, options: CreateOptions) -> tuple[Container, Resources]:
+def create_container(ctx: Context, options: CreateOptions) -> tuple[cow.Container, Resources]:
     """Create a container from ``options.spec``; returns it and what it holds.
 
     On failure the raised error (an :class:`~hcsoci.errors.HcsociError`; bad
@@ -180,7 +180,7 @@ def create_container(ctx: Context, options: CreateOptions) -> tuple[Container, R
     resources = Resources(container_id, store)
     try:
         resources.add(ContainerRecord(container_id=container_id))
-        container: Container = placement.allocate(ctx, resources, owner, store)
+        container: cow.Container = placement.allocate(ctx, resources, owner, store)
     except BaseException as err:
         if not options.do_not_release_resources_on_failure:
             try:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import click
 
-from hcsoci import context, oci
+from hcsoci import context, cow, oci
 from hcsoci.cmd import Cmd, ExitError
 from hcsoci.container import Container, open_container
 from hcsoci.create import CreateOptions, create_container
@@ -75,6 +75,13 @@ class ContainerRequest:
 
 
 def _build_spec(request: ContainerRequest) -> oci.Spec:
+    spec = _spec_for_request(request)
+    if request.terminal and spec.process is not None:
+        spec.process.console_size = _terminal_size()  # the size of the terminal we relay
+    return spec
+
+
+def _spec_for_request(request: ContainerRequest) -> oci.Spec:
     args, image, rootfs, env = request.args, request.image, request.rootfs, request.env
     workdir, terminal = request.workdir, request.terminal
     for entry in env:
@@ -106,7 +113,7 @@ def _build_spec(request: ContainerRequest) -> oci.Spec:
 
 def _create(
     request: ContainerRequest, vm: UtilityVM | None = None
-) -> tuple[Container, Resources, Resources]:
+) -> tuple[cow.Container, Resources, Resources]:
     """Create the container; returns it, its resources, and the run's own endpoints.
 
     Endpoints made for ``--network`` are recorded under the container's id too,
@@ -250,8 +257,6 @@ def run(request: ContainerRequest, remove: bool, interactive: bool) -> None:
     if not remove:
         _hand_over(request.container_id)
     try:
-        if request.terminal and container.spec.process is not None:
-            container.spec.process.console_size = _terminal_size()
         cmd = Cmd(container, None)
         status = _run_cmd(cmd, interactive, request.terminal)
     finally:
@@ -276,8 +281,6 @@ def _run_in_vm(request: ContainerRequest, interactive: bool) -> int:
         vm.start(ctx)
         container, resources, run_endpoints = _create(request, vm)
         try:
-            if request.terminal and container.spec.process is not None:
-                container.spec.process.console_size = _terminal_size()
             return _run_cmd(Cmd(container, None), interactive, request.terminal)
         finally:
             container.close()

@@ -7,16 +7,38 @@ import logging
 
 import click
 
-# Each module defines `register(group: click.Group) -> None`.  Add a family here.
-COMMAND_MODULES: list[str] = [
-    "hcsoci.cli.containers",
-    "hcsoci.cli.network",
-    "hcsoci.cli.images",
-    "hcsoci.cli.uvm",
-]
+# Which module defines each top-level command.  Each module has
+# `register(group: click.Group) -> None`; it is imported only when one of its
+# commands runs (or `--help` lists them all), so that `hcsoci list` does not pay
+# for pyroute2 or rich.  Add a command here when a module registers a new one.
+COMMANDS: dict[str, str] = {
+    **dict.fromkeys(
+        ("run", "create", "start", "exec", "ps", "list", "state", "kill", "delete", "gc"),
+        "hcsoci.cli.containers",
+    ),
+    "network": "hcsoci.cli.network",
+    "endpoint": "hcsoci.cli.network",
+    "images": "hcsoci.cli.images",
+    "uvm": "hcsoci.cli.uvm",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _LazyGroup(click.Group):
+    """A click group that imports a command's module on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMANDS.get(cmd_name)
+        if module is None:
+            return None
+        registered = click.Group()
+        importlib.import_module(module).register(registered)
+        return registered.commands[cmd_name]
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Log debug records to stderr.")
 def cli(debug: bool) -> None:
     """hcsoci: OCI containers on this machine or inside a utility VM."""
@@ -24,10 +46,6 @@ def cli(debug: bool) -> None:
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-
-
-for _module in COMMAND_MODULES:
-    importlib.import_module(_module).register(cli)
 
 
 def main() -> None:
