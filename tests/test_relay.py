@@ -65,6 +65,19 @@ def _feed(fd: int, data: bytes) -> threading.Thread:
     return thread
 
 
+def _drain(fd: int) -> tuple[threading.Thread, list[bytes]]:
+    """Read ``fd`` to its end in a thread; the list gets what was read."""
+    received: list[bytes] = []
+
+    def drain() -> None:
+        with io.FileIO(fd, "rb") as pipe:
+            received.append(pipe.readall())
+
+    thread = threading.Thread(target=drain)
+    thread.start()
+    return thread, received
+
+
 def test_pipe_to_file_goes_through_one_reused_buffer(
     tmp: str, count_kernel_moves: dict[str, int]
 ) -> None:
@@ -87,14 +100,7 @@ def test_pipe_to_pipe_is_spliced(count_kernel_moves: dict[str, int]) -> None:
     in_read, in_write = os.pipe()
     out_read, out_write = os.pipe()
     feeder = _feed(in_write, DATA)
-    received: list[bytes] = []
-
-    def drain() -> None:
-        with io.FileIO(out_read, "rb") as pipe:
-            received.append(pipe.readall())
-
-    drainer = threading.Thread(target=drain)
-    drainer.start()
+    drainer, received = _drain(out_read)
     with io.FileIO(in_read, "rb") as src, io.FileIO(out_write, "wb") as dst:
         assert relay.copy(dst, src) == len(DATA)
     feeder.join()
@@ -110,14 +116,7 @@ def test_file_to_pipe_keeps_what_the_reader_buffered(
     with open(path, "wb") as f:
         f.write(DATA)
     read_end, write_end = os.pipe()
-    received: list[bytes] = []
-
-    def drain() -> None:
-        with io.FileIO(read_end, "rb") as pipe:
-            received.append(pipe.readall())
-
-    drainer = threading.Thread(target=drain)
-    drainer.start()
+    drainer, received = _drain(read_end)
     with open(path, "rb") as src, io.FileIO(write_end, "wb") as dst:
         assert src.read(10) == DATA[:10]  # the reader now holds read-ahead data
         assert relay.copy(dst, src) == len(DATA) - 10
