@@ -7,13 +7,15 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
 from fixtures_containers import HostSnapshot, SpecFactory
-from hcsoci import context, oci
+from fixtures_hns import HnsLab
+from hcsoci import context, hns, oci
 from hcsoci.gc import collect, controller_alive, process_start_time
 
 # The controller: creates a container from the spec file, reports, then blocks.
@@ -23,7 +25,8 @@ CONTROLLER = textwrap.dedent(
     import os, sys, threading
     from hcsoci import context, oci, CreateOptions, create_container
     spec = oci.decode_spec(open(sys.argv[1], "rb").read())
-    container, resources = create_container(context.background(), CreateOptions(spec=spec))
+    options = CreateOptions(spec=spec, networks=sys.argv[2:])
+    container, resources = create_container(context.background(), options)
     container.start(context.background())
     os.write(int(os.environ["HCSOCI_TEST_PAUSE_FD"]), b"started\\n")
     threading.Event().wait()
@@ -31,12 +34,16 @@ CONTROLLER = textwrap.dedent(
 )
 
 
+class Controller(Protocol):
+    def __call__(self, spec: oci.Spec, pause_at: str, networks: Sequence[str] = ()) -> str: ...
+
+
 @pytest.fixture
-def controller(tmp_path: Path) -> Iterator[Callable[[oci.Spec, str], str]]:
-    """``controller(spec, pause_at)`` runs a controller until it reports, then SIGKILLs it."""
+def controller(tmp_path: Path) -> Iterator[Controller]:
+    """``controller(spec, pause_at, networks)``: run a controller until it reports, then SIGKILL."""
     children: list[subprocess.Popen[bytes]] = []
 
-    def run(spec: oci.Spec, pause_at: str) -> str:
+    def run(spec: oci.Spec, pause_at: str, networks: Sequence[str] = ()) -> str:
         spec_file = tmp_path / f"spec-{len(children)}.json"
         spec_file.write_bytes(oci.encode_spec(spec))
         read_end, write_end = os.pipe()
@@ -44,7 +51,9 @@ def controller(tmp_path: Path) -> Iterator[Callable[[oci.Spec, str], str]]:
         if pause_at:
             env["HCSOCI_TEST_PAUSE_AT"] = pause_at
         child = subprocess.Popen(
-            [sys.executable, "-c", CONTROLLER, str(spec_file)], env=env, pass_fds=(write_end,)
+            [sys.executable, "-c", CONTROLLER, str(spec_file), *networks],
+            env=env,
+            pass_fds=(write_end,),
         )
         children.append(child)
         os.close(write_end)
@@ -71,7 +80,7 @@ def hcsoci_gc() -> str:
 
 
 def test_kill_mid_create_then_gc_leaves_nothing(
-    controller: Callable[[oci.Spec, str], str],
+    controller: Controller,
     container_spec: SpecFactory,
     scratch_root: Path,
     tmp_path: Path,
@@ -97,7 +106,7 @@ def test_kill_mid_create_then_gc_leaves_nothing(
 
 
 def test_kill_of_a_running_containers_controller_then_gc(
-    controller: Callable[[oci.Spec, str], str],
+    controller: Controller,
     container_spec: SpecFactory,
     no_leaks: Callable[[], HostSnapshot],
 ) -> None:
@@ -109,6 +118,22 @@ def test_kill_of_a_running_containers_controller_then_gc(
     assert no_leaks() == before
     # A second gc finds nothing to do.
     assert collect(context.background()) == []
+
+
+def test_kill_of_a_controller_whose_container_has_its_own_endpoint_then_gc(
+    controller: Controller,
+    container_spec: SpecFactory,
+    lab: HnsLab,
+    no_leaks: Callable[[], HostSnapshot],
+) -> None:
+    network = lab.network()
+    before = no_leaks()
+    assert controller(container_spec(["sleep", "600"]), "", [network.name]) == "started"
+    [endpoint] = hns.list_endpoints(network.id)
+    assert endpoint.namespace  # attached to the container's namespace
+    hcsoci_gc()
+    assert hns.list_endpoints(network.id) == []
+    assert no_leaks() == before
 
 
 def test_controller_identity_guards_pid_reuse() -> None:

@@ -12,7 +12,7 @@ from fixtures_containers import Created, SpecFactory
 from fixtures_hns import HnsLab
 from hcsoci import context, get_namespace_endpoints, hns, oci
 from hcsoci.cmd import command
-from hcsoci.errors import HcsociError, NotFoundError, StateError
+from hcsoci.errors import HcsociError, InvalidArgumentError, NotFoundError, StateError
 from hcsoci.hns import firewall, netlink
 from hcsoci.network import (
     CreatedEndpoint,
@@ -238,23 +238,62 @@ def test_release_leaves_no_namespace_veth_or_rule(
     netns_before = set(os.listdir(netlink.NETNS_RUN_DIR))
     network = lab.network("nat")
     spec = container_spec(["sleep", "600"])
-    resources_for_run = Resources(f"run-{lab.token}")
-    endpoint = create_container_endpoint(resources_for_run, spec, network.name)
-    assert spec.windows is not None and spec.windows.network is not None
-    assert spec.windows.network.endpoint_list == [endpoint.id]
-    container, resources = created(spec)
+    container, resources = created(spec, networks=[network.name])
+    assert spec.windows is not None and spec.windows.network is None  # the caller's: untouched
+    [endpoint] = hns.list_endpoints(network.id)
+    assert [r.kind for r in resources.items()][:3] == [
+        "container-record",
+        CreatedEndpoint.kind,
+        "bundle-dir",
+    ]
     container.start(CTX)
     assert netlink.is_netns(hns.namespace_path(resources.net_ns))
+    assert hns.get_endpoint_by_id(endpoint.id).namespace == resources.net_ns
     container.terminate(CTX)
     container.wait()
     container.close()
     release_resources(CTX, resources)
     created.made.clear()
-    assert [r.kind for r in resources_for_run.items()] == [CreatedEndpoint.kind]
-    release_resources(CTX, resources_for_run)
     with pytest.raises(NotFoundError):
         hns.get_endpoint_by_id(endpoint.id)
     hns.delete_network(network.id)
     assert set(os.listdir(netlink.NETNS_RUN_DIR)) == netns_before
     assert set(netlink.list_links()) == links_before
     assert set(firewall.network_tables()) == tables_before
+
+
+def test_create_endpoint_for_a_spec_by_hand(lab: HnsLab) -> None:
+    network = lab.network()
+    spec = oci.default_spec(["true"])
+    resources = Resources(f"by-hand-{lab.token}")
+    endpoint = create_container_endpoint(resources, spec, network.name)
+    assert spec.windows is not None and spec.windows.network is not None
+    assert spec.windows.network.endpoint_list == [endpoint.id]
+    assert [r.kind for r in resources.items()] == [CreatedEndpoint.kind]
+    release_resources(CTX, resources)
+    with pytest.raises(NotFoundError):
+        hns.get_endpoint_by_id(endpoint.id)
+
+
+def test_unknown_network_is_refused_before_anything_is_made(
+    lab: HnsLab, created: Created, container_spec: SpecFactory
+) -> None:
+    network = lab.network()
+    spec = container_spec(["true"])
+    with pytest.raises(NotFoundError, match=r"CreateOptions.networks\[1\]: network 'nope'") as err:
+        created(spec, networks=[network.name, "nope"])
+    assert len(err.value.resources) == 0  # type: ignore[attr-defined]
+    assert hns.list_endpoints(network.id) == []
+    with pytest.raises(InvalidArgumentError, match=r"CreateOptions\.networks: 'web'"):
+        created(spec, networks="web")
+
+
+def test_failed_create_deletes_the_endpoints_it_made(
+    lab: HnsLab, created: Created, container_spec: SpecFactory
+) -> None:
+    network = lab.network()
+    spec = container_spec(["true"])
+    spec.mounts = [oci.Mount(destination="/data", type="bind", source="/no/such/dir")]
+    with pytest.raises(NotFoundError, match="/no/such/dir"):
+        created(spec, networks=[network.id])
+    assert hns.list_endpoints(network.id) == []

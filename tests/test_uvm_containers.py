@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from fixtures_hns import HnsLab
 from fixtures_uvm import assert_vm_gone
 from hcsoci import (
     CreateOptions,
@@ -26,6 +27,7 @@ from hcsoci import (
     command_context,
     context,
     create_container,
+    hns,
     images,
     oci,
     release_resources,
@@ -290,17 +292,23 @@ def test_missing_layer_is_a_clear_error_and_leaves_nothing(
     assert_vm_clean(vm)
 
 
-def test_cli_run_isolation_vm(layer_cache: Path, tmp_path: Path) -> None:
+def test_cli_run_isolation_vm(layer_cache: Path, tmp_path: Path, lab: HnsLab) -> None:
+    """One VM for one run, on a network: its own endpoint, deleted with everything else."""
+    network = lab.network()
     env = {**os.environ, "HCSOCI_IMAGES": str(tmp_path / "images")}
     done = subprocess.run(
         [sys.executable, "-m", "hcsoci.cli.main", "run", "--isolation", "vm", "--name", "cli-vm",
-         "--", "sh", "-c", "echo hi-from-vm; exit 4"],
+         "--network", network.name,
+         "--", "sh", "-c", "echo hi-from-vm; ip -4 -o addr show eth0; exit 4"],
         capture_output=True,
         timeout=300,
         env=env,
     )  # fmt: skip
     assert done.returncode == 4, done.stderr
-    assert done.stdout == b"hi-from-vm\n"
+    hello, address = done.stdout.decode().splitlines()
+    assert hello == "hi-from-vm"
+    assert f"inet {network.subnet.rsplit('.', 1)[0]}." in address
+    assert hns.list_endpoints(network.id) == []
     assert open_store().query("SELECT id FROM containers WHERE id = 'cli-vm'") == []
     assert open_store().query("SELECT id FROM vms WHERE owner = 'hcsoci'") == []
     assert not (state_root() / "scratch" / "cli-vm").exists()

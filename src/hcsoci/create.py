@@ -30,7 +30,8 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -88,6 +89,10 @@ class CreateOptions:
     :func:`~hcsoci.release_resources` on the error's ``.resources``.
     ``runtime`` picks the OCI runtime (``runc`` or ``crun``; default
     ``$HCSOCI_RUNTIME``, else ``runc``).
+    ``networks`` (ids or names of hns networks) gives the container a new
+    endpoint on each, after those in ``spec.windows.network.endpoint_list``;
+    they are the container's resources, deleted when it is released (what
+    ``docker run --network`` does).
     """
 
     id: str = ""
@@ -97,6 +102,7 @@ class CreateOptions:
     network_namespace: str = ""
     do_not_release_resources_on_failure: bool = False
     runtime: str = ""
+    networks: Sequence[str] = ()
 
 
 # --- resource kinds this module allocates ---
@@ -169,6 +175,10 @@ def create_container(ctx: Context, options: CreateOptions) -> tuple[cow.Containe
     try:
         _check_context(ctx)
         _check_options(options, container_id)
+        networks = _networks(options.networks)
+        # A private copy: the caller's spec is never modified.
+        spec = msgspec.convert(msgspec.to_builtins(options.spec), oci.Spec)
+        options = replace(options, spec=spec)
         placement = _placement(options, container_id)
         store = open_store()
         # The row comes before any allocation: from here on gc can find what we leave.
@@ -180,6 +190,10 @@ def create_container(ctx: Context, options: CreateOptions) -> tuple[cow.Containe
     resources = Resources(container_id, store)
     try:
         resources.add(ContainerRecord(container_id=container_id))
+        if networks:
+            network_module = importlib.import_module("hcsoci.network")
+            for network_id in networks:
+                network_module.create_container_endpoint(resources, spec, network_id)
         container: cow.Container = placement.allocate(ctx, resources, owner, store)
     except BaseException as err:
         if not options.do_not_release_resources_on_failure:
@@ -241,6 +255,24 @@ def _check_options(options: CreateOptions, container_id: str) -> None:
         raise InvalidArgumentError("spec.process: a container needs a process to run as its init")
 
 
+def _networks(networks: Sequence[str]) -> list[str]:
+    """The ids of ``CreateOptions.networks``, each checked to exist."""
+    if isinstance(networks, str) or not all(isinstance(n, str) and n for n in networks):
+        raise InvalidArgumentError(
+            f"CreateOptions.networks: {networks!r} is not a list of network ids or names"
+        )
+    if not networks:
+        return []
+    hns = importlib.import_module("hcsoci.hns")  # networking only when asked for
+    ids = []
+    for index, network in enumerate(networks):
+        try:
+            ids.append(hns.get_network(network).id)
+        except NotFoundError as err:
+            raise NotFoundError(f"CreateOptions.networks[{index}]: {err}") from None
+    return ids
+
+
 def _check_context(ctx: Context) -> None:
     err = ctx.err()
     if err is not None:
@@ -276,8 +308,7 @@ def _allocate(
 ) -> oci.Spec:
     """Make every allocation; returns the resolved spec written to config.json."""
     assert options.spec is not None
-    # A private copy: the caller's spec is never modified.
-    spec = msgspec.convert(msgspec.to_builtins(options.spec), oci.Spec)
+    spec = options.spec  # create_container's private copy
     resources.add(BundleDir(path=str(bundle)))
     bundle.mkdir(parents=True, mode=0o711)
 

@@ -31,7 +31,7 @@ from hcsoci import context, cow, oci
 from hcsoci.cmd import Cmd, ExitError
 from hcsoci.container import Container, open_container
 from hcsoci.create import CreateOptions, create_container
-from hcsoci.errors import HcsociError, InvalidArgumentError, StateError
+from hcsoci.errors import HcsociError, InvalidArgumentError, NotFoundError, StateError
 from hcsoci.gc import collect, release_container
 from hcsoci.resources import Resources, release_resources
 from hcsoci.store import open_store, state_root
@@ -113,51 +113,50 @@ def _spec_for_request(request: ContainerRequest) -> oci.Spec:
 
 def _create(
     request: ContainerRequest, vm: UtilityVM | None = None
-) -> tuple[cow.Container, Resources, Resources]:
-    """Create the container; returns it, its resources, and the run's own endpoints.
+) -> tuple[cow.Container, Resources]:
+    """Create the container; returns it and its resources.
 
-    Endpoints made for ``--network`` are recorded under the container's id too,
-    before the container's own records, so one release (or gc) of that id
-    detaches and deletes them in the right order.
+    Endpoints made for ``--network`` are the container's own resources (see
+    ``CreateOptions.networks``): its release, or gc, deletes them.
     """
     ctx = context.background()
     container_id = request.container_id
-    run_endpoints = Resources(container_id)
     try:
         spec = _build_spec(request)
-        _attach_networks(spec, run_endpoints, request.endpoints, request.networks)
+        _list_endpoints(spec, request.endpoints)
         options = CreateOptions(
-            id=container_id, spec=spec, owner="hcsoci", runtime=request.runtime, hosting_system=vm
+            id=container_id,
+            spec=spec,
+            owner="hcsoci",
+            runtime=request.runtime,
+            hosting_system=vm,
+            networks=request.networks,
         )
-        container, resources = create_container(ctx, options)
-        return container, resources, run_endpoints
+        return create_container(ctx, options)
     except BaseException as err:
-        with contextlib.suppress(HcsociError):
-            release_resources(ctx, run_endpoints, None, True)
         _remove_scratch(container_id)
         if isinstance(err, HcsociError):
             raise _fail(err) from err
         raise
 
 
-def _attach_networks(
-    spec: oci.Spec, run_endpoints: Resources, endpoints: tuple[str, ...], networks: tuple[str, ...]
-) -> None:
-    """List ``--endpoint`` ids in the spec, and make a throwaway endpoint per ``--network``."""
-    if endpoints:
-        from hcsoci import hns
+def _list_endpoints(spec: oci.Spec, endpoints: tuple[str, ...]) -> None:
+    """List the ``--endpoint`` ids in the spec, each checked to exist."""
+    if not endpoints:
+        return
+    from hcsoci import hns
 
-        if spec.windows is None:
-            spec.windows = oci.Windows()
-        if spec.windows.network is None:
-            spec.windows.network = oci.WindowsNetwork()
-        known = [hns.get_endpoint_by_id(endpoint).id for endpoint in endpoints]
-        spec.windows.network.endpoint_list = [*(spec.windows.network.endpoint_list or []), *known]
-    if networks:
-        from hcsoci.network import create_container_endpoint
-
-        for network in networks:
-            create_container_endpoint(run_endpoints, spec, network)
+    if spec.windows is None:
+        spec.windows = oci.Windows()
+    if spec.windows.network is None:
+        spec.windows.network = oci.WindowsNetwork()
+    known = []
+    for endpoint in endpoints:
+        try:
+            known.append(hns.get_endpoint_by_id(endpoint).id)
+        except NotFoundError as err:
+            raise NotFoundError(f"--endpoint: {err}") from None
+    spec.windows.network.endpoint_list = [*(spec.windows.network.endpoint_list or []), *known]
 
 
 def _hand_over(container_id: str) -> None:
@@ -253,7 +252,7 @@ def run(request: ContainerRequest, remove: bool, interactive: bool) -> None:
     """Create a container, run its command with this terminal's stdio; exit with its status."""
     if request.isolation == "vm":
         sys.exit(_run_in_vm(request, interactive))
-    container, resources, run_endpoints = _create(request)
+    container, resources = _create(request)
     if not remove:
         _hand_over(request.container_id)
     try:
@@ -263,7 +262,6 @@ def run(request: ContainerRequest, remove: bool, interactive: bool) -> None:
         container.close()
         if remove:
             release_resources(context.background(), resources, None, True)
-            release_resources(context.background(), run_endpoints, None, True)
             _remove_scratch(request.container_id)
     sys.exit(status)
 
@@ -279,14 +277,13 @@ def _run_in_vm(request: ContainerRequest, interactive: bool) -> int:
         raise _fail(err) from err
     try:
         vm.start(ctx)
-        container, resources, run_endpoints = _create(request, vm)
+        container, resources = _create(request, vm)
         try:
             return _run_cmd(Cmd(container, None), interactive, request.terminal)
         finally:
             container.close()
             # The VM goes away with its shares: all=False, as the seed does.
             release_resources(ctx, resources, vm, False)
-            release_resources(ctx, run_endpoints, None, True)
     except HcsociError as err:
         raise _fail(err) from err
     finally:
@@ -302,7 +299,7 @@ def create(request: ContainerRequest) -> None:
         raise click.UsageError("--isolation vm: only `run` makes a VM container (for its run)")
     if request.terminal:
         raise click.UsageError("-t: a created container's init logs to a file; use `run -t`")
-    container, _, _ = _create(request)
+    container, _ = _create(request)
     _hand_over(request.container_id)
     container.close()
     click.echo(request.container_id)

@@ -349,9 +349,9 @@ def _allocate_network(ctx: Context, vm: UtilityVM, spec: oci.Spec, resources: Re
 
 
 def _allocate(
-    ctx: Context, vm: UtilityVM, user_spec: oci.Spec, resources: Resources, root: str
+    ctx: Context, vm: UtilityVM, spec: oci.Spec, resources: Resources, root: str
 ) -> oci.Spec:
-    spec = msgspec.convert(msgspec.to_builtins(user_spec), oci.Spec)
+    """Make every allocation in the VM; ``spec`` (create_container's private copy) is resolved."""
     vm_id = vm.id()
     _allocate_network(ctx, vm, spec, resources)
     resources.add(VMGuestDir(vm_id=vm_id, path=root))
