@@ -237,3 +237,51 @@ def test_non_blocking_source_pipe_is_waited_for(tmp: str) -> None:
         assert relay.copy(dst, src) == len(DATA)
     feeder.join()
     assert dst.getvalue() == DATA
+
+
+@pytest.mark.parametrize("sink", ["file", "pipe"])
+def test_closing_the_source_stops_a_copy_that_never_runs_dry(tmp: str, sink: str) -> None:
+    """The copy works on private duplicates: a close of the stream must still end it."""
+    read_end, write_end = os.pipe()
+    stop_feeding = threading.Event()
+
+    def feed() -> None:
+        with io.FileIO(write_end, "wb") as pipe:
+            while not stop_feeding.wait(0.001):
+                pipe.write(b"x" * 65536)
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    drainer: threading.Thread | None = None
+    if sink == "file":
+        dst: io.RawIOBase = io.FileIO(os.path.join(tmp, "out"), "wb")
+    else:
+        out_read, out_write = os.pipe()
+        drainer, _ = _drain(out_read)
+        dst = io.FileIO(out_write, "wb")
+    src = io.FileIO(read_end, "rb")
+    progress = relay.Progress()
+    errors: list[BaseException] = []
+
+    def copy() -> None:
+        try:
+            relay.copy(dst, src, progress)
+        except BaseException as err:
+            errors.append(err)
+
+    copier = threading.Thread(target=copy)
+    copier.start()
+    try:
+        while progress.bytes < 1 << 20:
+            copier.join(0.01)
+        src.close()
+        copier.join(10)
+        assert not copier.is_alive(), "the copy went on after its source was closed"
+        assert [type(e) for e in errors] == [ValueError]
+    finally:
+        stop_feeding.set()
+        feeder.join()
+        copier.join()
+        dst.close()
+        if drainer is not None:
+            drainer.join()

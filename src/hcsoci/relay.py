@@ -133,6 +133,10 @@ def _copy_descriptors(
         raise
     try:
         while True:
+            # The private duplicates outlive a close of the streams: without this
+            # check a writer that never pauses would keep the copy going forever.
+            if _is_closed(src) or _is_closed(dst):
+                raise ValueError("I/O operation on closed file")
             try:
                 n = move(in_fd, out_fd)
             except BlockingIOError:
@@ -150,6 +154,10 @@ def _copy_descriptors(
     finally:
         os.close(in_fd)
         os.close(out_fd)
+
+
+def _is_closed(stream: object) -> bool:
+    return getattr(stream, "closed", False) is True
 
 
 class _Move(Protocol):
