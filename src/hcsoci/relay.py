@@ -178,7 +178,7 @@ def _sendfile(in_fd: int, out_fd: int) -> int:
 
 
 class _ReadWrite:
-    """Pipe to regular file through one buffer, no Python object per chunk.
+    """Pipe to regular file through one reused buffer: no bytes object per chunk.
 
     A regular file never makes ``write`` block, so each call writes all it read.
     """
