@@ -8,7 +8,10 @@ test's own hns networks (fresh subnets from ``free_subnet``).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -30,11 +33,12 @@ from hcsoci import (
     oci,
     release_resources,
 )
-from hcsoci.errors import HcsociError, NotFoundError
+from hcsoci.errors import AlreadyExistsError, HcsociError, NotFoundError
 from hcsoci.hns import netlink
 from hcsoci.network import CreatedNamespace
+from hcsoci.resources import load_resources
 from hcsoci.store import open_store
-from hcsoci.uvm import BootAssets, UtilityVM, UVMOptions, create
+from hcsoci.uvm import BootAssets, UtilityVM, UVMOptions, create, open_vm, remove_vm
 from hcsoci.uvm.container import GUEST_ROOT, VMContainer
 from hcsoci.uvm.network import VMNetEndpoint, VMNetNamespace, tap_prefix
 
@@ -216,6 +220,24 @@ def test_unknown_endpoint_is_refused_and_nothing_is_left(
         )
 
 
+def test_an_endpoint_gets_one_nic_per_vm(vm: UtilityVM, lab: HnsLab) -> None:
+    network = lab.network()
+    endpoint = lab.endpoint(network)
+    vm.add_net_ns(CTX, f"one-{lab.token}")
+    vm.add_net_ns(CTX, f"two-{lab.token}")
+    try:
+        vm.add_endpoints_to_ns(CTX, f"one-{lab.token}", [endpoint])
+        with pytest.raises(AlreadyExistsError, match=f"endpoint {endpoint.id} already has a NIC"):
+            vm.add_endpoints_to_ns(CTX, f"two-{lab.token}", [endpoint])
+        assert vm.net_namespaces()[f"two-{lab.token}"] == []
+        [nic] = vm.net_namespaces()[f"one-{lab.token}"]
+        assert Path(f"/sys/class/net/{nic.tap}/master").resolve().name == network.bridge
+    finally:
+        vm.remove_net_ns(CTX, f"one-{lab.token}")
+        vm.remove_net_ns(CTX, f"two-{lab.token}")
+    assert_vm_network_clean(vm, "")
+
+
 def test_failure_midway_releases_what_was_added(
     vm: UtilityVM, lab: HnsLab, vm_spec: Callable[..., oci.Spec]
 ) -> None:
@@ -231,3 +253,63 @@ def test_failure_midway_releases_what_was_added(
     rows = open_store().query("SELECT kind FROM resources WHERE kind LIKE 'uvm-n%'")
     assert rows == []
     assert hns.get_endpoint_by_id(good.id).namespace == ""
+
+
+# A controller that boots a VM, plugs a NIC for endpoint argv[1] into guest
+# namespace "plugged" (recorded under owner argv[2]), hands the VM over and exits.
+PLUGGING_CONTROLLER = """
+import sys
+from hcsoci import context, hns
+from hcsoci.resources import Resources
+from hcsoci.uvm import UVMOptions, create
+from hcsoci.uvm.network import VMNetEndpoint, VMNetNamespace
+from hcsoci.uvm.vm import hand_over_vm
+
+ctx = context.background()
+vm = create(ctx, UVMOptions(id=sys.argv[3], owner="pytest"))
+vm.start(ctx)
+hand_over_vm(vm.id())
+resources = Resources(sys.argv[2])
+resources.add(VMNetNamespace(vm_id=vm.id(), namespace_id="plugged"))
+vm.add_net_ns(ctx, "plugged")
+resources.add(VMNetEndpoint(vm_id=vm.id(), namespace_id="plugged", endpoint_id=sys.argv[1]))
+vm.add_endpoints_to_ns(ctx, "plugged", [hns.get_endpoint_by_id(sys.argv[1])])
+print(vm.net_namespaces()["plugged"][0].tap, flush=True)
+vm.detach()
+"""
+
+
+def test_another_process_unplugs_the_nics_and_plugs_its_own(lab: HnsLab) -> None:
+    """NIC names follow from the ids: a handle from open_vm unplugs what it did not
+    plug, and the NICs it plugs cannot collide with the first process's."""
+    network = lab.network()
+    first, second = lab.endpoint(network), lab.endpoint(network)
+    owner, uvm_id = f"plugger-{lab.token}", "th-" + os.urandom(4).hex()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", PLUGGING_CONTROLLER, first.id, owner, uvm_id],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        tap = done.stdout.strip()
+        assert Path(f"/sys/class/net/{tap}").exists()
+        vm = open_vm(CTX, uvm_id)
+        try:
+            vm.add_net_ns(CTX, "own")
+            vm.add_endpoints_to_ns(CTX, "own", [second])
+            release_resources(CTX, load_resources(owner), vm, True)
+            assert not Path(f"/sys/class/net/{tap}").exists()
+            addresses = command(vm, "sh", "-c", "cat /sys/class/net/*/address").output()
+            assert first.mac_address.lower().encode() not in addresses.lower()
+            guest_namespaces = command(vm, "ls", "/run/netns").output().decode().split()
+            assert "plugged" not in guest_namespaces and "own" in guest_namespaces
+            [own] = vm.net_namespaces()["own"]
+            assert Path(f"/sys/class/net/{own.tap}/master").resolve().name == network.bridge
+        finally:
+            vm.close()
+        assert not any(name.startswith(tap_prefix(uvm_id)) for name in os.listdir("/sys/class/net"))
+    finally:
+        with contextlib.suppress(NotFoundError):
+            remove_vm(uvm_id)

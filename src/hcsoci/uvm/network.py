@@ -6,8 +6,12 @@ with the endpoint's MAC.  The agent finds the new interface by that MAC, moves
 it into the guest network namespace named like the HNS namespace, renames it
 ``eth0``, ``eth1``..., and gives it the endpoint's address and default route.
 
-Tap names carry a short tag of the VM id (``hct<tag><n>``), so that removing
-a VM from another process (``hcsoci uvm rm``) finds and deletes them too.
+Every name a NIC gets follows from the VM and endpoint ids alone: the tap is
+``hct<vm tag><endpoint tag>``, the QEMU device ``nic-<endpoint id>`` and its
+netdev ``net-<endpoint id>``.  So removing a VM from another process
+(``hcsoci uvm rm``) finds and deletes its taps, a handle from ``open_vm``
+can unplug a NIC another process plugged, and two handles never pick the same
+names.
 
 A VM container's networking is recorded as :class:`VMNetNamespace` (the guest
 namespace) and :class:`VMNetEndpoint` (each NIC) resources.  They are not
@@ -47,7 +51,17 @@ log = logging.getLogger(__name__)
 
 def tap_prefix(uvm_id: str) -> str:
     """The name prefix of every tap device of VM ``uvm_id``."""
-    return "hct" + hashlib.sha256(uvm_id.encode()).hexdigest()[:6]
+    return "hct" + _tag(uvm_id)
+
+
+def _tag(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:6]
+
+
+def _nic_names(uvm_id: str, endpoint_id: str) -> tuple[str, str, str]:
+    """(tap, QEMU device id, QEMU netdev id) of endpoint ``endpoint_id``'s NIC in the VM."""
+    # The tap name is 15 characters, the most a Linux interface name may have.
+    return tap_prefix(uvm_id) + _tag(endpoint_id), f"nic-{endpoint_id}", f"net-{endpoint_id}"
 
 
 @dataclass
@@ -57,6 +71,7 @@ class VMNic:
     endpoint_id: str
     tap: str
     device: str
+    netdev: str
     namespace: str
     guest_name: str
 
@@ -92,7 +107,6 @@ class GuestNetworks:
         self._vm = vm
         self._lock = threading.Lock()
         self._namespaces: dict[str, _Namespace] = {}
-        self._next = 0
 
     def namespaces(self) -> dict[str, list[VMNic]]:
         """Namespace id -> its NICs."""
@@ -125,13 +139,18 @@ class GuestNetworks:
 
     def _add(self, ctx: Context, ns_id: str, namespace: _Namespace, ep: hns.Endpoint) -> None:
         network = hns.get_network_by_id(ep.virtual_network)
+        tap, device, netdev = _nic_names(self._vm.id(), ep.id)
         with self._lock:
-            index = self._next
-            self._next += 1
+            if self._find(ep.id) is not None or os.path.exists(f"/sys/class/net/{tap}"):
+                raise AlreadyExistsError(
+                    f"add_endpoints_to_ns: endpoint {ep.id} already has a NIC in VM "
+                    f"{self._vm.id()} (tap {tap})"
+                )
             nic = VMNic(
                 endpoint_id=ep.id,
-                tap=f"{tap_prefix(self._vm.id())}{index}",
-                device=f"nic{index}",
+                tap=tap,
+                device=device,
+                netdev=netdev,
                 namespace=ns_id,
                 guest_name=f"eth{len(namespace.nics)}",
             )
@@ -143,7 +162,7 @@ class GuestNetworks:
                 "netdev_add",
                 {
                     "type": "tap",
-                    "id": f"net{index}",
+                    "id": nic.netdev,
                     "ifname": nic.tap,
                     "script": "no",
                     "downscript": "no",
@@ -153,7 +172,7 @@ class GuestNetworks:
                 {
                     "driver": "virtio-net-pci",
                     "id": nic.device,
-                    "netdev": f"net{index}",
+                    "netdev": nic.netdev,
                     "mac": ep.mac_address,
                 }
             )
@@ -176,12 +195,15 @@ class GuestNetworks:
             raise
 
     def find_endpoint(self, endpoint_id: str) -> VMNic | None:
-        """The NIC of ``endpoint_id`` in any namespace of this VM, if any."""
+        """The NIC of ``endpoint_id`` in any namespace this handle added, if any."""
         with self._lock:
-            for state in self._namespaces.values():
-                for nic in state.nics:
-                    if nic.endpoint_id == endpoint_id:
-                        return nic
+            return self._find(endpoint_id)
+
+    def _find(self, endpoint_id: str) -> VMNic | None:
+        for state in self._namespaces.values():
+            for nic in state.nics:
+                if nic.endpoint_id == endpoint_id:
+                    return nic
         return None
 
     def remove_endpoint(self, ctx: Context, ns_id: str, endpoint_id: str) -> None:
@@ -199,12 +221,20 @@ class GuestNetworks:
             with self._lock:
                 namespace.nics.remove(nic)
 
+    def remove_unknown_endpoint(self, endpoint_id: str) -> None:
+        """Unplug ``endpoint_id``'s NIC that another handle plugged, and delete its tap.
+
+        What is already gone is skipped.  The guest forgets the interface when
+        the device leaves; its namespace is deleted separately.
+        """
+        tap, device, netdev = _nic_names(self._vm.id(), endpoint_id)
+        self._remove_nic(VMNic(endpoint_id, tap, device, netdev, namespace="", guest_name=""))
+
     def _remove_nic(self, nic: VMNic) -> None:
         self._vm._device_del(nic.device)
-        index = nic.device.removeprefix("nic")
         if self._vm.is_running():
             try:
-                self._vm._qmp_execute("netdev_del", {"id": f"net{index}"})
+                self._vm._qmp_execute("netdev_del", {"id": nic.netdev})
             except HcsociError as err:
                 if "not found" not in str(err):
                     raise
@@ -271,5 +301,7 @@ class VMNetEndpoint(Resource, kw_only=True):
         if live is None:
             return
         nic = live.networks.find_endpoint(self.endpoint_id)
-        if nic is not None and nic.namespace == self.namespace_id:
+        if nic is None:  # plugged through another process's handle
+            live.networks.remove_unknown_endpoint(self.endpoint_id)
+        elif nic.namespace == self.namespace_id:
             live.networks.remove_endpoint(ctx, self.namespace_id, self.endpoint_id)
