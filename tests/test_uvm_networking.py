@@ -9,6 +9,7 @@ test's own hns networks (fresh subnets from ``free_subnet``).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -255,61 +256,100 @@ def test_failure_midway_releases_what_was_added(
     assert hns.get_endpoint_by_id(good.id).namespace == ""
 
 
-# A controller that boots a VM, plugs a NIC for endpoint argv[1] into guest
-# namespace "plugged" (recorded under owner argv[2]), hands the VM over and exits.
+# A controller that boots a VM, plugs a Plan9 share of argv[4], the SCSI disk
+# argv[5] and a NIC for endpoint argv[1] (in guest namespace "plugged"), each
+# recorded under owner argv[2], hands the VM over and exits.
 PLUGGING_CONTROLLER = """
-import sys
+import json, sys
 from hcsoci import context, hns
 from hcsoci.resources import Resources
 from hcsoci.uvm import UVMOptions, create
 from hcsoci.uvm.network import VMNetEndpoint, VMNetNamespace
+from hcsoci.uvm.plan9 import VMPlan9Share
+from hcsoci.uvm.scsi import VMSCSIDisk
 from hcsoci.uvm.vm import hand_over_vm
 
+endpoint_id, owner, uvm_id, share_dir, disk = sys.argv[1:]
 ctx = context.background()
-vm = create(ctx, UVMOptions(id=sys.argv[3], owner="pytest"))
+vm = create(ctx, UVMOptions(id=uvm_id, owner="pytest"))
 vm.start(ctx)
 hand_over_vm(vm.id())
-resources = Resources(sys.argv[2])
-resources.add(VMNetNamespace(vm_id=vm.id(), namespace_id="plugged"))
+resources = Resources(owner)
+record = VMPlan9Share(vm_id=uvm_id)
+resources.add(record)
+share = vm.add_plan9(ctx, share_dir, "/run/first-share", True, False, [])
+record.name = share.name
+resources.update(record)
+resources.add(VMSCSIDisk(vm_id=uvm_id, host_path=disk))
+attachment = vm.add_scsi(ctx, disk, "/run/first-disk", True)
+resources.add(VMNetNamespace(vm_id=uvm_id, namespace_id="plugged"))
 vm.add_net_ns(ctx, "plugged")
-resources.add(VMNetEndpoint(vm_id=vm.id(), namespace_id="plugged", endpoint_id=sys.argv[1]))
-vm.add_endpoints_to_ns(ctx, "plugged", [hns.get_endpoint_by_id(sys.argv[1])])
-print(vm.net_namespaces()["plugged"][0].tap, flush=True)
+resources.add(VMNetEndpoint(vm_id=uvm_id, namespace_id="plugged", endpoint_id=endpoint_id))
+vm.add_endpoints_to_ns(ctx, "plugged", [hns.get_endpoint_by_id(endpoint_id)])
+tap = vm.net_namespaces()["plugged"][0].tap
+print(json.dumps({"slot": share.slot, "target": attachment.target, "tap": tap}), flush=True)
 vm.detach()
 """
 
 
-def test_another_process_unplugs_the_nics_and_plugs_its_own(lab: HnsLab) -> None:
-    """NIC names follow from the ids: a handle from open_vm unplugs what it did not
-    plug, and the NICs it plugs cannot collide with the first process's."""
+def test_another_process_knows_the_devices_and_releases_them(
+    lab: HnsLab, tmp_path: Path, ext4_image: Callable[[dict[str, bytes]], Path]
+) -> None:
+    """The device registry: a handle from open_vm sees what the first process
+    plugged, adds its own beside them without collisions, and releases theirs."""
     network = lab.network()
     first, second = lab.endpoint(network), lab.endpoint(network)
     owner, uvm_id = f"plugger-{lab.token}", "th-" + os.urandom(4).hex()
+    first_dir, own_dir = tmp_path / "first", tmp_path / "own"
+    for directory in (first_dir, own_dir):
+        directory.mkdir()
+        (directory / "hello").write_text(directory.name)
+    first_disk = ext4_image({"disk-hello": b"first disk"})
+    own_disk = ext4_image({"disk-hello": b"own disk"})
     try:
         done = subprocess.run(
-            [sys.executable, "-c", PLUGGING_CONTROLLER, first.id, owner, uvm_id],
+            [sys.executable, "-c", PLUGGING_CONTROLLER, first.id, owner, uvm_id,
+             str(first_dir), str(first_disk)],
             capture_output=True,
             text=True,
             timeout=300,
-        )
+        )  # fmt: skip
         assert done.returncode == 0, done.stderr
-        tap = done.stdout.strip()
-        assert Path(f"/sys/class/net/{tap}").exists()
+        plugged = json.loads(done.stdout)
+        assert Path(f"/sys/class/net/{plugged['tap']}").exists()
         vm = open_vm(CTX, uvm_id)
         try:
+            assert [s.slot for s in vm.plan9.shares()] == [plugged["slot"]]
+            assert [a.target for a in vm.scsi.attachments()] == [plugged["target"]]
+            assert [n.tap for n in vm.net_namespaces()["plugged"]] == [plugged["tap"]]
+            assert command(vm, "cat", "/run/first-share/hello").output() == b"first"
+            assert command(vm, "cat", "/run/first-disk/disk-hello").output() == b"first disk"
+
+            own_share = vm.add_plan9(CTX, str(own_dir), "/run/own-share")
+            own_attachment = vm.add_scsi(CTX, str(own_disk), "/run/own-disk", True)
             vm.add_net_ns(CTX, "own")
             vm.add_endpoints_to_ns(CTX, "own", [second])
+            assert own_share.slot != plugged["slot"]
+            assert own_attachment.target != plugged["target"]
+
             release_resources(CTX, load_resources(owner), vm, True)
-            assert not Path(f"/sys/class/net/{tap}").exists()
+            assert vm.plan9.shares() == [own_share]
+            assert vm.scsi.attachments() == [own_attachment]
+            assert not Path(f"/sys/class/net/{plugged['tap']}").exists()
             addresses = command(vm, "sh", "-c", "cat /sys/class/net/*/address").output()
             assert first.mac_address.lower().encode() not in addresses.lower()
             guest_namespaces = command(vm, "ls", "/run/netns").output().decode().split()
             assert "plugged" not in guest_namespaces and "own" in guest_namespaces
-            [own] = vm.net_namespaces()["own"]
-            assert Path(f"/sys/class/net/{own.tap}/master").resolve().name == network.bridge
+            mounts = command(vm, "cat", "/proc/mounts").output().decode()
+            assert "/run/first-share" not in mounts and "/run/first-disk" not in mounts
+            assert command(vm, "cat", "/run/own-share/hello").output() == b"own"
+            assert command(vm, "cat", "/run/own-disk/disk-hello").output() == b"own disk"
+            [own_nic] = vm.net_namespaces()["own"]
+            assert Path(f"/sys/class/net/{own_nic.tap}/master").resolve().name == network.bridge
         finally:
             vm.close()
         assert not any(name.startswith(tap_prefix(uvm_id)) for name in os.listdir("/sys/class/net"))
+        assert open_store().query("SELECT key FROM vm_devices WHERE vm_id = ?", (uvm_id,)) == []
     finally:
         with contextlib.suppress(NotFoundError):
             remove_vm(uvm_id)

@@ -63,6 +63,15 @@ CREATE TABLE IF NOT EXISTS vms (
     controller_start INTEGER NOT NULL DEFAULT 0
 );
 
+-- Devices hot-plugged into a VM (hcsoci.uvm.devices): any handle of the VM knows them.
+CREATE TABLE IF NOT EXISTS vm_devices (
+    vm_id       TEXT NOT NULL,
+    kind        TEXT NOT NULL,              -- scsi, plan9, netns, nic
+    key         TEXT NOT NULL,              -- host path, slot, namespace id, endpoint id
+    data        TEXT NOT NULL,              -- the device's record, JSON
+    PRIMARY KEY (vm_id, kind, key)
+);
+
 -- hcsoci.hns: networks, namespaces, endpoints (IP allocations and membership).
 -- state: ready, or the transition in progress (creating, deleting, attaching,
 -- detaching) by owner_pid/owner_start; gc finishes transitions whose owner died.

@@ -11,7 +11,8 @@ Every name a NIC gets follows from the VM and endpoint ids alone: the tap is
 netdev ``net-<endpoint id>``.  So removing a VM from another process
 (``hcsoci uvm rm``) finds and deletes its taps, a handle from ``open_vm``
 can unplug a NIC another process plugged, and two handles never pick the same
-names.
+names.  Namespaces and NICs are also recorded in the VM's device registry
+(:mod:`hcsoci.uvm.devices`), so such a handle knows them all.
 
 A VM container's networking is recorded as :class:`VMNetNamespace` (the guest
 namespace) and :class:`VMNetEndpoint` (each NIC) resources.  They are not
@@ -21,6 +22,7 @@ out of the VM and deletes the guest namespace even with ``all=False``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -33,6 +35,7 @@ from hcsoci import hns
 from hcsoci.context import Context
 from hcsoci.errors import AlreadyExistsError, HcsociError, NotFoundError
 from hcsoci.resources import Resource
+from hcsoci.uvm.devices import DeviceRecords
 
 if TYPE_CHECKING:
     from hcsoci.uvm.vm import UtilityVM
@@ -107,6 +110,17 @@ class GuestNetworks:
         self._vm = vm
         self._lock = threading.Lock()
         self._namespaces: dict[str, _Namespace] = {}
+        self._namespace_records = DeviceRecords(vm._store, vm.id(), "netns")
+        self._nic_records = DeviceRecords(vm._store, vm.id(), "nic")
+
+    def load(self) -> None:
+        """Take over the namespaces and NICs recorded by the VM's other handles."""
+        namespaces = {ns_id: _Namespace() for ns_id in self._namespace_records.load()}
+        nics = [VMNic(**data) for data in self._nic_records.load().values()]
+        for nic in sorted(nics, key=lambda n: int(n.guest_name.removeprefix("eth"))):
+            namespaces.setdefault(nic.namespace, _Namespace()).nics.append(nic)
+        with self._lock:
+            self._namespaces = namespaces
 
     def namespaces(self) -> dict[str, list[VMNic]]:
         """Namespace id -> its NICs."""
@@ -122,10 +136,12 @@ class GuestNetworks:
                 raise AlreadyExistsError(f"add_net_ns: VM {self._vm.id()} has {ns_id!r}")
             self._namespaces[ns_id] = _Namespace()
         try:
+            self._namespace_records.save(ns_id, {})
             self._vm.gcs_request(ctx, "create_netns", {"name": ns_id})
         except BaseException:
             with self._lock:
                 self._namespaces.pop(ns_id, None)
+            self._namespace_records.delete(ns_id)
             raise
 
     def add_endpoints(self, ctx: Context, ns_id: str, endpoints: list[hns.Endpoint]) -> None:
@@ -156,6 +172,7 @@ class GuestNetworks:
             )
             namespace.nics.append(nic)  # recorded before anything is allocated
         try:
+            self._nic_records.save(ep.id, dataclasses.asdict(nic))
             _ip("tuntap", "add", "dev", nic.tap, "mode", "tap")
             _ip("link", "set", nic.tap, "master", network.bridge, "up")
             self._vm._qmp_execute(
@@ -189,9 +206,12 @@ class GuestNetworks:
                 },
             )
         except BaseException:
-            self._remove_nic(nic)
-            with self._lock:
-                namespace.nics.remove(nic)
+            try:
+                self._remove_nic(nic)
+            finally:
+                with self._lock:
+                    namespace.nics.remove(nic)
+                self._nic_records.delete(ep.id)
             raise
 
     def find_endpoint(self, endpoint_id: str) -> VMNic | None:
@@ -220,6 +240,7 @@ class GuestNetworks:
             self._remove_nic(nic)
             with self._lock:
                 namespace.nics.remove(nic)
+            self._nic_records.delete(nic.endpoint_id)
 
     def remove_unknown_endpoint(self, endpoint_id: str) -> None:
         """Unplug ``endpoint_id``'s NIC that another handle plugged, and delete its tap.
@@ -250,15 +271,19 @@ class GuestNetworks:
             self._remove_nic(nic)
             with self._lock:
                 namespace.nics.remove(nic)
+            self._nic_records.delete(nic.endpoint_id)
         if self._vm.is_running():
             self._vm.gcs_request(ctx, "delete_netns", {"name": ns_id})
         with self._lock:
             self._namespaces.pop(ns_id, None)
+        self._namespace_records.delete(ns_id)
 
     def clear(self) -> None:
         """Forget everything and delete the taps (the VM is gone)."""
         with self._lock:
             self._namespaces.clear()
+        self._namespace_records.clear()
+        self._nic_records.clear()
         delete_vm_taps(self._vm.id())
 
 

@@ -9,11 +9,14 @@ share bind-mounts the host path onto a free slot directory (read-only if
 asked), then hot-plugs a virtio-9p-pci device on that slot; the agent mounts
 its tag at the guest path.  A ``restrict``-ed share gets a small read-only
 tmpfs in the slot holding bind mounts of just the allowed files of one
-directory, so the guest sees nothing else and cannot add files.
+directory, so the guest sees nothing else and cannot add files.  The shares
+are recorded in the VM's device registry (:mod:`hcsoci.uvm.devices`), so a
+handle in another process knows which slots are taken.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -25,6 +28,7 @@ from hcsoci.context import Context
 from hcsoci.errors import InvalidArgumentError, NotFoundError, StateError
 from hcsoci.mounts import MS_BIND, MS_RDONLY, mount, unmount
 from hcsoci.resources import Resource
+from hcsoci.uvm.devices import DeviceRecords
 
 if TYPE_CHECKING:
     from hcsoci.uvm.vm import UtilityVM
@@ -75,6 +79,16 @@ class Plan9Slots:
         self.count = count
         self._lock = threading.Lock()
         self._shares: dict[int, Plan9Share] = {}
+        self._records = DeviceRecords(vm._store, vm.id(), "plan9")
+
+    def load(self) -> None:
+        """Take over the shares recorded by the VM's other handles."""
+        shares = {}
+        for data in self._records.load().values():
+            share = Plan9Share(**{**data, "allowed_names": tuple(data["allowed_names"])})
+            shares[share.slot] = share
+        with self._lock:
+            self._shares = shares
 
     def slot_dir(self, slot: int) -> Path:
         """The host directory behind fsdev slot ``slot``."""
@@ -150,6 +164,7 @@ class Plan9Slots:
             )
             self._shares[slot] = share  # claimed before anything is allocated
         try:
+            self._records.save(str(slot), dataclasses.asdict(share))
             self._bind(share)
             self._vm._device_add(
                 {
@@ -216,6 +231,7 @@ class Plan9Slots:
             self.unbind(share.slot)
             with self._lock:
                 self._shares.pop(share.slot, None)
+            self._records.delete(str(share.slot))
 
     def unbind(self, slot: int) -> None:
         """Remove every host mount on a slot directory (tolerates none)."""
@@ -231,6 +247,7 @@ class Plan9Slots:
             self.unbind(slot)
         with self._lock:
             self._shares.clear()
+        self._records.clear()
 
 
 def _mounts_under(prefix: str) -> list[str]:

@@ -5,10 +5,13 @@ opens the image file as a QEMU block node (``blockdev-add``), plugs a
 ``scsi-hd`` on it at the first free target, and has the agent mount the disk
 at the guest path.  The same host file attached twice shares one disk and
 counts references, as hcsshim does for layers shared by several containers.
+Attachments and their counts are recorded in the VM's device registry
+(:mod:`hcsoci.uvm.devices`), so a handle in another process knows them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -18,6 +21,7 @@ from typing import TYPE_CHECKING
 from hcsoci.context import Context
 from hcsoci.errors import HcsociError, InvalidArgumentError, NotFoundError
 from hcsoci.resources import Resource
+from hcsoci.uvm.devices import DeviceRecords
 
 if TYPE_CHECKING:
     from hcsoci.uvm.vm import UtilityVM
@@ -69,6 +73,14 @@ class SCSIController:
         self.capacity = capacity
         self._lock = threading.RLock()
         self._by_path: dict[str, SCSIAttachment] = {}
+        self._records = DeviceRecords(vm._store, vm.id(), "scsi")
+
+    def load(self) -> None:
+        """Take over the attachments recorded by the VM's other handles."""
+        with self._lock:
+            self._by_path = {
+                key: SCSIAttachment(**data) for key, data in self._records.load().items()
+            }
 
     @staticmethod
     def qemu_args() -> list[str]:
@@ -104,6 +116,7 @@ class SCSIController:
                         f"already, not at uvm_path {uvm_path!r}"
                     )
                 existing.ref_count += 1
+                self._save(existing)
                 return existing
             used = {a.target for a in self._by_path.values()}
             free = next((t for t in range(self.capacity) if t not in used), None)
@@ -115,10 +128,14 @@ class SCSIController:
             attachment = SCSIAttachment(key, uvm_path, read_only, free)
             self._by_path[key] = attachment
             try:
+                self._save(attachment)  # claimed before anything is plugged
                 self._plug(ctx, attachment)
             except BaseException:
-                self._unplug(ctx, attachment, mounted=False)
-                del self._by_path[key]
+                try:
+                    self._unplug(ctx, attachment, mounted=False)
+                finally:
+                    del self._by_path[key]
+                    self._records.delete(key)
                 raise
         log.debug("attached SCSI disk", extra={"vm": self._vm.id(), "path": key, "target": free})
         return attachment
@@ -172,11 +189,16 @@ class SCSIController:
                 )
             attachment.ref_count -= 1
             if attachment.ref_count > 0:
+                self._save(attachment)
                 return
             try:
                 self._unplug(ctx, attachment, mounted=bool(attachment.uvm_path))
             finally:
                 del self._by_path[key]
+                self._records.delete(key)
+
+    def _save(self, attachment: SCSIAttachment) -> None:
+        self._records.save(attachment.host_path, dataclasses.asdict(attachment))
 
     def _unplug(self, ctx: Context, attachment: SCSIAttachment, mounted: bool) -> None:
         if self._vm.is_running():
@@ -194,6 +216,7 @@ class SCSIController:
         """Forget every attachment (the VM is gone)."""
         with self._lock:
             self._by_path.clear()
+            self._records.clear()
 
 
 def _key(host_path: str) -> str:

@@ -34,6 +34,7 @@ from hcsoci.mounts import unmount
 from hcsoci.store import Store, open_store, state_root
 from hcsoci.uvm.accel import QEMU_BINARY, machine_args, resolve_accel
 from hcsoci.uvm.assets import BootAssets, agent_path, compile_agent, load_assets
+from hcsoci.uvm.devices import forget_vm_devices
 from hcsoci.uvm.network import GuestNetworks, VMNic, delete_vm_taps
 from hcsoci.uvm.options import UVMOptions
 from hcsoci.uvm.plan9 import Plan9Share, Plan9Slots, mounts_under
@@ -492,6 +493,7 @@ def _remove_state(uvm_id: str, state_dir: Path, store: Store) -> None:
     for point in sorted(mounts_under(state_dir), reverse=True):
         unmount(point)
     shutil.rmtree(state_dir, ignore_errors=True)
+    forget_vm_devices(store, uvm_id)
     store.execute("DELETE FROM vms WHERE id = ?", (uvm_id,))
 
 
@@ -509,6 +511,8 @@ def create(ctx: Context, options: UVMOptions) -> UtilityVM:
     with store.transaction() as conn:
         if conn.execute("SELECT 1 FROM vms WHERE id = ?", (opts.id,)).fetchone():
             raise AlreadyExistsError(f"UVMOptions.id: a VM {opts.id!r} exists already")
+        # Rows of an earlier VM of this id whose state removal was cut short.
+        conn.execute("DELETE FROM vm_devices WHERE vm_id = ?", (opts.id,))
         controller_pid, controller_start = controller_identity()
         conn.execute(
             "INSERT INTO vms (id, owner, state, state_dir, options, created_at, "
@@ -545,7 +549,9 @@ def list_vms(store: Store | None = None) -> list[VMRecord]:
 def open_vm(ctx: Context, uvm_id: str, timeout: float = 30.0) -> UtilityVM:
     """Attach to a running VM by id (another process started it).
 
-    Devices added by the other process are not known to this handle.
+    The handle knows the devices other handles added (the device registry,
+    :mod:`hcsoci.uvm.devices`).  QEMU serves one QMP client at a time: the
+    other process's handle must be detached or gone.
     """
     store = open_store()
     rows = store.query("SELECT * FROM vms WHERE id = ?", (uvm_id,))
@@ -558,6 +564,9 @@ def open_vm(ctx: Context, uvm_id: str, timeout: float = 30.0) -> UtilityVM:
     assets = load_assets(Path(options.assets_dir) if options.assets_dir else None)
     vm = UtilityVM(options, assets, Path(row["state_dir"]), store)
     vm._pid, vm._pid_start, vm.accel = int(row["pid"]), int(row["pid_start"]), row["accel"]
+    vm.plan9.load()
+    vm.scsi.load()
+    vm.networks.load()
     vm._watcher = threading.Thread(target=vm._watch_qemu, name=f"uvm-{uvm_id}-watch", daemon=True)
     vm._watcher.start()
     try:
