@@ -122,6 +122,10 @@ def test_layers_init_log_exec_and_kill(vm: UtilityVM, vm_spec: SpecFactory) -> N
             time.sleep(0.1)
         # exec through Cmd: output, exit code
         assert command(container, "cat", "/etc/passwd").output().startswith(b"root:")
+        props = container.properties(ctx)
+        assert props.state == "running" and props.init_pid > 0 and props.processes
+        assert props.memory_usage_bytes is not None and props.memory_usage_bytes > 0
+        assert props.cpu_usage_ns is not None and props.cpu_usage_ns > 0
         with pytest.raises(ExitError) as raised:
             command(container, "sh", "-c", "exit 7").run()
         assert raised.value.exit_code == 7

@@ -690,7 +690,8 @@ def op_signal_container(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def op_container_state(body: dict[str, Any], bundle: str | None) -> dict[str, Any]:
-    """``runc state`` and ``runc ps``: status, init pid and every process's pid.
+    """``runc state`` and ``runc ps``: status, init pid and every process's pid, and
+    the memory and CPU time of the container's cgroup while it runs.
 
     ``runc run`` deletes its container when the init exits, so a container the
     agent knows (``bundle``) but runc does not is ``stopped`` once it started,
@@ -716,12 +717,38 @@ def op_container_state(body: dict[str, Any], bundle: str | None) -> dict[str, An
         )
         if ps.returncode == 0:
             processes = [int(pid) for pid in json.loads(ps.stdout) or []]
+    pid = int(found.get("pid") or 0)
+    memory, cpu = _cgroup_usage(pid) if processes else (None, None)
     return {
         "status": str(found.get("status") or ""),
-        "pid": int(found.get("pid") or 0),
+        "pid": pid,
         "bundle": str(found.get("bundle") or ""),
         "processes": processes,
+        "memory_usage_bytes": memory,
+        "cpu_usage_ns": cpu,
     }
+
+
+def _cgroup_usage(pid: int) -> tuple[int | None, int | None]:
+    """(memory bytes, CPU ns) of ``pid``'s cgroup; the guest mounts cgroup v2 only."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as membership:
+            path = membership.read().strip().split("::", 1)[1]
+    except (OSError, IndexError):
+        return None, None
+    directory = f"/sys/fs/cgroup{path}"
+    memory = cpu = None
+    try:
+        with open(f"{directory}/memory.current") as current:
+            memory = int(current.read())
+        with open(f"{directory}/cpu.stat") as stat:
+            for line in stat:
+                key, value = line.split()
+                if key == "usage_usec":
+                    cpu = int(value) * 1000
+    except (OSError, ValueError):
+        pass
+    return memory, cpu
 
 
 def _reap_later(pid: int, pidfd: int) -> None:

@@ -83,6 +83,10 @@ class GuestContainerState:
     """The container's bundle directory in the guest."""
     processes: list[int]
     """Every process of the container (guest pids), while it runs."""
+    memory_usage_bytes: int | None = None
+    """The container cgroup's ``memory.current``, while it runs."""
+    cpu_usage_ns: int | None = None
+    """The CPU time of the container's cgroup, while it runs."""
 
 
 @dataclass
@@ -313,6 +317,8 @@ class GuestConnection:
             pid=int(result["pid"]),
             bundle=str(result["bundle"]),
             processes=[int(pid) for pid in result["processes"]],
+            memory_usage_bytes=_optional_int(result.get("memory_usage_bytes")),
+            cpu_usage_ns=_optional_int(result.get("cpu_usage_ns")),
         )
 
     def delete_container(self, ctx: Context, container_id: str) -> bool:
@@ -752,3 +758,7 @@ def _stdio_request(key: int, params: ProcessParameters) -> dict[str, Any]:
         "stderr": params.create_stderr_pipe and not params.emulate_console,
         "window": protocol.DEFAULT_WINDOW,
     }
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)

@@ -591,6 +591,8 @@ class VMContainer:
                 guest_state = self.vm.gcs.container_state(ctx, self._id)
                 props.init_pid = guest_state.pid
                 props.processes = guest_state.processes
+                props.memory_usage_bytes = guest_state.memory_usage_bytes
+                props.cpu_usage_ns = guest_state.cpu_usage_ns
         return props
 
     # -- internals --
