@@ -124,6 +124,7 @@ def _create(
     try:
         spec = _build_spec(request)
         _list_endpoints(spec, request.endpoints)
+        _check_networks(request.networks)
         options = CreateOptions(
             id=container_id,
             spec=spec,
@@ -157,6 +158,19 @@ def _list_endpoints(spec: oci.Spec, endpoints: tuple[str, ...]) -> None:
         except NotFoundError as err:
             raise NotFoundError(f"--endpoint: {err}") from None
     spec.windows.network.endpoint_list = [*(spec.windows.network.endpoint_list or []), *known]
+
+
+def _check_networks(networks: tuple[str, ...]) -> None:
+    """Name the option when a ``--network`` does not exist (create checks it too)."""
+    if not networks:
+        return
+    from hcsoci import hns
+
+    for network in networks:
+        try:
+            hns.get_network(network)
+        except NotFoundError as err:
+            raise NotFoundError(f"--network: {err}") from None
 
 
 def _hand_over(container_id: str) -> None:
