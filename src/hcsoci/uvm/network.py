@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import logging
 import os
 import subprocess
@@ -103,6 +104,12 @@ def delete_vm_taps(uvm_id: str) -> None:
             _delete_tap(name)
 
 
+def _free_guest_name(namespace: _Namespace) -> str:
+    """The lowest ``ethN`` no NIC of the namespace has (a removed NIC frees its name)."""
+    used = {nic.guest_name for nic in namespace.nics}
+    return next(f"eth{n}" for n in itertools.count() if f"eth{n}" not in used)
+
+
 class GuestNetworks:
     """The guest network namespaces of one VM and their NICs."""
 
@@ -168,7 +175,7 @@ class GuestNetworks:
                 device=device,
                 netdev=netdev,
                 namespace=ns_id,
-                guest_name=f"eth{len(namespace.nics)}",
+                guest_name=_free_guest_name(namespace),
             )
             namespace.nics.append(nic)  # recorded before anything is allocated
         try:
