@@ -34,7 +34,7 @@ from hcsoci import (
     oci,
     release_resources,
 )
-from hcsoci.errors import AlreadyExistsError, HcsociError, NotFoundError
+from hcsoci.errors import AlreadyExistsError, HcsociError, NotFoundError, StateError
 from hcsoci.hns import netlink
 from hcsoci.network import CreatedNamespace
 from hcsoci.resources import load_resources
@@ -368,5 +368,54 @@ def test_another_process_knows_the_devices_and_releases_them(
         assert not any(name.startswith(tap_prefix(uvm_id)) for name in os.listdir("/sys/class/net"))
         assert open_store().query("SELECT key FROM vm_devices WHERE vm_id = ?", (uvm_id,)) == []
     finally:
+        with contextlib.suppress(NotFoundError):
+            remove_vm(uvm_id)
+
+
+# Boots VM argv[1], says so, and drives it until its stdin closes; then detaches.
+HOLDING_CONTROLLER = """
+import sys
+from hcsoci import context
+from hcsoci.uvm import UVMOptions, create
+from hcsoci.uvm.vm import hand_over_vm
+
+vm = create(context.background(), UVMOptions(id=sys.argv[1], owner="pytest"))
+vm.start(context.background())
+hand_over_vm(vm.id())
+print("started", flush=True)
+sys.stdin.read()
+vm.detach()
+print("detached", flush=True)
+"""
+
+
+def test_one_handle_drives_a_vm_and_a_second_is_refused_at_once() -> None:
+    uvm_id = "tl-" + os.urandom(4).hex()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDING_CONTROLLER, uvm_id],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline() == "started\n"
+        # The lock, not a QMP greeting that never comes (30 s), says no.
+        with pytest.raises(
+            StateError, match=f"driven by another handle \\(process {holder.pid}\\)"
+        ):
+            open_vm(CTX, uvm_id)
+        holder.stdin.close()
+        assert holder.stdout.readline() == "detached\n"
+        assert holder.wait(timeout=60) == 0
+        vm = open_vm(CTX, uvm_id)  # the holder let go: this one drives it now
+        try:
+            assert command(vm, "echo", "driven").output() == b"driven\n"
+        finally:
+            vm.close()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
         with contextlib.suppress(NotFoundError):
             remove_vm(uvm_id)

@@ -12,6 +12,7 @@ releases everything on the host.  A VM is a ``ProcessHost``: ``command(vm,
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -27,7 +28,13 @@ from typing import Any
 
 from hcsoci.context import Canceled, Context, background, with_cancel
 from hcsoci.cow import ProcessParameters
-from hcsoci.errors import AlreadyExistsError, HcsociError, InvalidArgumentError, NotFoundError
+from hcsoci.errors import (
+    AlreadyExistsError,
+    HcsociError,
+    InvalidArgumentError,
+    NotFoundError,
+    StateError,
+)
 from hcsoci.gc import controller_alive, controller_identity
 from hcsoci.gcs.connection import GuestConnection, GuestProcess
 from hcsoci.mounts import unmount
@@ -100,6 +107,7 @@ class UtilityVM:
         self._deleted: dict[str, threading.Event] = {}
         self._deleted_lock = threading.Lock()
         self._terminated = False
+        self._control_fd: int | None = None
         self.accel = ""
         self.plan9 = Plan9Slots(self, state_dir / "plan9", options.plan9_slots)
         self.scsi = SCSIController(self, options.scsi_luns)
@@ -209,6 +217,7 @@ class UtilityVM:
             raise ctx.err()  # type: ignore[misc]
         if self._process is not None or self._terminated:
             raise HcsociError(f"VM {self.id()}: start called twice")
+        self._take_control()
         deadline = time.monotonic() + self.options.boot_timeout
         try:
             self.accel = resolve_accel(self.options.accel, self.assets)
@@ -341,6 +350,7 @@ class UtilityVM:
         elif self._pid:
             _wait_pid(self._pid, self._pid_start)
         self._exited.set()
+        self._give_up_control()
 
     def close(self) -> None:
         """Terminate the VM and release its host resources and its state record."""
@@ -357,6 +367,34 @@ class UtilityVM:
             self._gcs.close()
         if self._qmp is not None:
             self._qmp.close()
+        self._give_up_control()
+
+    def _take_control(self) -> None:
+        """Become the one handle that drives this VM, or fail at once.
+
+        QEMU serves one QMP client and the agent one bridge connection at a
+        time, so a second handle would only hang.  An advisory lock on a file
+        in the VM's state directory says which handle drives it; it goes with
+        ``detach``, ``terminate`` or this process.
+        """
+        fd = os.open(self.state_dir / "control.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise StateError(
+                f"utility VM {self.id()} is driven by another handle (process {holder}): "
+                "it must detach (or exit) first"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._control_fd = fd
+
+    def _give_up_control(self) -> None:
+        fd, self._control_fd = self._control_fd, None
+        if fd is not None:
+            os.close(fd)
 
     # -- processes ----------------------------------------------------------
 
@@ -550,8 +588,9 @@ def open_vm(ctx: Context, uvm_id: str, timeout: float = 30.0) -> UtilityVM:
     """Attach to a running VM by id (another process started it).
 
     The handle knows the devices other handles added (the device registry,
-    :mod:`hcsoci.uvm.devices`).  QEMU serves one QMP client at a time: the
-    other process's handle must be detached or gone.
+    :mod:`hcsoci.uvm.devices`).  One handle drives a VM at a time: while
+    another is attached (not detached, its process alive) this raises
+    :class:`~hcsoci.errors.StateError` at once.
     """
     store = open_store()
     rows = store.query("SELECT * FROM vms WHERE id = ?", (uvm_id,))
@@ -564,12 +603,15 @@ def open_vm(ctx: Context, uvm_id: str, timeout: float = 30.0) -> UtilityVM:
     assets = load_assets(Path(options.assets_dir) if options.assets_dir else None)
     vm = UtilityVM(options, assets, Path(row["state_dir"]), store)
     vm._pid, vm._pid_start, vm.accel = int(row["pid"]), int(row["pid_start"]), row["accel"]
-    vm.plan9.load()
-    vm.scsi.load()
-    vm.networks.load()
-    vm._watcher = threading.Thread(target=vm._watch_qemu, name=f"uvm-{uvm_id}-watch", daemon=True)
-    vm._watcher.start()
+    vm._take_control()
     try:
+        vm.plan9.load()
+        vm.scsi.load()
+        vm.networks.load()
+        vm._watcher = threading.Thread(
+            target=vm._watch_qemu, name=f"uvm-{uvm_id}-watch", daemon=True
+        )
+        vm._watcher.start()
         vm._connect(ctx, time.monotonic() + timeout)
     except BaseException:
         vm.detach()
