@@ -6,10 +6,12 @@ Family-specific fixtures live in plugin modules next to the tests
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from typing import Any, TextIO
 
 import pytest
 
@@ -20,6 +22,30 @@ pytest_plugins: list[str] = [
     "fixtures_containers",
     "fixtures_uvm",
 ]
+
+
+HANG_FUSE = 900.0
+"""Seconds one test may take, teardown included, before the run ends with every
+thread's stack on stderr.  pytest-timeout (300 s, pyproject.toml) fails a stuck
+test first, by a signal, so that its teardown still releases what it made; this
+fuse is for a teardown that hangs as well (a frozen guest), which would hold
+the run until CI's own limit."""
+
+_stderr: TextIO | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _stderr
+    _stderr = os.fdopen(os.dup(2), "w")  # the real stderr: capture is off during configure
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: Any) -> Generator[None, Any, None]:
+    faulthandler.dump_traceback_later(HANG_FUSE, exit=True, file=_stderr or 2)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 @pytest.fixture(scope="session", autouse=True)
