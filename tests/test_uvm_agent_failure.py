@@ -17,6 +17,7 @@ from fixtures_uvm import MakeUVM, assert_vm_gone
 from hcsoci import ProcessParameters, command, context
 from hcsoci.gcs import BridgeClosedError, GuestTimeoutError
 from hcsoci.uvm import BootAssets, UVMOptions, UVMStartError, create, reap_dead_vms
+from hcsoci.uvm.vm import hand_over_vm
 
 
 def test_stopped_then_crashed_agent(make_uvm: MakeUVM) -> None:
@@ -73,6 +74,14 @@ def test_killed_qemu_is_reaped(make_uvm: MakeUVM) -> None:
     assert vm.id() in reap_dead_vms()
     assert_vm_gone(vm)
     vm.close()  # the handle still closes quietly
+
+
+def test_a_vm_handed_over_before_it_started_is_reaped(uvm_assets: BootAssets) -> None:
+    vm = create(context.background(), UVMOptions(owner="pytest"))
+    hand_over_vm(vm.id())  # nobody can start it now: open_vm needs a running QEMU
+    assert vm.id() in reap_dead_vms()
+    assert not vm.state_dir.exists()
+    assert vm.id() not in reap_dead_vms()
 
 
 def test_agent_that_dies_while_booting_fails_the_start_at_once(

@@ -647,13 +647,15 @@ def reap_dead_vms(store: Store | None = None) -> list[str]:
     For gc: a controller killed halfway leaves the record, mounts and taps of a
     VM that died with it (or was killed), or a QEMU still running with nobody
     to drive it (QEMU runs in its own session).  A VM handed over to the user
-    (``hcsoci uvm create``: :func:`hand_over_vm`) is kept while QEMU runs.
+    (``hcsoci uvm create``: :func:`hand_over_vm`) is kept while QEMU runs; one
+    handed over before it ever started has nobody who could start it.
     """
     store = store or open_store()
     reaped = []
     for record in list_vms(store):
         started = record["state"] == "running" or int(record["pid"]) > 0
-        if started and not record["alive"]:
+        handed_over = int(record["controller_pid"]) == 0
+        if (started and not record["alive"]) or (not started and handed_over):
             _remove_state(record["id"], Path(record["state_dir"]), store)
             reaped.append(str(record["id"]))
         elif not controller_alive(int(record["controller_pid"]), int(record["controller_start"])):
