@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import sys
 from pathlib import Path
 
 import click
@@ -20,12 +19,8 @@ from rich.progress import (
 from rich.table import Table
 
 from hcsoci import images
+from hcsoci.cli.common import fail, remove_each
 from hcsoci.errors import HcsociError
-
-
-def _fail(err: HcsociError) -> None:
-    click.echo(f"hcsoci: {err}", err=True)
-    sys.exit(1)
 
 
 def _store(root: str | None) -> images.ImageStore:
@@ -85,7 +80,7 @@ def import_command(archive: Path, name: str | None, root: str | None) -> None:
             imported = _store(root).import_image(archive, name, report)
         except HcsociError as err:
             progress.stop()
-            _fail(err)
+            fail(err)
     for image in imported:
         click.echo(f"{image.name} {image.id}")
 
@@ -98,7 +93,7 @@ def list_command(as_json: bool, root: str | None) -> None:
     try:
         found = _store(root).list_images()
     except HcsociError as err:
-        _fail(err)
+        fail(err)
     if as_json:
         click.echo(msgspec.json.format(msgspec.json.encode(found)).decode())
         return
@@ -117,13 +112,7 @@ def list_command(as_json: bool, root: str | None) -> None:
 @_root_option
 def rm_command(names: tuple[str, ...], root: str | None) -> None:
     """Remove images NAMES (and layers no other image uses)."""
-    store = _store(root)
-    for name in names:
-        try:
-            store.remove(name)
-        except HcsociError as err:
-            _fail(err)
-        click.echo(name)
+    remove_each(names, _store(root).remove)
 
 
 @images_group.command("build-default")
@@ -134,7 +123,7 @@ def build_default_command(root: str | None) -> None:
     try:
         image = images.build_default_image(_store(root))
     except HcsociError as err:
-        _fail(err)
+        fail(err)
     elapsed = (datetime.datetime.now() - started).total_seconds()
     click.echo(f"{image.name} {image.id} ({elapsed:.2f}s)")
 

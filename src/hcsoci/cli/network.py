@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -10,12 +9,8 @@ import click
 import msgspec
 
 from hcsoci import hns
+from hcsoci.cli.common import fail, remove_each
 from hcsoci.errors import HcsociError, NotFoundError
-
-
-def _fail(err: HcsociError) -> None:
-    click.echo(f"hcsoci: {err}", err=True)
-    sys.exit(1)
 
 
 def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> None:
@@ -59,7 +54,7 @@ def network_create(name: str, subnet: str, nat: bool, dns_servers: tuple[str, ..
     try:
         network = hns.create_network(name, subnet, "nat" if nat else "bridge", dns_servers)
     except HcsociError as err:
-        _fail(err)
+        fail(err)
     click.echo(network.id)
 
 
@@ -79,17 +74,7 @@ def network_list(as_json: bool) -> None:
 @click.argument("networks", nargs=-1, required=True)
 def network_rm(networks: tuple[str, ...]) -> None:
     """Delete networks (by id or name); refused while they have endpoints."""
-    failed = False
-    for ref in networks:
-        try:
-            hns.delete_network(hns.get_network(ref).id)
-        except HcsociError as err:
-            click.echo(f"hcsoci: {err}", err=True)
-            failed = True
-        else:
-            click.echo(ref)
-    if failed:
-        sys.exit(1)
+    remove_each(networks, lambda ref: hns.delete_network(hns.get_network(ref).id))
 
 
 @click.group("endpoint")
@@ -105,7 +90,7 @@ def endpoint_create(network: str, name: str) -> None:
     try:
         endpoint = hns.create_endpoint(hns.get_network(network).id, name)
     except HcsociError as err:
-        _fail(err)
+        fail(err)
     click.echo(endpoint.id)
 
 
@@ -117,7 +102,7 @@ def endpoint_list(network: str, as_json: bool) -> None:
     try:
         network_id = hns.get_network(network).id if network else ""
     except HcsociError as err:
-        _fail(err)
+        fail(err)
     _emit(
         hns.list_endpoints(network_id),
         as_json,
@@ -137,17 +122,7 @@ def endpoint_list(network: str, as_json: bool) -> None:
 @click.argument("endpoints", nargs=-1, required=True)
 def endpoint_rm(endpoints: tuple[str, ...]) -> None:
     """Delete endpoints (by id or name); refused while one is in a namespace."""
-    failed = False
-    for ref in endpoints:
-        try:
-            hns.delete_endpoint(_endpoint(ref).id)
-        except HcsociError as err:
-            click.echo(f"hcsoci: {err}", err=True)
-            failed = True
-        else:
-            click.echo(ref)
-    if failed:
-        sys.exit(1)
+    remove_each(endpoints, lambda ref: hns.delete_endpoint(_endpoint(ref).id))
 
 
 def register(group: click.Group) -> None:

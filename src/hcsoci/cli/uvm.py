@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hcsoci import context
+from hcsoci.cli.common import fail, remove_each
 from hcsoci.cmd import ExitError, command
 from hcsoci.errors import HcsociError
 from hcsoci.uvm import (
@@ -22,11 +23,6 @@ from hcsoci.uvm import (
     remove_vm,
 )
 from hcsoci.uvm.accel import resolve_accel
-
-
-def _fail(err: HcsociError) -> None:
-    click.echo(f"hcsoci: {err}", err=True)
-    sys.exit(1)
 
 
 @click.group("uvm")
@@ -45,7 +41,7 @@ def build_assets_command(compress: bool, no_probe: bool) -> None:
         if not no_probe:
             click.echo(f"accelerator for 'auto': {resolve_accel('auto', assets)}")
     except HcsociError as err:
-        _fail(err)
+        fail(err)
 
 
 @uvm_group.command("create")
@@ -75,7 +71,7 @@ def create_command(
         hand_over_vm(vm.id())
         vm.detach()
     except HcsociError as err:
-        _fail(err)
+        fail(err)
     click.echo(vm.id())
 
 
@@ -101,15 +97,7 @@ def list_command() -> None:
 @click.argument("uvm_ids", nargs=-1, required=True)
 def rm_command(uvm_ids: tuple[str, ...]) -> None:
     """Kill VMs and release their host state."""
-    failed = False
-    for uvm_id in uvm_ids:
-        try:
-            remove_vm(uvm_id)
-        except HcsociError as err:
-            click.echo(f"hcsoci: {err}", err=True)
-            failed = True
-    if failed:
-        sys.exit(1)
+    remove_each(uvm_ids, remove_vm, echo=False)
 
 
 @uvm_group.command("exec", context_settings={"ignore_unknown_options": True})
@@ -121,7 +109,7 @@ def exec_command(uvm_id: str, args: tuple[str, ...]) -> None:
     try:
         vm = open_vm(ctx, uvm_id)
     except HcsociError as err:
-        _fail(err)
+        fail(err)
     code = 0
     try:
         cmd = command(vm, args[0], *args[1:])
