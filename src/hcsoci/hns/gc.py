@@ -21,8 +21,8 @@ from collections.abc import Callable
 from hcsoci.context import Context
 from hcsoci.errors import HcsociError
 from hcsoci.hns import netlink
-from hcsoci.hns.endpoints import destroy_endpoint_links, ensure_endpoint_links
-from hcsoci.hns.namespaces import dismantle_namespace
+from hcsoci.hns.endpoints import destroy_endpoint_links
+from hcsoci.hns.namespaces import dismantle_namespace, finish_detach
 from hcsoci.hns.networks import destroy_network
 from hcsoci.hns.state import ENDPOINT_QUERY, READY, network_from_row, owner_alive, store
 
@@ -100,21 +100,7 @@ def _detach(endpoint: sqlite3.Row) -> None:
     rows = store().query(
         "SELECT path FROM hns_namespaces WHERE id = ?", (endpoint["namespace_id"],)
     )
-    vanished = not rows or not netlink.is_netns(rows[0]["path"])
-    moved = (
-        bool(endpoint["namespace_interface"])
-        and not vanished
-        and netlink.detach_interface(
-            rows[0]["path"], endpoint["namespace_interface"], endpoint["interface"]
-        )
-    )
-    if not moved:
-        ensure_endpoint_links(endpoint, rebuild=vanished)
-    store().execute(
-        "UPDATE hns_endpoints SET state = ?, namespace_id = NULL, namespace_interface = ''"
-        " WHERE id = ?",
-        (READY, endpoint["id"]),
-    )
+    finish_detach(endpoint, rows[0]["path"] if rows else "", remaining=())
 
 
 def _drop_network(row: sqlite3.Row) -> None:

@@ -109,7 +109,7 @@ def dismantle_namespace(row: sqlite3.Row) -> None:
     """Bring every endpoint out of a namespace, unbind it and forget it."""
     for endpoint in _endpoint_rows(row["id"]):
         _set_endpoint_state(endpoint["id"], "detaching")
-        _finish_detach(endpoint, row["path"], remaining=())
+        finish_detach(endpoint, row["path"], remaining=())
     netlink.remove_netns(row["path"])
     store().execute("DELETE FROM hns_namespaces WHERE id = ?", (row["id"],))
 
@@ -240,20 +240,21 @@ def remove_namespace_endpoint(namespace_id: str, endpoint_id: str) -> None:
         if row["id"] != endpoint_id
     ]
     try:
-        _finish_detach(endpoint, namespace["path"], remaining)
+        finish_detach(endpoint, namespace["path"], remaining)
     except BaseException:
         _set_endpoint_state(endpoint_id, READY)
         raise
     log.debug("removed endpoint %s from namespace %s", endpoint_id, namespace_id)
 
 
-def _finish_detach(
+def finish_detach(
     endpoint: sqlite3.Row, path: str, remaining: list[tuple[str, str]] | tuple[()]
 ) -> None:
     """Move an endpoint's interface out of ``path`` (if there) and mark it detached.
 
-    If it was not there (its namespace vanished, or a killed attach never made
-    it), the veth pair is recreated in this namespace.
+    If it was not there (its namespace vanished, ``path`` is empty, or a killed
+    attach never made it), the veth pair is recreated in this namespace.  Also
+    how gc finishes a detach a killed process left halfway.
     """
     vanished = not netlink.is_netns(path)
     moved = (
