@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from hcsoci import context
+from hcsoci.mounts import mounts_under
 from hcsoci.store import open_store
 from hcsoci.uvm import BootAssets, UtilityVM, UVMOptions, build_assets, create
-from hcsoci.uvm.plan9 import mounts_under
 
 MakeUVM = Callable[..., UtilityVM]
 

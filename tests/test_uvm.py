@@ -15,6 +15,7 @@ import pytest
 from fixtures_hns import HnsLab, in_netns
 from hcsoci import ExitError, ProcessParameters, command, command_context, context, hns
 from hcsoci.errors import InvalidArgumentError, NotFoundError, StateError
+from hcsoci.mounts import mounts_under
 from hcsoci.resources import Resources, release_resources
 from hcsoci.uvm import (
     SCSIControllerFullError,
@@ -24,7 +25,6 @@ from hcsoci.uvm import (
     VMSCSIDisk,
     create,
 )
-from hcsoci.uvm.plan9 import mounts_under
 
 
 def guest_output(vm: UtilityVM, *args: str) -> bytes:

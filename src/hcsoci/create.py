@@ -52,6 +52,7 @@ from hcsoci.mounts import (
     attach_loop_device,
     check_virtual_disk,
     mount,
+    mounts_under,
 )
 from hcsoci.resources import Resource, Resources, release_resources
 from hcsoci.runtime import Runtime
@@ -128,7 +129,7 @@ class BundleDir(Resource, kw_only=True):
         if not os.path.exists(self.path):
             return
         # Never delete through a mount that is still there (an image layer, a disk).
-        still_mounted = _mounts_under(self.path)
+        still_mounted = mounts_under(self.path)
         if still_mounted:
             raise HcsociError(f"bundle {self.path!r} still has mounts: {', '.join(still_mounted)}")
         shutil.rmtree(self.path)
@@ -144,17 +145,6 @@ class RuntimeContainer(Resource, kw_only=True):
 
     def release(self, ctx: Context, vm: UtilityVM | None) -> None:
         Runtime(self.runtime, self.root).delete(self.container_id, force=True)
-
-
-def _mounts_under(path: str) -> list[str]:
-    prefix = os.path.realpath(path) + "/"
-    found = []
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mountinfo:
-        for line in mountinfo:
-            mount_point = line.split(" ", 5)[4]
-            if mount_point.startswith(prefix):
-                found.append(mount_point)
-    return found
 
 
 # --- the create flow ---

@@ -22,6 +22,7 @@ import errno
 import fcntl
 import logging
 import os
+import re
 import struct
 import time
 from pathlib import Path
@@ -44,6 +45,9 @@ __all__ = [
     "is_mounted",
     "loop_devices_backed_by",
     "mount",
+    "mount_points",
+    "mounts_under",
+    "unescape_mountinfo",
     "unmount",
 ]
 
@@ -110,19 +114,26 @@ def unmount(target: str | Path) -> None:
         raise MountError(f"unmount {str(target)!r}: {os.strerror(err)}")
 
 
+def mount_points() -> list[str]:
+    """Every mount point in this mount namespace, in mount order."""
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as mountinfo:
+        return [unescape_mountinfo(line.split(" ", 5)[4]) for line in mountinfo]
+
+
+def mounts_under(directory: str | os.PathLike[str]) -> list[str]:
+    """Mount points at or below ``directory`` in this mount namespace, in mount order."""
+    base = os.path.realpath(directory)
+    return [p for p in mount_points() if p == base or p.startswith(base + "/")]
+
+
 def is_mounted(target: str | Path) -> bool:
     """Whether ``target`` is a mount point in this mount namespace."""
-    wanted = os.path.realpath(target)
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mountinfo:
-        for line in mountinfo:
-            mount_point = line.split(" ", 5)[4]
-            if _unescape_mountinfo(mount_point) == wanted:
-                return True
-    return False
+    return os.path.realpath(target) in mount_points()
 
 
-def _unescape_mountinfo(field: str) -> str:
-    return field.encode().decode("unicode_escape") if "\\" in field else field
+def unescape_mountinfo(field: str) -> str:
+    """A path as ``/proc/self/mountinfo`` writes it (``\\040`` for a space) made plain."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 # --- loop devices ---

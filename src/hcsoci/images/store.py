@@ -35,6 +35,7 @@ import msgspec
 from hcsoci.images.archive import extract_layer
 from hcsoci.images.errors import ImageError, ImageNotFoundError
 from hcsoci.images.sources import SourceImage, SourceLayer, open_archive
+from hcsoci.mounts import unescape_mountinfo
 
 __all__ = [
     "DEFAULT_IMAGES_ROOT",
@@ -385,10 +386,6 @@ class ImageStore:
                 shutil.rmtree(self.layer_dir(diff_id), ignore_errors=True)
 
 
-def _unescape_mountinfo(field: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
 def _overlay_lower_dirs() -> dict[str, str]:
     """Every lower directory of a mounted overlay on this machine, with its mount point."""
     lower: dict[str, str] = {}
@@ -398,9 +395,9 @@ def _overlay_lower_dirs() -> dict[str, str]:
             fields = after.split()
             if len(fields) < 3 or fields[0] != "overlay":
                 continue
-            mountpoint = _unescape_mountinfo(before.split()[4])
+            mountpoint = unescape_mountinfo(before.split()[4])
             for option in fields[2].split(","):
                 if option.startswith("lowerdir="):
                     for directory in re.split(r"(?<!\\):", option.removeprefix("lowerdir=")):
-                        lower[_unescape_mountinfo(directory).replace("\\:", ":")] = mountpoint
+                        lower[unescape_mountinfo(directory).replace("\\:", ":")] = mountpoint
     return lower

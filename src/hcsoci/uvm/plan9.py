@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from hcsoci.context import Context
 from hcsoci.errors import InvalidArgumentError, NotFoundError, StateError
-from hcsoci.mounts import MS_BIND, MS_RDONLY, mount, unmount
+from hcsoci.mounts import MS_BIND, MS_RDONLY, mount, mounts_under, unmount
 from hcsoci.resources import Resource
 from hcsoci.uvm.devices import DeviceRecords
 
@@ -235,11 +234,8 @@ class Plan9Slots:
 
     def unbind(self, slot: int) -> None:
         """Remove every host mount on a slot directory (tolerates none)."""
-        target = self.slot_dir(slot)
-        prefix = str(target) + "/"
-        for mount_point in sorted(_mounts_under(prefix), reverse=True):
+        for mount_point in reversed(mounts_under(self.slot_dir(slot))):
             unmount(mount_point)
-        unmount(target)
 
     def unbind_all(self) -> None:
         """Remove the host mounts of every slot (the VM is gone)."""
@@ -248,21 +244,3 @@ class Plan9Slots:
         with self._lock:
             self._shares.clear()
         self._records.clear()
-
-
-def _mounts_under(prefix: str) -> list[str]:
-    found = []
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mountinfo:
-        for line in mountinfo:
-            point = line.split(" ", 5)[4]
-            if "\\" in point:
-                point = point.encode().decode("unicode_escape")
-            if point.startswith(prefix):
-                found.append(point)
-    return found
-
-
-def mounts_under(directory: str | os.PathLike[str]) -> list[str]:
-    """Mount points at or below ``directory`` in this mount namespace."""
-    base = os.path.realpath(directory)
-    return [p for p in _mounts_under(base) if p == base or p.startswith(base + "/")]

@@ -37,14 +37,14 @@ from hcsoci.errors import (
 )
 from hcsoci.gc import controller_alive, controller_identity
 from hcsoci.gcs.connection import GuestConnection, GuestProcess
-from hcsoci.mounts import unmount
+from hcsoci.mounts import mounts_under, unmount
 from hcsoci.store import Store, open_store, state_root
 from hcsoci.uvm.accel import QEMU_BINARY, machine_args, resolve_accel
 from hcsoci.uvm.assets import BootAssets, agent_path, compile_agent, load_assets
 from hcsoci.uvm.devices import forget_vm_devices
 from hcsoci.uvm.network import GuestNetworks, VMNic, delete_vm_taps
 from hcsoci.uvm.options import UVMOptions
-from hcsoci.uvm.plan9 import Plan9Share, Plan9Slots, mounts_under
+from hcsoci.uvm.plan9 import Plan9Share, Plan9Slots
 from hcsoci.uvm.qmp import QMPCommandError, QMPSession
 from hcsoci.uvm.scsi import SCSIAttachment, SCSIController
 
