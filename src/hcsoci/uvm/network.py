@@ -9,10 +9,9 @@ it into the guest network namespace named like the HNS namespace, renames it
 Every name a NIC gets follows from the VM and endpoint ids alone: the tap is
 ``hct<vm tag><endpoint tag>``, the QEMU device ``nic-<endpoint id>`` and its
 netdev ``net-<endpoint id>``.  So removing a VM from another process
-(``hcsoci uvm rm``) finds and deletes its taps, a handle from ``open_vm``
-can unplug a NIC another process plugged, and two handles never pick the same
-names.  Namespaces and NICs are also recorded in the VM's device registry
-(:mod:`hcsoci.uvm.devices`), so such a handle knows them all.
+(``hcsoci uvm rm``) finds and deletes its taps.  Namespaces and NICs are
+recorded in the VM's device registry (:mod:`hcsoci.uvm.devices`), so a handle
+from ``open_vm`` in another process knows and releases them all.
 
 A VM container's networking is recorded as :class:`VMNetNamespace` (the guest
 namespace) and :class:`VMNetEndpoint` (each NIC) resources.  They are not
@@ -222,7 +221,7 @@ class GuestNetworks:
             raise
 
     def find_endpoint(self, endpoint_id: str) -> VMNic | None:
-        """The NIC of ``endpoint_id`` in any namespace this handle added, if any."""
+        """The NIC of ``endpoint_id`` in any namespace of this VM, if any."""
         with self._lock:
             return self._find(endpoint_id)
 
@@ -248,15 +247,6 @@ class GuestNetworks:
             with self._lock:
                 namespace.nics.remove(nic)
             self._nic_records.delete(nic.endpoint_id)
-
-    def remove_unknown_endpoint(self, endpoint_id: str) -> None:
-        """Unplug ``endpoint_id``'s NIC that another handle plugged, and delete its tap.
-
-        What is already gone is skipped.  The guest forgets the interface when
-        the device leaves; its namespace is deleted separately.
-        """
-        tap, device, netdev = _nic_names(self._vm.id(), endpoint_id)
-        self._remove_nic(VMNic(endpoint_id, tap, device, netdev, namespace="", guest_name=""))
 
     def _remove_nic(self, nic: VMNic) -> None:
         self._vm._device_del(nic.device)
@@ -314,10 +304,8 @@ class VMNetNamespace(Resource, kw_only=True):
         live = _live(vm, self.vm_id)
         if live is None:
             return
-        if self.namespace_id in live.net_namespaces():
+        if self.namespace_id in live.net_namespaces():  # any handle's: the registry
             live.remove_net_ns(ctx, self.namespace_id)
-        else:  # another process's VM handle: the agent tolerates a missing namespace
-            live.gcs_request(ctx, "delete_netns", {"name": self.namespace_id})
 
 
 class VMNetEndpoint(Resource, kw_only=True):
@@ -333,7 +321,5 @@ class VMNetEndpoint(Resource, kw_only=True):
         if live is None:
             return
         nic = live.networks.find_endpoint(self.endpoint_id)
-        if nic is None:  # plugged through another process's handle
-            live.networks.remove_unknown_endpoint(self.endpoint_id)
-        elif nic.namespace == self.namespace_id:
+        if nic is not None and nic.namespace == self.namespace_id:
             live.networks.remove_endpoint(ctx, self.namespace_id, self.endpoint_id)
