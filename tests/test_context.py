@@ -238,3 +238,15 @@ def test_errors_can_be_raised_afresh() -> None:
     assert err is not None
     with pytest.raises(Canceled, match="context canceled"):
         raise type(err)(str(err))
+
+
+def test_check_raises_a_fresh_error_once_done() -> None:
+    ctx, cancel = context.with_cancel(context.background())
+    ctx.check()  # live: nothing
+    cancel()
+    with pytest.raises(context.Canceled) as first:
+        ctx.check()
+    with pytest.raises(context.Canceled) as second:
+        ctx.check()
+    assert first.value is not second.value and first.value is not ctx.err()
+    assert str(first.value) == str(ctx.err())

@@ -188,9 +188,7 @@ class Cmd:
         config = self._config()
         ctx = self.context
         if ctx is not None:
-            err = ctx.err()
-            if err is not None:
-                raise type(err)(str(err))
+            ctx.check()
         process = self.host.create_process(ctx or background(), config)
         self.process = process
         self.log = _with_fields(self.log or _log, pid=process.pid())

@@ -399,7 +399,7 @@ class Container:
         ``oci.Process`` runs an extra process in the started container
         (``runc exec``), with pipes or, when ``terminal`` is set, a terminal.
         """
-        _check_context(ctx)
+        ctx.check()
         process, pipes = oci_process_and_pipes(config)
         if process is None:
             return self._start_init(pipes, to_log=False)
@@ -409,7 +409,7 @@ class Container:
 
     def start(self, ctx: Context) -> None:
         """Run the spec's process as the container's init; its output goes to the log file."""
-        _check_context(ctx)
+        ctx.check()
         self._start_init((False, False, False), to_log=True)
 
     def shutdown(self, ctx: Context) -> None:
@@ -632,12 +632,6 @@ class Container:
             self._init_exit_code = None if code is None else (code if code >= 0 else 128 - code)
         with contextlib.suppress(Exception):  # a released container has no row left
             self._store.execute("UPDATE containers SET state = 'stopped' WHERE id = ?", (self._id,))
-
-
-def _check_context(ctx: Context) -> None:
-    err = ctx.err()
-    if err is not None:
-        raise err
 
 
 def _cgroup_usage(pid: int) -> tuple[int | None, int | None]:

@@ -103,6 +103,16 @@ class Context:
         """None while the context is live; then :class:`Canceled` or :class:`DeadlineExceeded`."""
         return self._err
 
+    def check(self) -> None:
+        """Raise :meth:`err` if the context is done: the test before starting work.
+
+        The raised error is a fresh one of the same type and message: one shared
+        instance raised from several threads would gather their tracebacks.
+        """
+        err = self._err
+        if err is not None:
+            raise type(err)(str(err))
+
     def remaining(self) -> float | None:
         """Seconds until the deadline (never negative), or None without one."""
         if self.deadline is None:

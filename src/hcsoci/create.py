@@ -163,7 +163,7 @@ def create_container(ctx: Context, options: CreateOptions) -> tuple[cow.Containe
     owner = options.owner or os.path.basename(sys.argv[0] or "python")
     resources = Resources(container_id)
     try:
-        _check_context(ctx)
+        ctx.check()
         _check_options(options, container_id)
         networks = _networks(options.networks)
         # A private copy: the caller's spec is never modified.
@@ -263,12 +263,6 @@ def _networks(networks: Sequence[str]) -> list[str]:
     return ids
 
 
-def _check_context(ctx: Context) -> None:
-    err = ctx.err()
-    if err is not None:
-        raise err
-
-
 def _check_id(container_id: str) -> None:
     if container_id in (".", "..") or not _VALID_ID.fullmatch(container_id):
         raise InvalidArgumentError(
@@ -311,7 +305,7 @@ def _allocate(
     spec.root = _resolve_root(spec, resources, bundle)
     spec.mounts = _resolve_mounts(spec.mounts or [], resources, bundle)
     _pause_for_test("mounted")
-    _check_context(ctx)
+    ctx.check()
 
     spec.windows = None  # consumed here; the runtime has no use for it
     (bundle / "config.json").write_bytes(oci.encode_spec(spec))

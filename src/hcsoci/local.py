@@ -76,9 +76,7 @@ class LocalHost:
             raise InvalidArgumentError(
                 f"config: LocalHost takes ProcessParameters, not {type(config).__name__}"
             )
-        err = ctx.err()
-        if err is not None:
-            raise type(err)(str(err))
+        ctx.check()
         _reap_orphans()
         if not config.command_args:
             raise InvalidArgumentError("command_args: empty, nothing to run")

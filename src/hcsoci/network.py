@@ -114,7 +114,7 @@ def setup_container_network(
         resources.net_ns = namespace_id
         log.info("created network namespace %s for container %s", namespace_id, resources.owner_id)
         for endpoint_id in endpoint_ids:
-            _check_context(ctx)
+            ctx.check()
             resources.add(NamespaceEndpoint(namespace_id=namespace_id, endpoint_id=endpoint_id))
             hns.add_namespace_endpoint(namespace_id, endpoint_id)
             log.info("added network endpoint %s to namespace %s", endpoint_id, namespace_id)
@@ -140,12 +140,6 @@ def _check_endpoints(endpoint_ids: list[str]) -> None:
             )
     if len(set(endpoint_ids)) != len(endpoint_ids):
         raise StateError(f"spec.windows.network.endpoint_list {endpoint_ids}: an endpoint twice")
-
-
-def _check_context(ctx: Context) -> None:
-    err = ctx.err()
-    if err is not None:
-        raise err
 
 
 def point_spec_at_namespace(spec: oci.Spec, path: str) -> None:

@@ -157,8 +157,7 @@ class GuestConnection:
         timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
     ) -> dict[str, Any]:
         """Send one request and wait for its response (or ``timeout``, or ``ctx``)."""
-        if ctx.err() is not None:
-            raise ctx.err()  # type: ignore[misc]
+        ctx.check()
         pending = _Pending(op, threading.Event())
         request_id = next(self._request_ids)
         with self._lock:

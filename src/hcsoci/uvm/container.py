@@ -332,7 +332,7 @@ def _allocate_network(ctx: Context, vm: UtilityVM, spec: oci.Spec, resources: Re
     resources.add(VMNetNamespace(vm_id=vm_id, namespace_id=namespace_id))
     vm.add_net_ns(ctx, namespace_id)
     for index, endpoint_id in enumerate(endpoint_ids):
-        _check_context(ctx)
+        ctx.check()
         resources.add(
             VMNetEndpoint(vm_id=vm_id, namespace_id=namespace_id, endpoint_id=endpoint_id)
         )
@@ -549,7 +549,7 @@ class VMContainer:
 
     def create_process(self, ctx: Context, config: Any) -> VMContainerProcess:
         """``None`` starts the init with relayed stdio; an ``oci.Process`` runs ``runc exec``."""
-        _check_context(ctx)
+        ctx.check()
         process, pipes = oci_process_and_pipes(config)
         if process is None:
             return self._start_init(ctx, pipes, to_log=False)
@@ -557,7 +557,7 @@ class VMContainer:
 
     def start(self, ctx: Context) -> None:
         """Run the init with its output in the guest's ``<root>/container.log``."""
-        _check_context(ctx)
+        ctx.check()
         self._start_init(ctx, (False, False, False), to_log=True)
 
     def shutdown(self, ctx: Context) -> None:
@@ -678,9 +678,3 @@ class VMContainer:
             self._stdio(pipes, bool(process.terminal)),
         )
         return VMContainerProcess(self, guest)
-
-
-def _check_context(ctx: Context) -> None:
-    err = ctx.err()
-    if err is not None:
-        raise err

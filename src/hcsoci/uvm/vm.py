@@ -213,8 +213,7 @@ class UtilityVM:
 
         On failure the VM is terminated and its host resources released.
         """
-        if ctx.err() is not None:
-            raise ctx.err()  # type: ignore[misc]
+        ctx.check()
         if self._process is not None or self._terminated:
             raise HcsociError(f"VM {self.id()}: start called twice")
         self._take_control()
@@ -540,8 +539,7 @@ def create(ctx: Context, options: UVMOptions) -> UtilityVM:
 
     Raises NotFoundError, saying how to build them, when the boot assets are missing.
     """
-    if ctx.err() is not None:
-        raise ctx.err()  # type: ignore[misc]
+    ctx.check()
     opts = options.validated()
     assets = load_assets(Path(opts.assets_dir) if opts.assets_dir else None)
     store = open_store()
