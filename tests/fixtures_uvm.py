@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -113,3 +114,21 @@ def ext4_image(tmp_path: Path) -> Callable[[dict[str, bytes]], Path]:
         return image
 
     return make
+
+
+@pytest.fixture(scope="module")
+def layer_cache() -> Iterator[Path]:
+    """A private layer-image cache for the module (``$HCSOCI_LAYER_CACHE``)."""
+    path = Path(tempfile.mkdtemp(prefix="hcsoci-layer-cache-"))
+    old = os.environ.get("HCSOCI_LAYER_CACHE")
+    os.environ["HCSOCI_LAYER_CACHE"] = str(path)
+    try:
+        yield path
+    finally:
+        if old is None:
+            os.environ.pop("HCSOCI_LAYER_CACHE", None)
+        else:
+            os.environ["HCSOCI_LAYER_CACHE"] = old
+        for image in path.iterdir():
+            image.unlink()
+        path.rmdir()

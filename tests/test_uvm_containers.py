@@ -10,11 +10,9 @@ import io
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -45,24 +43,6 @@ SpecFactory = Callable[..., oci.Spec]
 
 
 @pytest.fixture(scope="module")
-def layer_cache() -> Iterator[Path]:
-    """A private layer-image cache for the module (``$HCSOCI_LAYER_CACHE``)."""
-    path = Path(tempfile.mkdtemp(prefix="hcsoci-layer-cache-"))
-    old = os.environ.get("HCSOCI_LAYER_CACHE")
-    os.environ["HCSOCI_LAYER_CACHE"] = str(path)
-    try:
-        yield path
-    finally:
-        if old is None:
-            os.environ.pop("HCSOCI_LAYER_CACHE", None)
-        else:
-            os.environ["HCSOCI_LAYER_CACHE"] = old
-        for image in path.iterdir():
-            image.unlink()
-        path.rmdir()
-
-
-@pytest.fixture(scope="module")
 def vm(uvm_assets: BootAssets, layer_cache: Path) -> Iterator[UtilityVM]:
     options = UVMOptions(id="tc-" + os.urandom(4).hex(), owner="pytest", scsi_luns=6, plan9_slots=4)
     machine = create(context.background(), options)
@@ -72,18 +52,6 @@ def vm(uvm_assets: BootAssets, layer_cache: Path) -> Iterator[UtilityVM]:
     finally:
         machine.close()
         assert_vm_gone(machine)
-
-
-@pytest.fixture
-def vm_spec(busybox_image: images.Image, tmp_path: Path) -> SpecFactory:
-    def make(args: list[str], **kwargs: Any) -> oci.Spec:
-        spec = images.spec_for_image(busybox_image, args, **kwargs)
-        scratch = tempfile.mkdtemp(prefix="scratch-", dir=tmp_path)
-        assert spec.windows is not None and spec.windows.layer_folders is not None
-        spec.windows.layer_folders = [*spec.windows.layer_folders, scratch]
-        return spec
-
-    return make
 
 
 def guest_mounts(vm: UtilityVM) -> list[str]:
@@ -110,9 +78,9 @@ def release(vm: UtilityVM, resources: Resources) -> None:
     release_resources(context.background(), resources, vm, True)
 
 
-def test_layers_init_log_exec_and_kill(vm: UtilityVM, vm_spec: SpecFactory) -> None:
+def test_layers_init_log_exec_and_kill(vm: UtilityVM, container_spec: SpecFactory) -> None:
     ctx = context.background()
-    container, resources = make(vm, vm_spec(["sh", "-c", "echo hello-init; sleep 300"]))
+    container, resources = make(vm, container_spec(["sh", "-c", "echo hello-init; sleep 300"]))
     try:
         container.start(ctx)
         guest_log = container.log_path
@@ -150,8 +118,8 @@ def test_layers_init_log_exec_and_kill(vm: UtilityVM, vm_spec: SpecFactory) -> N
     assert_vm_clean(vm)
 
 
-def test_init_through_cmd_relays_stdio(vm: UtilityVM, vm_spec: SpecFactory) -> None:
-    container, resources = make(vm, vm_spec(["sh", "-c", "cat; echo err >&2; exit 3"]))
+def test_init_through_cmd_relays_stdio(vm: UtilityVM, container_spec: SpecFactory) -> None:
+    container, resources = make(vm, container_spec(["sh", "-c", "cat; echo err >&2; exit 3"]))
     try:
         cmd = command(container, "ignored")
         cmd.spec = None
@@ -168,12 +136,13 @@ def test_init_through_cmd_relays_stdio(vm: UtilityVM, vm_spec: SpecFactory) -> N
     assert_vm_clean(vm)
 
 
-def test_bridge_container_ops(vm: UtilityVM, vm_spec: SpecFactory) -> None:
+def test_bridge_container_ops(vm: UtilityVM, container_spec: SpecFactory) -> None:
     """The agent's container requests, straight through the GuestConnection."""
     ctx = context.background()
     gcs = vm.gcs
     assert gcs.version == protocol.CONTAINER_VERSION == max(protocol.PROTOCOL_VERSIONS)
-    container, resources = make(vm, vm_spec(["sh", "-c", "read line; echo got-$line; exit 5"]))
+    spec = container_spec(["sh", "-c", "read line; echo got-$line; exit 5"])
+    container, resources = make(vm, spec)
     cid = container.id()
     try:
         with pytest.raises(GuestError, match="in use"):  # create_container registered it
@@ -259,11 +228,11 @@ def test_plan9_root_and_single_file_bind(
 
 
 def test_shared_layer_shares_the_disk_and_all_false_keeps_shares(
-    vm: UtilityVM, vm_spec: SpecFactory
+    vm: UtilityVM, container_spec: SpecFactory
 ) -> None:
     ctx = context.background()
-    first, first_resources = make(vm, vm_spec(["sleep", "300"]))
-    second, second_resources = make(vm, vm_spec(["sleep", "300"]))
+    first, first_resources = make(vm, container_spec(["sleep", "300"]))
+    second, second_resources = make(vm, container_spec(["sleep", "300"]))
     try:
         layer_disks = [a for a in vm.scsi.attachments() if a.read_only]
         assert len(layer_disks) == 1 and layer_disks[0].ref_count == 2
@@ -284,9 +253,9 @@ def test_shared_layer_shares_the_disk_and_all_false_keeps_shares(
 
 
 def test_missing_layer_is_a_clear_error_and_leaves_nothing(
-    vm: UtilityVM, vm_spec: SpecFactory, tmp_path: Path
+    vm: UtilityVM, container_spec: SpecFactory, tmp_path: Path
 ) -> None:
-    spec = vm_spec(["true"])
+    spec = container_spec(["true"])
     assert spec.windows is not None and spec.windows.layer_folders is not None
     missing = str(tmp_path / "no-such-layer")
     spec.windows.layer_folders = [missing, *spec.windows.layer_folders]

@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,7 +29,6 @@ from hcsoci import (
     context,
     create_container,
     hns,
-    images,
     oci,
     release_resources,
 )
@@ -51,10 +49,7 @@ SERVER = (
 
 
 @pytest.fixture(scope="module")
-def vm(uvm_assets: BootAssets) -> Iterator[UtilityVM]:
-    cache = Path(tempfile.mkdtemp(prefix="hcsoci-layer-cache-"))
-    old = os.environ.get("HCSOCI_LAYER_CACHE")
-    os.environ["HCSOCI_LAYER_CACHE"] = str(cache)
+def vm(uvm_assets: BootAssets, layer_cache: Path) -> Iterator[UtilityVM]:
     options = UVMOptions(id="tn-" + os.urandom(4).hex(), owner="pytest", scsi_luns=4)
     machine = create(context.background(), options)
     try:
@@ -62,23 +57,16 @@ def vm(uvm_assets: BootAssets) -> Iterator[UtilityVM]:
         yield machine
     finally:
         machine.close()
-        if old is None:
-            os.environ.pop("HCSOCI_LAYER_CACHE", None)
-        else:
-            os.environ["HCSOCI_LAYER_CACHE"] = old
-        for image in cache.iterdir():
-            image.unlink()
-        cache.rmdir()
         assert_vm_gone(machine)
 
 
 @pytest.fixture
-def vm_spec(busybox_image: images.Image, tmp_path: Path) -> Callable[..., oci.Spec]:
+def vm_spec(container_spec: SpecFactory) -> Callable[..., oci.Spec]:
+    """``vm_spec(args, endpoints, **kwargs)``: a busybox spec listing ``endpoints``."""
+
     def make(args: list[str], endpoints: list[str], **kwargs: Any) -> oci.Spec:
-        spec = images.spec_for_image(busybox_image, args, **kwargs)
-        scratch = tempfile.mkdtemp(prefix="scratch-", dir=tmp_path)
-        assert spec.windows is not None and spec.windows.layer_folders is not None
-        spec.windows.layer_folders = [*spec.windows.layer_folders, scratch]
+        spec = container_spec(args, **kwargs)
+        assert spec.windows is not None
         spec.windows.network = oci.WindowsNetwork(endpoint_list=endpoints)
         return spec
 
