@@ -52,13 +52,9 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: Any) -> Generator[None,
 def state_root() -> Iterator[str]:
     """A private ``HCSOCI_ROOT`` for the whole session, removed afterwards."""
     root = tempfile.mkdtemp(prefix="hcsoci-test-", dir="/run")
-    old = os.environ.get("HCSOCI_ROOT")
-    os.environ["HCSOCI_ROOT"] = root
     try:
-        yield root
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("HCSOCI_ROOT", root)
+            yield root
     finally:
-        if old is None:
-            os.environ.pop("HCSOCI_ROOT", None)
-        else:
-            os.environ["HCSOCI_ROOT"] = old
         shutil.rmtree(root, ignore_errors=True)

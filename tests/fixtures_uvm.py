@@ -120,15 +120,11 @@ def ext4_image(tmp_path: Path) -> Callable[[dict[str, bytes]], Path]:
 def layer_cache() -> Iterator[Path]:
     """A private layer-image cache for the module (``$HCSOCI_LAYER_CACHE``)."""
     path = Path(tempfile.mkdtemp(prefix="hcsoci-layer-cache-"))
-    old = os.environ.get("HCSOCI_LAYER_CACHE")
-    os.environ["HCSOCI_LAYER_CACHE"] = str(path)
     try:
-        yield path
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("HCSOCI_LAYER_CACHE", str(path))
+            yield path
     finally:
-        if old is None:
-            os.environ.pop("HCSOCI_LAYER_CACHE", None)
-        else:
-            os.environ["HCSOCI_LAYER_CACHE"] = old
         for image in path.iterdir():
             image.unlink()
         path.rmdir()
