@@ -70,9 +70,10 @@ def child(parent: Path | str, name: str, field: str) -> Path:
     parent = Path(parent)
     path = parent / name
     real_parent = os.path.realpath(parent)
-    if os.path.lexists(path):
-        if os.path.islink(path) or os.path.realpath(path) != os.path.join(real_parent, name):
-            raise UnsafePathError(f"{field}: {str(path)!r} leads outside {str(parent)!r}")
+    if os.path.lexists(path) and (
+        os.path.islink(path) or os.path.realpath(path) != os.path.join(real_parent, name)
+    ):
+        raise UnsafePathError(f"{field}: {str(path)!r} leads outside {str(parent)!r}")
     return path
 
 
