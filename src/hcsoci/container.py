@@ -54,6 +54,7 @@ from hcsoci import oci
 from hcsoci.context import Context, background
 from hcsoci.cow import OCIProcessParameters, Stdio
 from hcsoci.errors import HcsociError, InvalidArgumentError, NotFoundError, StateError
+from hcsoci.paths import check_id, write_private_file
 from hcsoci.runtime import OCIRuntimeError, Runtime
 from hcsoci.runtime.runc import read_runtime_log, wait_for_pid_file
 from hcsoci.store import Store, open_store
@@ -566,7 +567,7 @@ class Container:
         token = uuid.uuid4().hex[:12]
         process_file = exec_dir / f"{token}.json"
         pid_file, runtime_log = exec_dir / f"{token}.pid", exec_dir / f"{token}.log"
-        process_file.write_bytes(msgspec.json.encode(process))
+        write_private_file(process_file, msgspec.json.encode(process))
         scratch = [process_file, pid_file, runtime_log]
         stdio = _ProcessStdio(pipes, process.terminal, process.console_size)
         try:
@@ -671,6 +672,7 @@ def _read_int(path: str) -> int | None:
 
 def open_container(container_id: str, store: Store | None = None) -> Container:
     """A handle on a container recorded in the state store (another process made it)."""
+    check_id(container_id, "container id")
     store = store or open_store()
     rows = store.query(
         "SELECT id, owner, bundle, state, runtime, init_pid FROM containers"

@@ -24,8 +24,6 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import re
-import shutil
 import sys
 import threading
 import time
@@ -41,9 +39,12 @@ from hcsoci import cow, oci
 from hcsoci.container import Container
 from hcsoci.context import Context
 from hcsoci.errors import AlreadyExistsError, HcsociError, InvalidArgumentError, NotFoundError
+from hcsoci.etcfiles import add_etc_files
 from hcsoci.gc import controller_identity
 from hcsoci.layers import mount_container_layers
 from hcsoci.mounts import (
+    MS_NODEV,
+    MS_NOSUID,
     MS_RDONLY,
     AutomanagedFile,
     HostMount,
@@ -54,6 +55,7 @@ from hcsoci.mounts import (
     mount,
     mounts_under,
 )
+from hcsoci.paths import check_id, child, make_private_dir, remove_tree, write_private_file
 from hcsoci.resources import Resource, Resources, release_resources
 from hcsoci.runtime import Runtime
 from hcsoci.store import Store, open_store, state_root
@@ -66,6 +68,7 @@ __all__ = [
     "ContainerRecord",
     "CreateOptions",
     "RuntimeContainer",
+    "containers_dir",
     "create_container",
 ]
 
@@ -74,7 +77,6 @@ log = logging.getLogger(__name__)
 VIRTUAL_DISK_TYPES = ("virtual-disk", "automanage-virtual-disk")
 # Mount types runc handles without a kernel file system of that name.
 _BIND_TYPES = ("bind", "rbind")
-_VALID_ID = re.compile(r"[A-Za-z0-9_+.-]{1,1024}")
 
 
 @dataclass
@@ -132,7 +134,7 @@ class BundleDir(Resource, kw_only=True):
         still_mounted = mounts_under(self.path)
         if still_mounted:
             raise HcsociError(f"bundle {self.path!r} still has mounts: {', '.join(still_mounted)}")
-        shutil.rmtree(self.path)
+        remove_tree(self.path)
 
 
 class RuntimeContainer(Resource, kw_only=True):
@@ -220,7 +222,7 @@ class _OnHost:
         self.container_id = container_id
         self.runtime = Runtime(options.runtime)
         self.runtime_name = self.runtime.name
-        self.location = state_root() / "containers" / container_id
+        self.location = child(containers_dir(), container_id, "CreateOptions.id")
 
     def allocate(self, ctx: Context, resources: Resources, owner: str, store: Store) -> Container:
         spec = _allocate(ctx, self.options, resources, self.runtime, self.location)
@@ -239,7 +241,7 @@ def _placement(options: CreateOptions, container_id: str) -> Placement:
 def _check_options(options: CreateOptions, container_id: str) -> None:
     if options.spec is None:
         raise InvalidArgumentError("CreateOptions.spec: must be supplied")
-    _check_id(container_id)
+    check_id(container_id, "CreateOptions.id")
     oci.validate_spec(options.spec)
     if options.spec.process is None:
         raise InvalidArgumentError("spec.process: a container needs a process to run as its init")
@@ -263,12 +265,9 @@ def _networks(networks: Sequence[str]) -> list[str]:
     return ids
 
 
-def _check_id(container_id: str) -> None:
-    if container_id in (".", "..") or not _VALID_ID.fullmatch(container_id):
-        raise InvalidArgumentError(
-            f"CreateOptions.id: {container_id!r} is not a valid container id "
-            "(1 to 1024 of letters, digits, _ + - .)"
-        )
+def containers_dir() -> Path:
+    """Where host containers' bundles live: ``<state root>/containers``."""
+    return state_root() / "containers"
 
 
 def _insert_row(store: Store, container_id: str, owner: str, bundle: Path, runtime: str) -> None:
@@ -294,7 +293,8 @@ def _allocate(
     assert options.spec is not None
     spec = options.spec  # create_container's private copy
     resources.add(BundleDir(path=str(bundle)))
-    bundle.mkdir(parents=True, mode=0o711)
+    make_private_dir(bundle.parent)
+    bundle.mkdir(mode=0o700)
 
     network = spec.windows.network if spec.windows is not None else None
     if (network is not None and network.endpoint_list) or options.network_namespace:
@@ -303,12 +303,13 @@ def _allocate(
         network_module.setup_container_network(ctx, resources, spec, options.network_namespace)
 
     spec.root = _resolve_root(spec, resources, bundle)
+    add_etc_files(spec, bundle / "etc", resources.owner_id, _endpoints(network))
     spec.mounts = _resolve_mounts(spec.mounts or [], resources, bundle)
     _pause_for_test("mounted")
     ctx.check()
 
     spec.windows = None  # consumed here; the runtime has no use for it
-    (bundle / "config.json").write_bytes(oci.encode_spec(spec))
+    write_private_file(bundle / "config.json", oci.encode_spec(spec))
     resources.add(
         RuntimeContainer(
             container_id=resources.owner_id, runtime=runtime.name, root=str(runtime.root)
@@ -318,6 +319,14 @@ def _allocate(
         "UPDATE containers SET state = 'created' WHERE id = ?", (resources.owner_id,)
     )
     return spec
+
+
+def _endpoints(network: oci.WindowsNetwork | None) -> list[Any]:
+    """The container's endpoints (for its /etc files); none without networking."""
+    if network is None or not network.endpoint_list:
+        return []
+    hns = importlib.import_module("hcsoci.hns")
+    return [hns.get_endpoint_by_id(endpoint_id) for endpoint_id in network.endpoint_list]
 
 
 def _resolve_root(spec: oci.Spec, resources: Resources, bundle: Path) -> oci.Root:
@@ -404,7 +413,7 @@ def _attach_virtual_disk(
     if spec_mount.type == "automanage-virtual-disk":
         resources.add(AutomanagedFile(path=str(image)))  # recorded first: deleted last
     mount_point = bundle / "disks" / str(index)
-    mount_point.mkdir(parents=True)
+    mount_point.mkdir(parents=True, mode=0o700)
     loop = LoopDevice(backing_file=str(image))
     resources.add(loop)
     device, device_fd = attach_loop_device(image, read_only)
@@ -413,7 +422,8 @@ def _attach_virtual_disk(
         resources.update(loop)
         resources.add(HostMount(target=str(mount_point)))
         try:
-            mount(device, mount_point, "ext4", MS_RDONLY if read_only else 0)
+            flags = MS_NOSUID | MS_NODEV | (MS_RDONLY if read_only else 0)
+            mount(device, mount_point, "ext4", flags)
         except MountError as err:
             raise InvalidArgumentError(
                 f"{field}.source: {spec_mount.source!r} is not a mountable ext4 image ({err})"

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from hcsoci.context import Context
 from hcsoci.errors import NotFoundError
+from hcsoci.paths import check_id
 from hcsoci.resources import load_resources, release_resources
 from hcsoci.store import Store, open_store
 
@@ -99,6 +100,7 @@ def release_container(ctx: Context, container_id: str, store: Store | None = Non
     :class:`~hcsoci.resources.ReleaseError` when something could not be released
     (what failed stays recorded for another try).
     """
+    check_id(container_id, "container id")
     store = store or open_store()
     _register_resource_kinds()
     rows = store.query("SELECT id FROM containers WHERE id = ?", (container_id,))

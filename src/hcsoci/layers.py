@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from hcsoci.context import Context
 from hcsoci.errors import InvalidArgumentError, NotFoundError
-from hcsoci.mounts import mount, unmount
+from hcsoci.mounts import MS_NODEV, MS_NOSUID, mount, unmount
 from hcsoci.resources import Resource, Resources
 
 if TYPE_CHECKING:
@@ -110,6 +110,9 @@ def mount_container_layers(
     work.mkdir(exist_ok=True)
     resources.add(LayerMount(target=str(target)))
     target.mkdir(exist_ok=True)
-    mount("overlay", target, "overlay", 0, data)
+    # nosuid, nodev: a set-id file or a device node made in the container (or shipped in
+    # an image) must never work for anyone reaching it through this mount, on the host
+    # or through /proc/PID/root; the container inherits the flags, like noNewPrivileges.
+    mount("overlay", target, "overlay", MS_NOSUID | MS_NODEV, data)
     log.debug("layers mounted", extra={"target": str(target), "layers": len(layers)})
     return target

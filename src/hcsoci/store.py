@@ -17,11 +17,14 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_ROOT", "Store", "open_store", "state_root"]
+from hcsoci.errors import HcsociError
+from hcsoci.paths import UnsafePathError, make_private_dir
+
+__all__ = ["DEFAULT_ROOT", "Store", "StoreError", "open_store", "state_root"]
 
 DEFAULT_ROOT = "/run/hcsoci"
 
@@ -120,44 +123,156 @@ def state_root() -> Path:
     return Path(os.environ.get("HCSOCI_ROOT") or DEFAULT_ROOT)
 
 
+class StoreError(HcsociError):
+    """The state database is missing, empty, damaged or unreadable: hcsoci will not guess."""
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+# What the state root holds while the store records something: if any of these has
+# entries but state.db is gone, a fresh empty store would orphan them silently.
+_LIVE_DIRS = ("containers", "uvm", "runc", "crun")
+
+
 class Store:
-    """One SQLite connection to the state database, safe to share between threads."""
+    """One SQLite connection to the state database, safe to share between threads.
+
+    The root and the database are private to root (0700 / 0600).  A database
+    that is missing while the root still holds containers or VMs, empty,
+    unreadable, or not SQLite raises :class:`StoreError` naming the file and
+    what to do, instead of being replaced by a fresh, empty one.
+    """
 
     def __init__(self, root: Path | str | None = None) -> None:
         self.root = Path(root) if root is not None else state_root()
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o711)
         self.path = self.root / "state.db"
+        try:
+            make_private_dir(self.root)  # a root made by an older version was 0711
+        except UnsafePathError as err:
+            raise StoreError(f"state root: {err}") from err
+        except OSError as err:
+            raise StoreError(f"state root {str(self.root)!r}: {err.strerror or err}") from err
+        if not self._check_file():
+            self._initialise()
         self._lock = threading.RLock()
-        self._conn = sqlite3.connect(
-            self.path, timeout=60.0, isolation_level=None, check_same_thread=False
-        )
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute("PRAGMA busy_timeout=60000")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-        with self.transaction() as conn:
-            for statement in _split_statements(_SCHEMA):
-                conn.execute(statement)
-            _add_missing_columns(conn)
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._conn = self._connect(self.path)
+        for suffix in ("", "-wal", "-shm"):
+            with suppress(FileNotFoundError):
+                os.chmod(f"{self.path}{suffix}", 0o600)
+
+    def _check_file(self) -> bool:
+        """Whether state.db exists and looks like ours; raise when it is damaged or lost."""
+        where = str(self.path)
+        try:
+            with open(self.path, "rb") as file:
+                header = file.read(len(_SQLITE_MAGIC))
+        except FileNotFoundError:
+            held = self._held_without_store()
+            if held:
+                raise StoreError(
+                    f"state store {where!r} is missing while {', '.join(held)} still exist: "
+                    "restore the file, or unmount and remove those by hand; hcsoci will not "
+                    "start an empty store over them"
+                ) from None
+            return False
+        except IsADirectoryError:
+            raise StoreError(f"state store {where!r} is a directory, not a database") from None
+        except OSError as err:
+            raise StoreError(f"state store {where!r}: cannot read it: {err.strerror}") from err
+        if not header:
+            raise StoreError(
+                f"state store {where!r} is empty (0 bytes): the record of what hcsoci "
+                "allocated is lost; restore the file, or move it away after releasing "
+                "what the state root holds by hand"
+            )
+        if header != _SQLITE_MAGIC:
+            raise StoreError(
+                f"state store {where!r} is not an SQLite database (damaged or replaced): "
+                "restore the file; hcsoci will not overwrite it"
+            )
+        return True
+
+    def _held_without_store(self) -> list[str]:
+        held = []
+        for name in _LIVE_DIRS:
+            directory = self.root / name
+            with suppress(OSError):
+                if directory.is_dir() and any(directory.iterdir()):
+                    held.append(str(directory))
+        return held
+
+    def _initialise(self) -> None:
+        """Make a new database beside the final name, then rename it in: never half-made."""
+        staging = self.root / f"state.db.new-{os.getpid()}"
+        for suffix in ("", "-wal", "-shm"):
+            with suppress(FileNotFoundError):
+                os.unlink(f"{staging}{suffix}")
+        os.close(os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        conn = self._connect(staging)
+        conn.close()  # the last connection checkpoints the WAL into the file
+        try:
+            os.link(staging, self.path)  # fails if another process made the store meanwhile
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(staging)
+
+    def _connect(self, path: Path) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                path, timeout=60.0, isolation_level=None, check_same_thread=False
+            )
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=60000")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _split_statements(_SCHEMA):
+                    conn.execute(statement)
+                _add_missing_columns(conn)
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.DatabaseError as err:
+            raise self._error(err) from err
+        return conn
+
+    def _error(self, err: sqlite3.Error) -> HcsociError:
+        return StoreError(f"state store {str(self.path)!r}: {err}")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction (``BEGIN IMMEDIATE``): committed on success, else rolled back."""
-        with self._lock:
+        """A write transaction (``BEGIN IMMEDIATE``): committed on success, else rolled back.
+
+        A damaged database raises :class:`StoreError`; constraint violations
+        (``sqlite3.IntegrityError``) reach the caller as they are.
+        """
+        with self._lock, self._damage_reported():
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                with suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
 
     def query(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> list[sqlite3.Row]:
         """Run a read-only statement and return every row."""
-        with self._lock:
+        with self._lock, self._damage_reported():
             return self._conn.execute(sql, params).fetchall()
+
+    @contextmanager
+    def _damage_reported(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.DatabaseError as err:
+            raise self._error(err) from err
 
     def execute(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> int:
         """Run one write statement in its own transaction; returns ``lastrowid``."""

@@ -12,8 +12,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
-import shutil
 import signal
 import sys
 import termios
@@ -21,7 +21,7 @@ import time
 import tty
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -31,8 +31,15 @@ from hcsoci import context, cow, oci
 from hcsoci.cmd import Cmd, ExitError
 from hcsoci.container import Container, open_container
 from hcsoci.create import CreateOptions, create_container
-from hcsoci.errors import HcsociError, InvalidArgumentError, NotFoundError, StateError
+from hcsoci.errors import (
+    AlreadyExistsError,
+    HcsociError,
+    InvalidArgumentError,
+    NotFoundError,
+    StateError,
+)
 from hcsoci.gc import collect, release_container
+from hcsoci.paths import ID_PATTERN, check_id, child, make_private_dir, remove_tree
 from hcsoci.resources import Resources, release_resources
 from hcsoci.store import open_store, state_root
 
@@ -41,16 +48,38 @@ if TYPE_CHECKING:
 
 __all__ = ["register"]
 
+log = logging.getLogger(__name__)
+
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _SCRATCH_SWEEP_AGE = 60.0  # seconds: younger scratch folders may belong to a create in flight
 
 
 def _scratch_dir(container_id: str) -> Path:
-    return state_root() / "scratch" / container_id
+    """``<state root>/scratch/<id>``, for an id already checked by the option that took it."""
+    return child(state_root() / "scratch", container_id, "container id")
 
 
 def _remove_scratch(container_id: str) -> None:
-    shutil.rmtree(_scratch_dir(container_id), ignore_errors=True)
+    try:
+        remove_tree(_scratch_dir(container_id))
+    except (HcsociError, OSError) as err:
+        log.warning("scratch folder of %s not removed: %s", container_id, err)
+
+
+def _checked_id(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback: an id option or argument must follow the id rule before anything runs."""
+    if value is None:
+        return None
+    try:
+        return check_id(value, _param_name(param))
+    except InvalidArgumentError as err:
+        raise click.BadParameter(str(err).split(": ", 1)[1], ctx, param) from None
+
+
+def _param_name(param: click.Parameter) -> str:
+    if isinstance(param, click.Option) and param.opts:
+        return max(param.opts, key=len)
+    return (param.human_readable_name or "ID").upper()
 
 
 def _fail(err: Exception) -> click.ClickException:
@@ -72,6 +101,8 @@ class ContainerRequest:
     endpoints: tuple[str, ...]
     networks: tuple[str, ...]
     isolation: str = "process"
+    made_scratch: bool = field(default=False, init=False)
+    """Set once this request made its scratch folder (only then is it ours to remove)."""
 
 
 def _build_spec(request: ContainerRequest) -> oci.Spec:
@@ -104,11 +135,23 @@ def _spec_for_request(request: ContainerRequest) -> oci.Spec:
     store = images.ImageStore()
     found = images.ensure_default_image(store) if image is None else store.get(image)
     spec = images.spec_for_image(found, list(args) or None, env, workdir, terminal=terminal)
-    scratch = _scratch_dir(request.container_id)
-    scratch.mkdir(parents=True, exist_ok=True, mode=0o700)
     assert spec.windows is not None and spec.windows.layer_folders is not None
-    spec.windows.layer_folders = [*spec.windows.layer_folders, str(scratch)]
+    spec.windows.layer_folders = [*spec.windows.layer_folders, str(_make_scratch(request))]
     return spec
+
+
+def _make_scratch(request: ContainerRequest) -> Path:
+    """A new scratch folder for the container; never one another container already has."""
+    scratch = _scratch_dir(request.container_id)
+    make_private_dir(scratch.parent)
+    try:
+        scratch.mkdir(mode=0o700)
+    except FileExistsError:
+        raise AlreadyExistsError(
+            f"--name: container {request.container_id!r} already exists"
+        ) from None
+    request.made_scratch = True
+    return scratch
 
 
 def _create(
@@ -122,6 +165,7 @@ def _create(
     ctx = context.background()
     container_id = request.container_id
     try:
+        open_store()  # a damaged store is refused before anything is made
         spec = _build_spec(request)
         _list_endpoints(spec, request.endpoints)
         _check_networks(request.networks)
@@ -135,7 +179,8 @@ def _create(
         )
         return create_container(ctx, options)
     except BaseException as err:
-        _remove_scratch(container_id)
+        if request.made_scratch:
+            _remove_scratch(container_id)
         if isinstance(err, HcsociError):
             raise _fail(err) from err
         raise
@@ -229,7 +274,7 @@ def _container_options(function: Callable[..., None]) -> Callable[..., None]:
 
     @functools.wraps(function)
     def with_request(**kwargs: Any) -> None:
-        shared = {field.name: kwargs.pop(field.name) for field in fields(ContainerRequest)}
+        shared = {f.name: kwargs.pop(f.name) for f in fields(ContainerRequest) if f.init}
         shared["container_id"] = shared["container_id"] or str(uuid.uuid4())
         function(ContainerRequest(**shared), **kwargs)
 
@@ -241,7 +286,8 @@ def _container_options(function: Callable[..., None]) -> Callable[..., None]:
                          help="A root file system directory instead of an image."),
             click.option("-e", "--env", multiple=True, help="NAME=VALUE for the process."),
             click.option("-w", "--workdir", help="Working directory in the container."),
-            click.option("--name", "container_id", help="Container id (default: a uuid)."),
+            click.option("--name", "container_id", callback=_checked_id,
+                         help="Container id (default: a uuid)."),
             click.option("-t", "--tty", "terminal", is_flag=True, help="Allocate a terminal."),
             click.option("--runtime", default="", help="OCI runtime: runc (default) or crun."),
             click.option("--endpoint", "endpoints", multiple=True,
@@ -327,7 +373,7 @@ def _open(container_id: str) -> Container:
 
 
 @click.command()
-@click.argument("container_id")
+@click.argument("container_id", callback=_checked_id)
 def start(container_id: str) -> None:
     """Start a created container's init (output to its log file)."""
     container = _open(container_id)
@@ -344,7 +390,7 @@ def start(container_id: str) -> None:
 @click.option("-t", "--tty", "terminal", is_flag=True, help="Allocate a terminal.")
 @click.option("-e", "--env", multiple=True, help="NAME=VALUE added to the init's environment.")
 @click.option("-w", "--workdir", help="Working directory (default: the init's).")
-@click.argument("container_id")
+@click.argument("container_id", callback=_checked_id)
 @click.argument("args", nargs=-1, required=True)
 def exec_(
     interactive: bool,
@@ -377,7 +423,7 @@ def exec_(
 
 
 @click.command()
-@click.argument("container_id")
+@click.argument("container_id", callback=_checked_id)
 def ps(container_id: str) -> None:
     """List the host pids of the processes in a container."""
     container = _open(container_id)
@@ -430,7 +476,7 @@ def list_(as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("container_id")
+@click.argument("container_id", callback=_checked_id)
 def state(container_id: str) -> None:
     """Print a container's properties as JSON."""
     props = _open(container_id).properties(context.background())
@@ -449,7 +495,7 @@ def _parse_signal(text: str) -> int:
 
 
 @click.command()
-@click.argument("container_id")
+@click.argument("container_id", callback=_checked_id)
 @click.argument("sig", default="TERM")
 def kill(container_id: str, sig: str) -> None:
     """Send a signal (default TERM) to a container's init."""
@@ -465,7 +511,7 @@ def kill(container_id: str, sig: str) -> None:
 
 @click.command()
 @click.option("-f", "--force", is_flag=True, help="Kill the container if it runs.")
-@click.argument("container_id")
+@click.argument("container_id", callback=_checked_id)
 def delete(force: bool, container_id: str) -> None:
     """Release a container and everything it holds."""
     ctx = context.background()
@@ -484,8 +530,7 @@ def delete(force: bool, container_id: str) -> None:
         release_container(ctx, container_id)
     except HcsociError as err:
         raise _fail(err) from err
-    finally:
-        _remove_scratch(container_id)
+    _remove_scratch(container_id)
 
 
 @click.command()
@@ -508,8 +553,12 @@ def gc() -> None:
     if scratch_root.is_dir():
         known = {row["id"] for row in open_store().query("SELECT id FROM containers")}
         for entry in scratch_root.iterdir():
-            if entry.name not in known and time.time() - entry.stat().st_mtime > _SCRATCH_SWEEP_AGE:
-                shutil.rmtree(entry, ignore_errors=True)
+            if (
+                entry.name not in known
+                and ID_PATTERN.fullmatch(entry.name)
+                and time.time() - entry.lstat().st_mtime > _SCRATCH_SWEEP_AGE
+            ):
+                _remove_scratch(entry.name)
 
 
 def register(group: click.Group) -> None:

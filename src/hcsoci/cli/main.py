@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
+import traceback
 
 import click
+
+from hcsoci.errors import HcsociError
 
 # Which module defines each top-level command.  Each module has
 # `register(group: click.Group) -> None`; it is imported only when one of its
@@ -39,18 +43,59 @@ class _LazyGroup(click.Group):
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--debug", is_flag=True, help="Log debug records to stderr.")
+@click.option("--debug", is_flag=True, help="Log debug records and tracebacks to stderr.")
 def cli(debug: bool) -> None:
     """hcsoci: OCI containers on this machine or inside a utility VM."""
+    # Without --debug the one-line error main() prints is the whole story; the
+    # library's own error records would repeat it.
     logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
+        level=logging.DEBUG if debug else logging.CRITICAL,
         format="%(levelname)s %(name)s: %(message)s",
     )
 
 
-def main() -> None:
-    """Run the command line."""
-    cli(prog_name="hcsoci")
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the command line; every failure is one line on stderr and a non-zero status.
+
+    ``--debug`` (before the command) adds the traceback.  Usage errors exit 2,
+    hcsoci errors 1, an interrupt 130.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args[: args.index("--")] if "--" in args else "--debug" in args
+    try:
+        cli.main(args=args, prog_name="hcsoci", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.UsageError as err:
+        where = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
+        _print_error(f"{_one_line(err.format_message())}{where}", debug)
+        sys.exit(err.exit_code)
+    except click.ClickException as err:
+        _print_error(_one_line(err.format_message()), debug)
+        sys.exit(err.exit_code)
+    except (click.Abort, KeyboardInterrupt):
+        sys.exit(130)
+    except HcsociError as err:
+        _print_error(_one_line(str(err)) or type(err).__name__, debug)
+        sys.exit(1)
+    except Exception as err:  # a bug: still one line, the traceback behind --debug
+        detail = _one_line(str(err))
+        _print_error(
+            f"internal error: {type(err).__name__}{': ' + detail if detail else ''}"
+            " (run with --debug for the traceback)",
+            debug,
+        )
+        sys.exit(1)
+
+
+def _print_error(message: str, debug: bool) -> None:
+    if debug:
+        traceback.print_exc()
+    click.echo(f"hcsoci: {message}", err=True)
 
 
 if __name__ == "__main__":

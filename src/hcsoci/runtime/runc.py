@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hcsoci.errors import HcsociError, InvalidArgumentError, NotFoundError
+from hcsoci.paths import make_private_dir
 from hcsoci.store import state_root
 
 __all__ = [
@@ -89,7 +90,7 @@ class Runtime:
         self.binary = _find_binary(self.name)
         self.root = Path(root) if root is not None else state_root() / self.name
         if not self.root.is_dir():
-            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_private_dir(self.root)
 
     def __repr__(self) -> str:
         return f"<Runtime {self.name} root={self.root}>"
@@ -115,7 +116,7 @@ class Runtime:
     ) -> subprocess.Popen[bytes]:
         """Start ``runtime run`` (create + start, foreground) for ``bundle``'s config.json."""
         command = self._command(
-            "run", "--bundle", str(bundle), "--pid-file", str(pid_file), container_id,
+            "run", "--bundle", str(bundle), "--pid-file", str(pid_file), "--", container_id,
             log_file=log_file,
         )  # fmt: skip
         return self._spawn(command, bundle, stdin, stdout, stderr)
@@ -133,7 +134,7 @@ class Runtime:
     ) -> subprocess.Popen[bytes]:
         """Start ``runtime exec --process FILE`` (foreground) in a running container."""
         command = self._command(
-            "exec", "--process", str(process_file), "--pid-file", str(pid_file), container_id,
+            "exec", "--process", str(process_file), "--pid-file", str(pid_file), "--", container_id,
             log_file=log_file,
         )  # fmt: skip
         return self._spawn(command, process_file.parent, stdin, stdout, stderr)
@@ -170,7 +171,7 @@ class Runtime:
         """``runtime state ID``; None when the runtime does not know the container."""
         if not self.exists(container_id):
             return None
-        result = self._call("state", container_id)
+        result = self._call("state", "--", container_id)
         if result.returncode != 0 and not self.exists(container_id):
             return None  # it went away while we asked
         return _parse_state(json.loads(self._check(f"state {container_id}", result)))
@@ -183,20 +184,20 @@ class Runtime:
     def ps(self, container_id: str) -> list[int]:
         """Host pids of the processes in the container."""
         output = self._check(
-            f"ps {container_id}", self._call("ps", "--format", "json", container_id)
+            f"ps {container_id}", self._call("ps", "--format", "json", "--", container_id)
         )
         return [int(pid) for pid in json.loads(output or b"null") or []]
 
     def kill(self, container_id: str, sig: int, all_processes: bool = False) -> None:
         """Send ``sig`` to the container's init (or to all its processes)."""
-        args = ["kill", *(["--all"] if all_processes else []), container_id, str(sig)]
+        args = ["kill", *(["--all"] if all_processes else []), "--", container_id, str(sig)]
         self._check(f"kill {container_id}", self._call(*args))
 
     def delete(self, container_id: str, force: bool = False) -> None:
         """Delete the container's runtime state; ``force`` kills it first.  Gone is fine."""
         if not self.exists(container_id):
             return
-        result = self._call("delete", *(["--force"] if force else []), container_id)
+        result = self._call("delete", *(["--force"] if force else []), "--", container_id)
         if result.returncode != 0 and self.exists(container_id):
             self._check(f"delete {container_id}", result)
 

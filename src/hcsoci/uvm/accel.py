@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from hcsoci.errors import InvalidArgumentError
+from hcsoci.paths import write_private_file
 from hcsoci.uvm.assets import TRIVIAL_INIT_MARKER, BootAssets
 
 __all__ = ["QEMU_BINARY", "probe_kvm", "resolve_accel", "trivial_boot_command"]
@@ -123,6 +124,6 @@ def resolve_accel(requested: str, assets: BootAssets) -> str:
     works = probe_kvm(assets)
     record = {"host": signature, "kernel": assets.key, "kvm": works}
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record))
+    write_private_file(tmp, json.dumps(record).encode())
     tmp.replace(path)
     return "kvm" if works else "tcg"

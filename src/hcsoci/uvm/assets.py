@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hcsoci.errors import HcsociError, NotFoundError
+from hcsoci.paths import make_private_dir, remove_tree, write_private_file
 
 __all__ = [
     "BUILDER_VERSION",
@@ -349,10 +350,11 @@ def build_assets(
         log.debug("boot assets up to date", extra={"directory": str(target)})
         return _assets_from_manifest(target)
 
-    directory.mkdir(parents=True, exist_ok=True)
+    make_private_dir(directory)
     staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=directory))
     try:
         shutil.copyfile(kernel, staging / "vmlinuz")
+        os.chmod(staging / "vmlinuz", 0o600)
         archive = _CpioWriter()
         for name in ("proc", "sys", "dev", "mnt", "lib", "lib/modules", "bin"):
             archive.directory(name)
@@ -386,7 +388,7 @@ def build_assets(
         data = archive.finish()
         if compress:
             data = gzip.compress(data, compresslevel=6)
-        (staging / "initrd.img").write_bytes(data)
+        write_private_file(staging / "initrd.img", data)
         manifest = {
             "builder_version": BUILDER_VERSION,
             "kernel_release": release,
@@ -395,14 +397,15 @@ def build_assets(
             "inputs": inputs,
             "key": key,
         }
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        write_private_file(staging / "manifest.json", json.dumps(manifest, indent=1).encode())
         try:
             staging.rename(target)
         except OSError:
             if not manifest_path.exists():  # not a concurrent builder winning the race
                 raise
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with contextlib.suppress(OSError, HcsociError):
+            remove_tree(staging)
     log.info("built boot assets", extra={"directory": str(target)})
     _prune_stale(directory, keep=target)
     return _assets_from_manifest(target)
@@ -422,7 +425,8 @@ def _prune_stale(directory: Path, keep: Path) -> None:
         except (OSError, ValueError, KeyError):
             current = False
         if not current:
-            shutil.rmtree(build, ignore_errors=True)
+            with contextlib.suppress(OSError, HcsociError):
+                remove_tree(build)
 
 
 def _assets_from_manifest(target: Path) -> BootAssets:

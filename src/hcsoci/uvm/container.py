@@ -55,6 +55,7 @@ from hcsoci.cow import ProcessParameters, Stdio
 from hcsoci.errors import HcsociError, InvalidArgumentError, NotFoundError, StateError
 from hcsoci.gcs.connection import GuestError, GuestProcess
 from hcsoci.network import CreatedNamespace, point_spec_at_namespace
+from hcsoci.paths import make_private_dir
 from hcsoci.resources import Resource, Resources
 from hcsoci.store import Store
 from hcsoci.uvm.network import VMNetEndpoint, VMNetNamespace
@@ -194,7 +195,7 @@ def layer_image(layer: str, cache: Path | None = None) -> Path:
     image = cache / f"{key}.ext4"
     if image.exists():
         return image
-    cache.mkdir(parents=True, exist_ok=True)
+    make_private_dir(cache)
     size, entries = _tree_size(source)
     kib = (size * 13 // 10 + entries * 4096) // 1024 + 16 * 1024
     partial = cache / f".{key}.{os.getpid()}.{threading.get_ident()}.tmp"
@@ -206,6 +207,7 @@ def layer_image(layer: str, cache: Path | None = None) -> Path:
         )
         if done.returncode != 0:
             raise HcsociError(f"mke2fs of layer {layer!r} failed: {done.stderr.strip()}")
+        os.chmod(partial, 0o600)
         os.replace(partial, image)
     finally:
         with contextlib.suppress(FileNotFoundError):

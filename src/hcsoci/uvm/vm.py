@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import select
-import shutil
 import signal
 import subprocess
 import threading
@@ -38,6 +37,7 @@ from hcsoci.errors import (
 from hcsoci.gc import controller_alive, controller_identity
 from hcsoci.gcs.connection import GuestConnection, GuestProcess
 from hcsoci.mounts import mounts_under, unmount
+from hcsoci.paths import child, make_private_dir, remove_tree
 from hcsoci.store import Store, open_store, state_root
 from hcsoci.uvm.accel import QEMU_BINARY, machine_args, resolve_accel
 from hcsoci.uvm.assets import BootAssets, agent_path, compile_agent, load_assets
@@ -73,7 +73,7 @@ class VMRecord(dict[str, Any]):
 
 
 def _vm_dir(uvm_id: str) -> Path:
-    return state_root() / "uvm" / uvm_id
+    return child(state_root() / "uvm", uvm_id, "VM id")
 
 
 def _process_start_time(pid: int) -> int:
@@ -529,7 +529,10 @@ def _remove_state(uvm_id: str, state_dir: Path, store: Store) -> None:
     delete_vm_taps(uvm_id)
     for point in sorted(mounts_under(state_dir), reverse=True):
         unmount(point)
-    shutil.rmtree(state_dir, ignore_errors=True)
+    try:
+        remove_tree(state_dir)
+    except (HcsociError, OSError) as err:
+        log.warning("state folder of VM %s not removed: %s", uvm_id, err)
     forget_vm_devices(store, uvm_id)
     store.execute("DELETE FROM vms WHERE id = ?", (uvm_id,))
 
@@ -564,7 +567,7 @@ def create(ctx: Context, options: UVMOptions) -> UtilityVM:
             ),
         )
     try:
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dir(state_dir)
     except BaseException:
         store.execute("DELETE FROM vms WHERE id = ?", (opts.id,))
         raise
