@@ -174,7 +174,8 @@ def create_container(ctx: Context, options: CreateOptions) -> tuple[cow.Containe
         placement = _placement(options, container_id)
         store = open_store()
         # The row comes before any allocation: from here on gc can find what we leave.
-        _insert_row(store, container_id, owner, placement.location, placement.runtime_name)
+        host = options.hosting_system.id() if options.hosting_system is not None else ""
+        _insert_row(store, container_id, owner, host, placement.location, placement.runtime_name)
     except BaseException as err:
         err.resources = resources  # type: ignore[attr-defined]
         raise
@@ -270,13 +271,15 @@ def containers_dir() -> Path:
     return state_root() / "containers"
 
 
-def _insert_row(store: Store, container_id: str, owner: str, bundle: Path, runtime: str) -> None:
+def _insert_row(
+    store: Store, container_id: str, owner: str, host: str, bundle: Path, runtime: str
+) -> None:
     pid, start = controller_identity()
     try:
         store.execute(
-            "INSERT INTO containers (id, owner, bundle, state, controller_pid, controller_start,"
-            " created_at, runtime) VALUES (?, ?, ?, 'creating', ?, ?, ?, ?)",
-            (container_id, owner, str(bundle), pid, start, time.time(), runtime),
+            "INSERT INTO containers (id, owner, host, bundle, state, controller_pid,"
+            " controller_start, created_at, runtime) VALUES (?, ?, ?, ?, 'creating', ?, ?, ?, ?)",
+            (container_id, owner, host, str(bundle), pid, start, time.time(), runtime),
         )
     except Exception as err:
         if "UNIQUE" in str(err):

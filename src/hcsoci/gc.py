@@ -16,6 +16,7 @@ import importlib
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from hcsoci.context import Context
 from hcsoci.errors import NotFoundError
@@ -103,21 +104,38 @@ def release_container(ctx: Context, container_id: str, store: Store | None = Non
     check_id(container_id, "container id")
     store = store or open_store()
     _register_resource_kinds()
-    rows = store.query("SELECT id FROM containers WHERE id = ?", (container_id,))
+    rows = store.query("SELECT host FROM containers WHERE id = ?", (container_id,))
     held = store.query("SELECT 1 FROM resources WHERE owner_id = ? LIMIT 1", (container_id,))
     if not rows and not held:
         raise NotFoundError(f"container id: {container_id!r} does not exist")
     resources = load_resources(container_id, store)
-    release_resources(ctx, resources, None, True)
+    host = rows[0]["host"] if rows else ""
+    vm = _open_host_vm(ctx, host) if host else None
+    try:
+        release_resources(ctx, resources, vm, True)
+    finally:
+        if vm is not None:
+            vm.detach()
     store.execute("DELETE FROM containers WHERE id = ?", (container_id,))
+
+
+def _open_host_vm(ctx: Context, vm_id: str) -> Any:
+    """A handle on the utility VM a container lives in, or None when that VM is gone.
+
+    Released without a VM, a VM container's in-guest records are no-ops (the
+    guest went with its VM); with a VM still running, they are undone in it.
+    """
+    uvm = importlib.import_module("hcsoci.uvm")
+    try:
+        return uvm.open_vm(ctx, vm_id)
+    except NotFoundError:
+        return None
 
 
 def orphans(store: Store | None = None) -> list[ContainerRecordInfo]:
     """Containers whose controller is dead (their resources are nobody's)."""
     store = store or open_store()
-    rows = store.query(
-        "SELECT id, state, controller_pid, controller_start FROM containers WHERE host = ''"
-    )
+    rows = store.query("SELECT id, state, controller_pid, controller_start FROM containers")
     found = []
     for row in rows:
         info = ContainerRecordInfo(
@@ -125,11 +143,11 @@ def orphans(store: Store | None = None) -> list[ContainerRecordInfo]:
         )
         if not controller_alive(info.controller_pid, info.controller_start):
             found.append(info)
-    # Resource records whose container row was already dropped (a release cut short).
+    # Resource records whose container row was already dropped (a release cut short, or
+    # a VM container's records written by an older version): every kind, since a
+    # container's row is always written before its first resource.
     for row in store.query(
-        "SELECT DISTINCT owner_id FROM resources WHERE owner_id NOT IN "
-        "(SELECT id FROM containers) AND kind IN "
-        "('container-record', 'bundle-dir', 'layer-mount', 'runtime-container')"
+        "SELECT DISTINCT owner_id FROM resources WHERE owner_id NOT IN (SELECT id FROM containers)"
     ):
         found.append(ContainerRecordInfo(row["owner_id"], "released", 0, 0))
     return found

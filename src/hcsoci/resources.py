@@ -7,7 +7,8 @@ killed halfway leaves a record another process can release.  Every
 
 :func:`release_resources` releases in reverse order of allocation, keeps going
 past failures (what failed stays recorded, so a second call retries it), and with
-``all=False`` leaves utility-VM shares in place because the VM is about to go away.
+``all=False`` leaves utility-VM shares in place because the VM is about to go
+away (their records go with them: none may outlive the VM).
 """
 
 from __future__ import annotations
@@ -179,6 +180,7 @@ def release_resources(
     failures: list[tuple[Resource, BaseException]] = []
     for row, resource in reversed(list(resources._items)):
         if resource.in_vm and not all:
+            resources.forget(resource)  # gone with the VM: no record may outlive it
             continue
         try:
             resource.release(ctx, vm)

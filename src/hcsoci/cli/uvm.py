@@ -88,7 +88,7 @@ def list_command() -> None:
             str(record["pid"]),
             record["accel"],
             age,
-            f"{record['state_dir']}/console.log",
+            f"{record['state_dir']}/logs/console.log",
         )
     Console().print(table)
 

@@ -36,7 +36,7 @@ from hcsoci.errors import (
 )
 from hcsoci.gc import controller_alive, controller_identity
 from hcsoci.gcs.connection import GuestConnection, GuestProcess
-from hcsoci.mounts import mounts_under, unmount
+from hcsoci.mounts import MS_NODEV, MS_NOEXEC, MS_NOSUID, is_mounted, mount, mounts_under, unmount
 from hcsoci.paths import child, make_private_dir, remove_tree
 from hcsoci.store import Store, open_store, state_root
 from hcsoci.uvm.accel import QEMU_BINARY, machine_args, resolve_accel
@@ -66,6 +66,10 @@ GCS_PORT_ID = "gcsport"
 
 class UVMStartError(HcsociError):
     """The VM did not boot to a working guest agent; the message ends with its console."""
+
+
+LOG_DIR_LIMIT = 8 << 20
+"""Bytes of QEMU's and the guest console's logs kept per VM (the first ones; see ``start``)."""
 
 
 class VMRecord(dict[str, Any]):
@@ -112,7 +116,9 @@ class UtilityVM:
         self.plan9 = Plan9Slots(self, state_dir / "plan9", options.plan9_slots)
         self.scsi = SCSIController(self, options.scsi_luns)
         self.networks = GuestNetworks(self)
-        self.console_log = options.console_log or str(state_dir / "console.log")
+        self.log_dir = state_dir / "logs"
+        """A small tmpfs of its own for QEMU's and the guest console's logs (see ``start``)."""
+        self.console_log = options.console_log or str(self.log_dir / "console.log")
 
     # -- identity -----------------------------------------------------------
 
@@ -221,7 +227,8 @@ class UtilityVM:
         try:
             self.accel = resolve_accel(self.options.accel, self.assets)
             command = self.qemu_command(self.accel)
-            with open(self.state_dir / "qemu.log", "wb") as qemu_log:
+            self._mount_log_dir()
+            with open(self.log_dir / "qemu.log", "wb") as qemu_log:
                 self._process = subprocess.Popen(
                     command,
                     stdin=subprocess.DEVNULL,
@@ -282,6 +289,23 @@ class UtilityVM:
             connected.set()
             watcher.join()
 
+    def _mount_log_dir(self) -> None:
+        """Give the logs a tmpfs of ``LOG_DIR_LIMIT`` bytes: a guest cannot fill the host.
+
+        The guest writes its serial console as fast as it likes; once the tmpfs
+        is full QEMU drops what does not fit (after a few retries per byte) and
+        the guest runs on.  Whatever unmounts the state folder unmounts this.
+        """
+        self.log_dir.mkdir(mode=0o700, exist_ok=True)
+        if not is_mounted(self.log_dir):
+            mount(
+                "tmpfs",
+                self.log_dir,
+                "tmpfs",
+                MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                f"size={LOG_DIR_LIMIT},mode=0700",
+            )
+
     def _watch_boot(self, give_up: Callable[[], None], connected: threading.Event) -> None:
         """Until ``connected``, cancel the boot when QEMU or the guest agent has exited."""
         while not connected.wait(0.1):
@@ -291,7 +315,7 @@ class UtilityVM:
 
     def _failure_detail(self) -> str:
         parts = []
-        for path, label in ((self.state_dir / "qemu.log", "QEMU"), (self.console_log, "console")):
+        for path, label in ((self.log_dir / "qemu.log", "QEMU"), (self.console_log, "console")):
             with contextlib.suppress(OSError):
                 text = Path(path).read_text(errors="replace").strip()
                 if text:
