@@ -11,6 +11,8 @@ test and checks the same snapshot after it.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -142,3 +144,30 @@ def no_leaks(scratch_root: Path) -> Iterator[Callable[[], HostSnapshot]]:
     yield lambda: host_snapshot(scratch_root)
     after = host_snapshot(scratch_root)
     assert after == before, f"leaked: before={before} after={after}"
+
+
+CLI = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+@pytest.fixture
+def hcsoci(
+    busybox_image: images.Image,
+    session_image_store: images.ImageStore,
+    no_leaks: Callable[[], HostSnapshot],
+) -> Iterator[CLI]:
+    """Run `hcsoci ARGS...` (a real process) on the session's image store; ``check`` by default.
+
+    ``hcsoci gc`` runs at teardown, then nothing may be left (``no_leaks``).
+    """
+    env = {**os.environ, "HCSOCI_IMAGES": str(session_image_store.root)}
+
+    def run(*args: str, check: bool = True, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "hcsoci.cli.main", *args]
+        kwargs.setdefault("timeout", 60)
+        result = subprocess.run(command, env=env, capture_output=True, text=True, **kwargs)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{args}: exit {result.returncode}: {result.stderr}")
+        return result
+
+    yield run
+    run("gc", check=False)

@@ -3,37 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-import pytest
-
-from fixtures_containers import HostSnapshot
 from fixtures_hns import free_subnet
-from hcsoci import images
-
-
-@pytest.fixture
-def hcsoci(
-    busybox_image: images.Image,
-    session_image_store: images.ImageStore,
-    no_leaks: Callable[[], HostSnapshot],
-) -> Iterator[Callable[..., subprocess.CompletedProcess[str]]]:
-    """Run `hcsoci ARGS...` on the session's image store; nothing may be left afterwards."""
-    env = {**os.environ, "HCSOCI_IMAGES": str(session_image_store.root)}
-
-    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "hcsoci.cli.main", *args]
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
-        if check and result.returncode != 0:
-            raise AssertionError(f"{args}: exit {result.returncode}: {result.stderr}")
-        return result
-
-    yield run
-    run("gc", check=False)
 
 
 def test_run_passes_output_and_exit_status(

@@ -43,12 +43,27 @@ def decode_spec(data: bytes | bytearray | memoryview | str | dict[str, Any]) -> 
         else:
             raise SpecError("$", "a spec must be JSON text or a dict", type(data).__name__)
     except msgspec.ValidationError as err:
-        document = data if isinstance(data, dict) else msgspec.json.decode(data)
-        raise _located_error(str(err), document) from None
+        raise _located_error(str(err), _document(data)) from None
     except msgspec.DecodeError as err:
         raise SpecError("$", f"not valid JSON: {err}", show_value=False) from None
+    except RecursionError:
+        raise SpecError("$", "nested too deeply to be a runtime spec", show_value=False) from None
     validate_spec(spec)
     return spec
+
+
+def _document(data: Any) -> Any:
+    """The untyped JSON document, to look a bad value up in; ``_MISSING`` when unreadable.
+
+    Typed decoding stops at the first wrong type, before it would see that the
+    rest of the text is not JSON at all (``b'0\\x00'``): parsing again may fail.
+    """
+    if isinstance(data, dict):
+        return data
+    try:
+        return msgspec.json.decode(data)
+    except (msgspec.DecodeError, RecursionError):
+        return _MISSING
 
 
 def encode_spec(spec: Spec) -> bytes:
