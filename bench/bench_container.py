@@ -8,7 +8,7 @@
 3. N sequential ``true`` containers (crun's README table): hcsoci, runc, crun;
 4. the default seccomp filter: the lifecycle of 1. with ``default_spec``'s
    filter against the same spec with ``linux.seccomp = None`` (runc compiles
-   the filter with libseccomp on every create).
+   the filter with libseccomp on every create), under runc and under crun.
 
 Prints medians and ratios.  crun refuses this machine's hybrid cgroup layout
 (controllers on the cgroup v2 mount), so the benchmark runs in a private mount
@@ -141,11 +141,15 @@ def main() -> None:
                 {
                     "seccomp=None": hcsoci_lifecycle(of=unconfined),
                     "default seccomp": hcsoci_lifecycle(of=spec),
+                    "seccomp=None (crun)": hcsoci_lifecycle("crun", unconfined),
+                    "default seccomp (crun)": hcsoci_lifecycle("crun", spec),
                 },
             )
             report(
                 "lifecycle of a `true` container: default seccomp filter", samples, "seccomp=None"
             )
+            crun = {name: values for name, values in samples.items() if "crun" in name}
+            report("the same under crun", crun, "seccomp=None (crun)")
 
         if "exec" in parts:
             # exec in a running container
