@@ -6,9 +6,10 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Debian packages the project uses: the OCI runtimes, the default image's busybox,
-# netlink-era networking tools for baselines, QEMU and the guest kernel, disk tools.
+# netlink-era networking tools for baselines, QEMU and the guest kernel, disk tools,
+# and gcc + libc6-dev for the static syscall probe of tests/test_seccomp.py.
 DEB_PACKAGES := runc crun busybox-static iproute2 nftables kmod cpio e2fsprogs \
-	qemu-system-x86 linux-image-amd64 python3-venv procps util-linux
+	qemu-system-x86 linux-image-amd64 python3-venv procps util-linux gcc libc6-dev
 
 .PHONY: all install system-packages venv uvm-assets demo test lint typecheck pytest bench clean
 

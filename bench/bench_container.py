@@ -1,11 +1,14 @@
 """Containers: hcsoci against raw runc (and crun) on the same bundle, interleaved in one run.
 
-    .venv/bin/python -m bench.bench_container [--rounds N] [--sequential N]
+    .venv/bin/python -m bench.bench_container [--rounds N] [--sequential N] [--only PART]
 
 1. lifecycle of a ``true`` container: create_container + start + wait + close +
    release_resources, against ``runc run`` of the same config.json;
 2. ``Cmd`` exec of ``true`` in a running container, against ``runc exec``;
-3. N sequential ``true`` containers (crun's README table): hcsoci, runc, crun.
+3. N sequential ``true`` containers (crun's README table): hcsoci, runc, crun;
+4. the default seccomp filter: the lifecycle of 1. with ``default_spec``'s
+   filter against the same spec with ``linux.seccomp = None`` (runc compiles
+   the filter with libseccomp on every create), under runc and under crun.
 
 Prints medians and ratios.  crun refuses this machine's hybrid cgroup layout
 (controllers on the cgroup v2 mount), so the benchmark runs in a private mount
@@ -16,6 +19,7 @@ the same plain cgroup v1 hierarchy.  Must run as root.
 from __future__ import annotations
 
 import argparse
+import copy
 import ctypes
 import os
 import shutil
@@ -71,7 +75,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--sequential", type=int, default=100)
+    parser.add_argument(
+        "--only", choices=["lifecycle", "exec", "sequential", "seccomp"], help="run one part"
+    )
     args = parser.parse_args()
+    parts = {args.only} if args.only else {"lifecycle", "exec", "sequential", "seccomp"}
 
     private_mount_namespace_without_unified_cgroup()
     work = Path(tempfile.mkdtemp(prefix="hcsoci-bench-", dir="/run"))
@@ -104,10 +112,10 @@ def main() -> None:
 
             return run
 
-        def hcsoci_lifecycle(runtime: str = "") -> Callable[[], None]:
+        def hcsoci_lifecycle(runtime: str = "", of: oci.Spec = spec) -> Callable[[], None]:
             def run() -> None:
                 container, resources = create_container(
-                    ctx, CreateOptions(spec=spec, runtime=runtime)
+                    ctx, CreateOptions(spec=of, runtime=runtime)
                 )
                 container.start(ctx)
                 container.wait()
@@ -116,69 +124,94 @@ def main() -> None:
 
             return run
 
-        samples = interleaved(
-            args.rounds,
-            {"runc run": raw("runc", runc_root), "hcsoci lifecycle": hcsoci_lifecycle()},
-        )
-        report("lifecycle of a `true` container", samples, "runc run")
+        if "lifecycle" in parts:
+            samples = interleaved(
+                args.rounds,
+                {"runc run": raw("runc", runc_root), "hcsoci lifecycle": hcsoci_lifecycle()},
+            )
+            report("lifecycle of a `true` container", samples, "runc run")
 
-        # exec in a running container
-        sleeper = oci.default_spec(["sleep", "3600"])
-        sleeper.root = oci.Root(path=rootfs, readonly=True)
-        container, resources = create_container(ctx, CreateOptions(spec=sleeper))
-        try:
-            container.start(ctx)
-            process_file = work / "process.json"
-            process = oci.Process(args=["true"], env=["PATH=/bin"], cwd="/")
-            process_file.write_bytes(msgspec.json.encode(process))
-            runc = Path(shutil.which("runc") or "runc")
-            exec_root = work / "state" / "runc"
+        if "seccomp" in parts:
+            unconfined = msgspec.structs.replace(spec, linux=copy.deepcopy(spec.linux))
+            assert unconfined.linux is not None and spec.linux is not None
+            assert spec.linux.seccomp is not None, "default_spec sets a seccomp filter"
+            unconfined.linux.seccomp = None
+            samples = interleaved(
+                args.rounds,
+                {
+                    "seccomp=None": hcsoci_lifecycle(of=unconfined),
+                    "default seccomp": hcsoci_lifecycle(of=spec),
+                    "seccomp=None (crun)": hcsoci_lifecycle("crun", unconfined),
+                    "default seccomp (crun)": hcsoci_lifecycle("crun", spec),
+                },
+            )
+            report(
+                "lifecycle of a `true` container: default seccomp filter", samples, "seccomp=None"
+            )
+            crun = {name: values for name, values in samples.items() if "crun" in name}
+            report("the same under crun", crun, "seccomp=None (crun)")
 
-            def raw_exec() -> None:
-                subprocess.run(
-                    [str(runc), "--root", str(exec_root), "exec", "--process",
-                     str(process_file), container.id()],
-                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=True,
-                )  # fmt: skip
+        if "exec" in parts:
+            # exec in a running container
+            sleeper = oci.default_spec(["sleep", "3600"])
+            sleeper.root = oci.Root(path=rootfs, readonly=True)
+            container, resources = create_container(ctx, CreateOptions(spec=sleeper))
+            try:
+                container.start(ctx)
+                process_file = work / "process.json"
+                process = oci.Process(args=["true"], env=["PATH=/bin"], cwd="/")
+                process_file.write_bytes(msgspec.json.encode(process))
+                runc = Path(shutil.which("runc") or "runc")
+                exec_root = work / "state" / "runc"
 
-            def cmd_exec() -> None:
-                cmd = command(container, "true")
-                cmd.spec = process
-                cmd.run()
+                def raw_exec() -> None:
+                    subprocess.run(
+                        [str(runc), "--root", str(exec_root), "exec", "--process",
+                         str(process_file), container.id()],
+                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=True,
+                    )  # fmt: skip
 
-            samples = interleaved(args.rounds, {"runc exec": raw_exec, "hcsoci Cmd exec": cmd_exec})
-            report("exec of `true` in a running container", samples, "runc exec")
-        finally:
-            container.terminate(ctx)
-            container.wait()
-            container.close()
-            release_resources(ctx, resources, None, True)
+                def cmd_exec() -> None:
+                    cmd = command(container, "true")
+                    cmd.spec = process
+                    cmd.run()
 
-        # N sequential containers, in blocks of 10 so load changes hit everyone alike
-        blocks = max(1, args.sequential // 10)
+                samples = interleaved(
+                    args.rounds, {"runc exec": raw_exec, "hcsoci Cmd exec": cmd_exec}
+                )
+                report("exec of `true` in a running container", samples, "runc exec")
+            finally:
+                container.terminate(ctx)
+                container.wait()
+                container.close()
+                release_resources(ctx, resources, None, True)
 
-        def block(run: Callable[[], None]) -> Callable[[], None]:
-            def ten() -> None:
-                for _ in range(10):
+        if "sequential" in parts:
+            # N sequential containers, in blocks of 10 so load changes hit everyone alike
+            blocks = max(1, args.sequential // 10)
+
+            def block(run: Callable[[], None]) -> Callable[[], None]:
+                def ten() -> None:
+                    for _ in range(10):
+                        run()
+
+                return ten
+
+            contenders = {
+                "runc run": block(raw("runc", runc_root)),
+                "crun run": block(raw("crun", crun_root)),
+                "hcsoci (runc)": block(hcsoci_lifecycle()),
+                "hcsoci (crun)": block(hcsoci_lifecycle("crun")),
+            }
+            totals = {name: 0.0 for name in contenders}
+            for _ in range(blocks):
+                for name, run in contenders.items():
+                    started = time.perf_counter()
                     run()
-
-            return ten
-
-        contenders = {
-            "runc run": block(raw("runc", runc_root)),
-            "crun run": block(raw("crun", crun_root)),
-            "hcsoci (runc)": block(hcsoci_lifecycle()),
-            "hcsoci (crun)": block(hcsoci_lifecycle("crun")),
-        }
-        totals = {name: 0.0 for name in contenders}
-        for _ in range(blocks):
-            for name, run in contenders.items():
-                started = time.perf_counter()
-                run()
-                totals[name] += time.perf_counter() - started
-        print(f"\n{blocks * 10} sequential `true` containers (total seconds)")
-        for name, total in totals.items():
-            print(f"  {name:<28} {total:7.2f} s   {total / totals['runc run']:5.2f}x runc run")
+                    totals[name] += time.perf_counter() - started
+            print(f"\n{blocks * 10} sequential `true` containers (total seconds)")
+            for name, total in totals.items():
+                print(f"  {name:<28} {total:7.2f} s   {total / totals['runc run']:5.2f}x runc run")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
+from hcsoci.errors import InvalidArgumentError
 from hcsoci.oci.process import LinuxCapabilities, POSIXRlimit, Process, User
+from hcsoci.oci.seccomp import default_seccomp
 from hcsoci.oci.spec import (
     Linux,
     LinuxDeviceCgroup,
@@ -14,6 +17,7 @@ from hcsoci.oci.spec import (
     Root,
     Spec,
 )
+from hcsoci.oci.validation import KNOWN_CAPABILITIES
 
 __all__ = [
     "DEFAULT_CAPABILITIES",
@@ -24,6 +28,7 @@ __all__ = [
     "OCI_VERSION",
     "default_mounts",
     "default_spec",
+    "with_capabilities",
 ]
 
 OCI_VERSION = "1.0.2-dev"
@@ -103,12 +108,17 @@ def default_spec(args: Sequence[str] | None = None, *, terminal: bool = False) -
     Namespaces pid, network, ipc, uts and mount; only ``CAP_AUDIT_WRITE``,
     ``CAP_KILL`` and ``CAP_NET_BIND_SERVICE``; ``no_new_privileges``;
     ``RLIMIT_NOFILE`` 1024; masked and read-only ``/proc`` and ``/sys`` paths;
-    every device denied in the device cgroup; a read-only ``rootfs``.
+    every device denied in the device cgroup; a read-only ``rootfs``; the
+    default seccomp filter for those capabilities (:func:`default_seccomp`),
+    as docker, podman and containerd's CRI apply one.
 
     Differences from ``runc spec``: ``args`` replaces ``["sh"]``; ``terminal``
     is False unless asked for (a library's caller usually relays pipes);
-    the hostname is ``hcsoci``; two more paths are masked, as newer runc does.
-    Each call returns a new object, free to modify.
+    the hostname is ``hcsoci``; two more paths are masked, as newer runc does;
+    ``linux.seccomp`` is set (``runc spec`` has none).  Each call returns a new
+    object, free to modify: change the capabilities with
+    :func:`with_capabilities` (which recomputes the filter), turn the filter
+    off with ``spec.linux.seccomp = None``.
     """
     capabilities = list(DEFAULT_CAPABILITIES)
     return Spec(
@@ -136,5 +146,48 @@ def default_spec(args: Sequence[str] | None = None, *, terminal: bool = False) -
             namespaces=[LinuxNamespace(type=name) for name in DEFAULT_NAMESPACES],
             masked_paths=list(DEFAULT_MASKED_PATHS),
             readonly_paths=list(DEFAULT_READONLY_PATHS),
+            seccomp=default_seccomp(capabilities),
         ),
     )
+
+
+def with_capabilities(spec: Spec, capabilities: Sequence[str]) -> Spec:
+    """A copy of ``spec`` whose process holds exactly ``capabilities``, filter included.
+
+    The bounding, effective, permitted and ambient sets all become
+    ``capabilities`` (as :func:`default_spec` sets them; the inheritable set
+    is left as it was).  The seccomp filter follows, the way docker resolves
+    its profile at create time: when ``spec.linux.seccomp`` is the default
+    filter of the old bounding set (with or without ``compat_abis``), it
+    becomes ``default_seccomp(capabilities)``, so that adding ``CAP_SYS_ADMIN``
+    opens mounts and namespaces, as in docker; no filter
+    (``None``) stays none, and a custom filter is kept as it is (re-resolve a
+    profile file with :func:`load_seccomp_profile` and the new set).  Raises
+    :class:`~hcsoci.errors.InvalidArgumentError` for an unknown capability name.
+    """
+    if spec.process is None:
+        raise InvalidArgumentError("spec.process: is None, so it has no capabilities to set")
+    default_seccomp(capabilities)  # checks the names before anything changes
+    result = copy.deepcopy(spec)
+    assert result.process is not None
+    old = result.process.capabilities
+    old_bounding = [
+        name
+        for name in (old.bounding or () if old is not None else ())
+        if name in KNOWN_CAPABILITIES
+    ]
+    names = list(dict.fromkeys(capabilities))
+    result.process.capabilities = LinuxCapabilities(
+        bounding=list(names),
+        effective=list(names),
+        permitted=list(names),
+        inheritable=list(old.inheritable) if old is not None and old.inheritable else None,
+        ambient=list(names),
+    )
+    linux = result.linux
+    if linux is not None and linux.seccomp is not None:
+        for compat_abis in (False, True):
+            if linux.seccomp == default_seccomp(old_bounding, compat_abis=compat_abis):
+                linux.seccomp = default_seccomp(capabilities, compat_abis=compat_abis)
+                break
+    return result

@@ -25,6 +25,9 @@ __all__ = [
     "KNOWN_CAPABILITIES",
     "NAMESPACE_TYPES",
     "RLIMIT_TYPES",
+    "SECCOMP_ACTIONS",
+    "SECCOMP_ARCHITECTURES",
+    "SECCOMP_OPERATORS",
     "SpecError",
     "validate_spec",
 ]
@@ -100,7 +103,7 @@ RLIMIT_TYPES = frozenset(
     ]
 )
 
-_SECCOMP_ACTIONS = frozenset(
+SECCOMP_ACTIONS = frozenset(
     "SCMP_ACT_" + name
     for name in [
         "KILL",
@@ -114,9 +117,36 @@ _SECCOMP_ACTIONS = frozenset(
         "NOTIFY",
     ]
 )
-_SECCOMP_OPERATORS = frozenset(
+"""The seccomp actions runc knows (``SCMP_ACT_*``)."""
+SECCOMP_OPERATORS = frozenset(
     "SCMP_CMP_" + name for name in ["NE", "LT", "LE", "EQ", "GE", "GT", "MASKED_EQ"]
 )
+"""The seccomp argument comparisons (``SCMP_CMP_*``)."""
+SECCOMP_ARCHITECTURES = frozenset(
+    "SCMP_ARCH_" + name
+    for name in [
+        "X86",
+        "X86_64",
+        "X32",
+        "ARM",
+        "AARCH64",
+        "MIPS",
+        "MIPS64",
+        "MIPS64N32",
+        "MIPSEL",
+        "MIPSEL64",
+        "MIPSEL64N32",
+        "PPC",
+        "PPC64",
+        "PPC64LE",
+        "S390",
+        "S390X",
+        "PARISC",
+        "PARISC64",
+        "RISCV64",
+    ]
+)
+"""The libseccomp architecture names (``SCMP_ARCH_*``) a filter may list."""
 _PROPAGATIONS = frozenset(
     {"shared", "slave", "private", "unbindable", "rshared", "rslave", "rprivate", "runbindable"}
 )
@@ -344,18 +374,23 @@ def _validate_linux(linux: Linux) -> set[str]:
             _absolute(path, f"$.linux.{key}[{index}]")
     if linux.seccomp is not None:
         seccomp = linux.seccomp
-        if seccomp.default_action not in _SECCOMP_ACTIONS:
+        if seccomp.default_action not in SECCOMP_ACTIONS:
             raise SpecError(
                 "$.linux.seccomp.defaultAction", "unknown seccomp action", seccomp.default_action
             )
+        for index, arch in enumerate(seccomp.architectures or ()):
+            if arch not in SECCOMP_ARCHITECTURES:
+                raise SpecError(
+                    f"$.linux.seccomp.architectures[{index}]", "unknown seccomp architecture", arch
+                )
         for index, syscall in enumerate(seccomp.syscalls or ()):
             at = f"$.linux.seccomp.syscalls[{index}]"
             if not syscall.names or not all(syscall.names):
                 raise SpecError(f"{at}.names", "must list syscall names", syscall.names)
-            if syscall.action not in _SECCOMP_ACTIONS:
+            if syscall.action not in SECCOMP_ACTIONS:
                 raise SpecError(f"{at}.action", "unknown seccomp action", syscall.action)
             for arg_index, arg in enumerate(syscall.args or ()):
-                if arg.op not in _SECCOMP_OPERATORS:
+                if arg.op not in SECCOMP_OPERATORS:
                     raise SpecError(
                         f"{at}.args[{arg_index}].op", "unknown seccomp operator", arg.op
                     )
