@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures_containers import Created, SpecFactory
+from fixtures_containers import CLI, Created, SpecFactory
 from hcsoci import context, oci
 from hcsoci.cmd import Cmd, ExitError, command
 from hcsoci.container import Container
@@ -539,3 +539,25 @@ def test_32_bit_abi_is_killed_unless_compat_abis(
     assert spec.linux is not None and spec.process is not None
     spec.linux.seccomp = oci.default_seccomp(oci.DEFAULT_CAPABILITIES, compat_abis=True)
     assert probe_results(init_output(created, spec)) == {"i386_getpid": 0}
+
+
+def test_cli_security_opt_turns_the_filter_off_replaces_it_or_names_a_bad_value(
+    hcsoci: CLI, tmp_path: Path
+) -> None:
+    status = ("--", "grep", "^Seccomp:", "/proc/self/status")
+    assert hcsoci("run", "--rm", *status).stdout.split() == ["Seccomp:", "2"]
+    off = hcsoci("run", "--rm", "--security-opt", "seccomp=unconfined", *status)
+    assert off.stdout.split() == ["Seccomp:", "0"]
+    old_spelling = hcsoci("run", "--rm", "--security-opt", "seccomp:unconfined", *status)
+    assert old_spelling.stdout.split() == ["Seccomp:", "0"]
+    profile = write(tmp_path, "deny-mkdir.json", {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}],
+    })  # fmt: skip
+    denied = hcsoci("run", "--rm", "--security-opt", f"seccomp={profile}", "--",
+                    "mkdir", "/made", check=False)  # fmt: skip
+    assert denied.returncode == 1 and "Operation not permitted" in denied.stderr
+    for bad in ("seccomp=/nonexistent.json", "apparmor=unconfined"):
+        result = hcsoci("run", "--rm", "--security-opt", bad, "--", "true", check=False)
+        lines = result.stderr.splitlines()
+        assert result.returncode == 1 and len(lines) == 1 and "--security-opt" in lines[0], bad

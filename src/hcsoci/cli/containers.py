@@ -101,6 +101,7 @@ class ContainerRequest:
     endpoints: tuple[str, ...]
     networks: tuple[str, ...]
     isolation: str = "process"
+    security_opts: tuple[str, ...] = ()
     made_scratch: bool = field(default=False, init=False)
     """Set once this request made its scratch folder (only then is it ours to remove)."""
 
@@ -109,7 +110,36 @@ def _build_spec(request: ContainerRequest) -> oci.Spec:
     spec = _spec_for_request(request)
     if request.terminal and spec.process is not None:
         spec.process.console_size = _terminal_size()  # the size of the terminal we relay
+    for option in request.security_opts:
+        _apply_security_option(spec, option)
     return spec
+
+
+def _apply_security_option(spec: oci.Spec, option: str) -> None:
+    """``--security-opt`` as docker reads it: ``seccomp=unconfined|FILE``, ``no-new-privileges``.
+
+    docker's older ``seccomp:unconfined`` spelling is accepted too.
+    """
+    key, _, value = option.partition("=" if "=" in option else ":")
+    if key == "seccomp" and value:
+        assert spec.linux is not None and spec.process is not None
+        if value == "unconfined":
+            spec.linux.seccomp = None
+            return
+        bounding = spec.process.capabilities.bounding if spec.process.capabilities else []
+        try:
+            spec.linux.seccomp = oci.load_seccomp_profile(value, bounding or [])
+        except InvalidArgumentError as err:
+            raise InvalidArgumentError(f"--security-opt: {err}") from None
+        return
+    if key == "no-new-privileges" and value in ("", "true", "false"):
+        assert spec.process is not None
+        spec.process.no_new_privileges = value != "false"
+        return
+    raise InvalidArgumentError(
+        f"--security-opt: {option!r} is not supported "
+        "(seccomp=unconfined, seccomp=FILE, no-new-privileges[=true|false])"
+    )
 
 
 def _spec_for_request(request: ContainerRequest) -> oci.Spec:
@@ -297,6 +327,9 @@ def _container_options(function: Callable[..., None]) -> Callable[..., None]:
             click.option("--isolation", type=click.Choice(["process", "vm"]), default="process",
                          help="process: runc on this host; vm: in a utility VM made for this "
                          "command (implies --rm)."),
+            click.option("--security-opt", "security_opts", multiple=True,
+                         help="seccomp=unconfined | seccomp=FILE (OCI or docker profile) | "
+                         "no-new-privileges[=false]."),
             click.argument("args", nargs=-1),
         ]
     ):  # fmt: skip
