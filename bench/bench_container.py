@@ -103,11 +103,12 @@ def main() -> None:
         (bundle / "config.json").write_bytes(oci.encode_spec(spec))
         runc_root, crun_root = work / "raw-runc", work / "raw-crun"
 
-        def raw(runtime: str, root: Path) -> Callable[[], None]:
+        def raw(runtime: str, root: Path, in_bundle: Path = bundle) -> Callable[[], None]:
             def run() -> None:
                 subprocess.run(
                     [runtime, "--root", str(root), "run", "b" + uuid.uuid4().hex[:12]],
-                    cwd=bundle, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=True,
+                    cwd=in_bundle, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    check=True,
                 )  # fmt: skip
 
             return run
@@ -136,18 +137,27 @@ def main() -> None:
             assert unconfined.linux is not None and spec.linux is not None
             assert spec.linux.seccomp is not None, "default_spec sets a seccomp filter"
             unconfined.linux.seccomp = None
+            # The floor: what the same filter costs raw runc on the same bundle.
+            bare_bundle = work / "bundle-unconfined"
+            bare_bundle.mkdir()
+            (bare_bundle / "config.json").write_bytes(oci.encode_spec(unconfined))
             samples = interleaved(
                 args.rounds,
                 {
+                    "runc run, seccomp=None": raw("runc", runc_root, bare_bundle),
+                    "runc run, default seccomp": raw("runc", runc_root),
                     "seccomp=None": hcsoci_lifecycle(of=unconfined),
                     "default seccomp": hcsoci_lifecycle(of=spec),
                     "seccomp=None (crun)": hcsoci_lifecycle("crun", unconfined),
                     "default seccomp (crun)": hcsoci_lifecycle("crun", spec),
                 },
             )
+            raw_runc = {name: values for name, values in samples.items() if "runc run" in name}
             report(
-                "lifecycle of a `true` container: default seccomp filter", samples, "seccomp=None"
+                "raw runc: the filter's own cost (the floor)", raw_runc, "runc run, seccomp=None"
             )
+            ours = {name: v for name, v in samples.items() if "runc run" not in name}
+            report("lifecycle of a `true` container: default seccomp filter", ours, "seccomp=None")
             crun = {name: values for name, values in samples.items() if "crun" in name}
             report("the same under crun", crun, "seccomp=None (crun)")
 
