@@ -16,7 +16,8 @@ import pytest
 from fixtures_containers import HostSnapshot, SpecFactory
 from fixtures_hns import HnsLab
 from hcsoci import context, hns, oci
-from hcsoci.gc import collect, controller_alive, process_start_time
+from hcsoci.controller import controller_alive, process_start_time
+from hcsoci.gc import collect
 
 # The controller: creates a container from the spec file, reports, then blocks.
 # With HCSOCI_TEST_PAUSE_AT=mounted it blocks inside create_container instead.

@@ -38,9 +38,9 @@ import msgspec
 from hcsoci import cow, oci
 from hcsoci.container import Container
 from hcsoci.context import Context
+from hcsoci.controller import controller_identity
 from hcsoci.errors import AlreadyExistsError, HcsociError, InvalidArgumentError, NotFoundError
 from hcsoci.etcfiles import add_etc_files
-from hcsoci.gc import controller_identity
 from hcsoci.layers import mount_container_layers
 from hcsoci.mounts import (
     MS_NODEV,

@@ -14,24 +14,17 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
 
 from hcsoci.context import Context
+from hcsoci.controller import controller_alive
 from hcsoci.errors import NotFoundError
 from hcsoci.paths import check_id
 from hcsoci.resources import load_resources, release_resources
 from hcsoci.store import Store, open_store
 
-__all__ = [
-    "ContainerRecordInfo",
-    "collect",
-    "controller_alive",
-    "controller_identity",
-    "process_start_time",
-    "release_container",
-]
+__all__ = ["ContainerRecordInfo", "collect", "orphans", "release_container"]
 
 log = logging.getLogger(__name__)
 
@@ -56,32 +49,6 @@ def _register_resource_kinds() -> None:
         except ModuleNotFoundError as err:
             if err.name != name:
                 raise
-
-
-def process_start_time(pid: int) -> int | None:
-    """The start time (clock ticks since boot) of ``pid``, or None when it does not exist."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            data = stat.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
-    fields = data[data.rindex(b")") + 2 :].split()
-    return int(fields[19])  # field 22 overall
-
-
-def controller_identity() -> tuple[int, int]:
-    """(pid, start time) of this process, as recorded in a container row."""
-    pid = os.getpid()
-    return pid, process_start_time(pid) or 0
-
-
-def controller_alive(pid: int, start_time: int) -> bool:
-    """Whether the controller recorded as (pid, start_time) still runs."""
-    if pid <= 0:
-        return True  # handed over to the user: never garbage
-    started = process_start_time(pid)
-    return started is not None and (start_time == 0 or started == start_time)
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from hcsoci.controller import controller_alive, controller_identity
 from hcsoci.errors import StateError
-from hcsoci.gc import controller_alive, controller_identity
 from hcsoci.hns.model import Endpoint, Network
 from hcsoci.store import Store, open_store
 

@@ -26,6 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from hcsoci.context import Canceled, Context, background, with_cancel
+from hcsoci.controller import (
+    controller_alive,
+    controller_identity,
+    process_alive,
+    process_start_time,
+)
 from hcsoci.cow import ProcessParameters
 from hcsoci.errors import (
     AlreadyExistsError,
@@ -34,7 +40,6 @@ from hcsoci.errors import (
     NotFoundError,
     StateError,
 )
-from hcsoci.gc import controller_alive, controller_identity
 from hcsoci.gcs.connection import GuestConnection, GuestProcess
 from hcsoci.mounts import MS_NODEV, MS_NOEXEC, MS_NOSUID, is_mounted, mount, mounts_under, unmount
 from hcsoci.paths import child, make_private_dir, remove_tree
@@ -78,18 +83,6 @@ class VMRecord(dict[str, Any]):
 
 def _vm_dir(uvm_id: str) -> Path:
     return child(state_root() / "uvm", uvm_id, "VM id")
-
-
-def _process_start_time(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return int(stat.read().rsplit(b")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-def _qemu_alive(pid: int, start_time: int) -> bool:
-    return pid > 0 and _process_start_time(pid) == start_time != 0
 
 
 class UtilityVM:
@@ -237,7 +230,7 @@ class UtilityVM:
                     start_new_session=True,
                 )
             self._pid = self._process.pid
-            self._pid_start = _process_start_time(self._pid)
+            self._pid_start = process_start_time(self._pid) or 0
             compile_agent()  # while QEMU boots; the guest reads it seconds later
             self._store.execute(
                 "UPDATE vms SET pid = ?, pid_start = ?, state = 'running', accel = ? WHERE id = ?",
@@ -365,7 +358,7 @@ class UtilityVM:
                 self._qmp.execute("quit", timeout=5.0)
         if self._qmp is not None:
             self._qmp.close()
-        if self._pid and not self._exited.wait(5.0) and _qemu_alive(self._pid, self._pid_start):
+        if self._pid and not self._exited.wait(5.0) and process_alive(self._pid, self._pid_start):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self._pid, signal.SIGKILL)
         if self._watcher is not None:
@@ -543,7 +536,7 @@ def _wait_pid(pid: int, start_time: int) -> None:
     except ProcessLookupError:
         return
     try:
-        if _process_start_time(pid) == start_time:
+        if process_start_time(pid) == start_time:
             select.select([pidfd], [], [])
     finally:
         os.close(pidfd)
@@ -604,7 +597,7 @@ def list_vms(store: Store | None = None) -> list[VMRecord]:
     records = []
     for row in store.query("SELECT * FROM vms ORDER BY created_at"):
         record = VMRecord(dict(row))
-        record["alive"] = _qemu_alive(int(row["pid"]), int(row["pid_start"]))
+        record["alive"] = process_alive(int(row["pid"]), int(row["pid_start"]))
         records.append(record)
     return records
 
@@ -622,7 +615,7 @@ def open_vm(ctx: Context, uvm_id: str, timeout: float = 30.0) -> UtilityVM:
     if not rows:
         raise NotFoundError(f"no utility VM with id {uvm_id!r}")
     row = rows[0]
-    if not _qemu_alive(int(row["pid"]), int(row["pid_start"])):
+    if not process_alive(int(row["pid"]), int(row["pid_start"])):
         raise NotFoundError(f"utility VM {uvm_id!r} is not running (remove it with `uvm rm`)")
     options = UVMOptions(**json.loads(row["options"]))
     assets = load_assets(Path(options.assets_dir) if options.assets_dir else None)
@@ -652,7 +645,7 @@ def remove_vm(uvm_id: str, store: Store | None = None) -> None:
         raise NotFoundError(f"no utility VM with id {uvm_id!r}")
     row = rows[0]
     pid, start_time = int(row["pid"]), int(row["pid_start"])
-    if _qemu_alive(pid, start_time):
+    if process_alive(pid, start_time):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         _wait_pid(pid, start_time)
