@@ -147,13 +147,14 @@ class _Files:
         resolved: list[str] = []
         pending = name.split("/")
         links = 0
+        last_link = ("", "")  # the name had no '..': climbing out is always a link's doing
         while pending:
             part = pending.pop(0)
             if part in ("", "."):
                 continue
             if part == "..":
                 if not resolved:
-                    raise ImageError(f"{self._where}: {name!r}: a link leads outside the archive")
+                    raise self._leads_out(name, *last_link)
                 resolved.pop()
                 continue
             path = self.path.joinpath(*resolved, part)
@@ -169,6 +170,7 @@ class _Files:
                 raise self._too_many_links(name)
             target = os.readlink(path)
             link = "/".join([*resolved, part])
+            last_link = (link, target)
             if target.startswith("/"):
                 # An absolute link may only lead back into the archive directory
                 # (by its real path or the one given); its '..' steps are taken
