@@ -425,7 +425,7 @@ def test_gzip_bomb_stops_at_the_byte_limit(store: images.ImageStore, tmp_path: P
     with pytest.raises(images.LayerLimitError) as raised:
         images.extract_layer(Counting(blob), dest, layer=diff_id, limits=limits)
     assert str(raised.value) == (
-        f"layer {diff_id}: more than 64 MiB bytes uncompressed (the limit; raise it with "
+        f"layer {diff_id}: more than 64 MiB uncompressed (the limit; raise it with "
         "--max-layer-size, $HCSOCI_MAX_LAYER_BYTES or ImageStore(max_layer_bytes=))"
     )
     # ...of which extraction read well under half before stopping, writing at most the limit.
@@ -436,11 +436,11 @@ def test_gzip_bomb_stops_at_the_byte_limit(store: images.ImageStore, tmp_path: P
     archive = tmp_path / "bomb.tar"
     docker_save(archive, [blob], diff_ids=[diff_id])
     limited = images.ImageStore(store.root, max_layer_bytes=64 << 20)
-    with pytest.raises(images.LayerLimitError, match="more than 64 MiB bytes uncompressed"):
+    with pytest.raises(images.LayerLimitError, match="more than 64 MiB uncompressed"):
         limited.import_image(archive)
     assert_store_intact(store, tmp_path)
     stderr = cli_import(store, archive, "--max-layer-size", "64M")
-    assert f"layer {diff_id}: more than 64 MiB bytes uncompressed" in stderr
+    assert f"layer {diff_id}: more than 64 MiB uncompressed" in stderr
     assert "--max-layer-size" in stderr
     assert_store_intact(store, tmp_path)
 
@@ -452,7 +452,7 @@ def test_byte_limit_from_the_environment(
     archive = tmp_path / "big.tar"
     docker_save(archive, [blob], diff_ids=[sha256(layer(("big", bytes(3 << 20))))])
     monkeypatch.setenv("HCSOCI_MAX_LAYER_BYTES", "2M")
-    with pytest.raises(images.LayerLimitError, match="more than 2 MiB bytes uncompressed"):
+    with pytest.raises(images.LayerLimitError, match="more than 2 MiB uncompressed"):
         store.import_image(archive)
     assert_store_intact(store, tmp_path)
     # The keyword argument wins over the environment.

@@ -106,7 +106,7 @@ class _HashingReader:
         self.size += len(data)
         if self._max_size is not None and self.size > self._max_size:
             raise LayerLimitError(
-                self._layer, "bytes uncompressed", format_size(self._max_size), _BYTES_HOW
+                self._layer, "uncompressed", format_size(self._max_size), _BYTES_HOW
             )
         if self._on_read is not None and data:
             self._on_read(len(data))
