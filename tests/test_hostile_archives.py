@@ -204,10 +204,12 @@ def deep_layer(depth: int) -> bytes:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[images.ImageStore]:
-    """An empty store of the test's own, removed with remove_tree (it may be deep)."""
-    root = tmp_path / "images"
-    yield images.ImageStore(root)
-    remove_tree(root)
+    """An empty store of the test's own.  Afterwards everything the test made in
+    ``tmp_path`` (the store, archives of up to 30 MB, sparse files) is removed,
+    with remove_tree: a deep tree would break pytest's own clean-up."""
+    yield images.ImageStore(tmp_path / "images")
+    for made in tmp_path.iterdir():
+        remove_tree(made)
 
 
 def assert_store_intact(store: images.ImageStore, tmp_path: Path) -> None:
