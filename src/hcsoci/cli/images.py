@@ -23,8 +23,28 @@ from hcsoci.cli.common import fail, remove_each
 from hcsoci.errors import HcsociError
 
 
-def _store(root: str | None) -> images.ImageStore:
-    return images.ImageStore(root)
+def _store(
+    root: str | None, max_layer_bytes: int | None = None, max_layer_entries: int | None = None
+) -> images.ImageStore:
+    return images.ImageStore(
+        root, max_layer_bytes=max_layer_bytes, max_layer_entries=max_layer_entries
+    )
+
+
+class _Size(click.ParamType[int, object]):
+    """A size in bytes: ``8G``, ``512M``, ``64K`` or a plain number (1024-based units)."""
+
+    name = "size"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return images.parse_size(str(value))
+        except HcsociError as err:
+            self.fail(str(err), param, ctx)
 
 
 def _short(image_id: str) -> str:
@@ -58,8 +78,29 @@ def images_group() -> None:
 @click.option(
     "--name", default=None, help="Name (repo:tag) for the image; overrides the archive's."
 )
+@click.option(
+    "--max-layer-size",
+    type=_Size(),
+    default=None,
+    metavar="SIZE",
+    help="Refuse a layer larger than SIZE uncompressed (8G, 512M, bytes; "
+    "default $HCSOCI_MAX_LAYER_BYTES, else 8G).",
+)
+@click.option(
+    "--max-layer-entries",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Refuse a layer of more than N entries (default $HCSOCI_MAX_LAYER_ENTRIES, else 1000000).",
+)
 @_root_option
-def import_command(archive: Path, name: str | None, root: str | None) -> None:
+def import_command(
+    archive: Path,
+    name: str | None,
+    max_layer_size: int | None,
+    max_layer_entries: int | None,
+    root: str | None,
+) -> None:
     """Import ARCHIVE: a docker save tarball or an OCI image layout (directory or tar)."""
     console = Console(stderr=True)
     with Progress(
@@ -70,6 +111,7 @@ def import_command(archive: Path, name: str | None, root: str | None) -> None:
         TimeRemainingColumn(),
         console=console,
         transient=True,
+        disable=not console.is_terminal,  # no bar (nor its blank lines) in a log or a pipe
     ) as progress:
         task = progress.add_task(archive.name, total=None)
 
@@ -77,7 +119,8 @@ def import_command(archive: Path, name: str | None, root: str | None) -> None:
             progress.update(task, completed=done, total=total)
 
         try:
-            imported = _store(root).import_image(archive, name, report)
+            store = _store(root, max_layer_size, max_layer_entries)
+            imported = store.import_image(archive, name, report)
         except HcsociError as err:
             progress.stop()
             fail(err)

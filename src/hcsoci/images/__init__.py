@@ -15,7 +15,14 @@ from pathlib import Path
 
 from hcsoci.images.archive import extract_layer
 from hcsoci.images.default import DEFAULT_IMAGE, build_default_image, ensure_default_image
-from hcsoci.images.errors import ImageError, ImageNotFoundError, UnsafeLayerError
+from hcsoci.images.errors import (
+    ImageError,
+    ImageNotFoundError,
+    LayerLimitError,
+    UnsafeLayerError,
+)
+from hcsoci.images.limits import LayerLimits, parse_size
+from hcsoci.images.platform import Platform, check_platform, host_platform
 from hcsoci.images.spec import resolve_user, spec_for_image
 from hcsoci.images.store import (
     DEFAULT_IMAGES_ROOT,
@@ -36,15 +43,21 @@ __all__ = [
     "ImageNotFoundError",
     "ImageStore",
     "ImportProgress",
+    "LayerLimitError",
+    "LayerLimits",
+    "Platform",
     "UnsafeLayerError",
     "build_default_image",
+    "check_platform",
     "ensure_default_image",
     "extract_layer",
     "get_image",
+    "host_platform",
     "images_root",
     "import_image",
     "list_images",
     "normalize_name",
+    "parse_size",
     "remove_image",
     "resolve_user",
     "spec_for_image",

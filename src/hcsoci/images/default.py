@@ -14,19 +14,23 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import posixpath
-import shutil
 import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
 
-from hcsoci.errors import NotFoundError
+from hcsoci.errors import HcsociError, NotFoundError
 from hcsoci.images.errors import ImageNotFoundError
+from hcsoci.images.platform import host_platform
 from hcsoci.images.store import Image, ImageStore
+from hcsoci.paths import remove_tree
 
 __all__ = ["BUSYBOX", "DEFAULT_IMAGE", "build_default_image", "ensure_default_image"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_IMAGE = "busybox:latest"
 BUSYBOX = "/bin/busybox"
@@ -117,7 +121,7 @@ def write_layout(layout: Path, busybox: str = BUSYBOX) -> None:
     (layout / "blobs" / "sha256").mkdir(parents=True)
     layer = build_layer(busybox)
     config = {
-        "architecture": "amd64",
+        "architecture": host_platform().architecture,  # busybox-static is this machine's
         "os": "linux",
         "created": "2023-11-14T22:13:20Z",  # _EPOCH
         "config": {"Env": [_PATH], "Cmd": ["sh"]},
@@ -159,7 +163,10 @@ def build_default_image(store: ImageStore | None = None, busybox: str = BUSYBOX)
         imported: list[Image] = store.import_image(layout / "image", name=DEFAULT_IMAGE)
         return imported[0]
     finally:
-        shutil.rmtree(layout, ignore_errors=True)
+        try:
+            remove_tree(layout)
+        except (OSError, HcsociError) as err:
+            log.debug("could not remove the busybox layout %s: %s", layout, err)
 
 
 def ensure_default_image(store: ImageStore | None = None) -> Image:

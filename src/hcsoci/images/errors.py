@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hcsoci.errors import InvalidArgumentError, NotFoundError
 
-__all__ = ["ImageError", "ImageNotFoundError", "UnsafeLayerError"]
+__all__ = ["ImageError", "ImageNotFoundError", "LayerLimitError", "UnsafeLayerError"]
 
 
 class ImageError(InvalidArgumentError):
@@ -22,6 +22,21 @@ class UnsafeLayerError(ImageError):
         self.entry = entry
         self.reason = reason
         super().__init__(f"layer {layer}: refusing entry {entry!r}: {reason}")
+
+
+class LayerLimitError(ImageError):
+    """A layer is larger than the store allows (uncompressed bytes, or entries).
+
+    ``layer`` names the layer, ``limit`` is the limit that was crossed and
+    ``how`` says how to raise it.
+    """
+
+    def __init__(self, layer: str, what: str, limit: str, how: str) -> None:
+        self.layer = layer
+        self.limit = limit
+        super().__init__(
+            f"layer {layer}: more than {limit} {what} (the limit; raise it with {how})"
+        )
 
 
 class ImageNotFoundError(NotFoundError):

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
+import posixpath
 import re
+import stat
 import tarfile
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -21,8 +24,9 @@ import msgspec
 
 from hcsoci.errors import NotFoundError
 from hcsoci.images.errors import ImageError
+from hcsoci.images.platform import Platform, host_platform, matches_host
 
-__all__ = ["SourceImage", "SourceLayer", "open_archive"]
+__all__ = ["MAX_SYMLINKS", "SourceImage", "SourceLayer", "open_archive"]
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _MANIFEST_TYPES = (
@@ -61,18 +65,29 @@ class SourceImage:
     layers: list[SourceLayer] = field(default_factory=list)
 
 
+MAX_SYMLINKS = 16
+"""How many links (symbolic or hard) one name in an archive may go through."""
+
+
 class _Files:
-    """Named files of an archive: a directory or a tar file."""
+    """Named files of an archive: a directory or a tar file.
+
+    A name may lead through symlinks (``docker save`` links shared layers), at
+    most :data:`MAX_SYMLINKS` of them, and never out of the archive: a loop, a
+    longer chain, or a link out (an absolute target, too many ``..``) is an
+    :class:`ImageError` naming the entry.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._where = f"image archive {str(path)!r}"
         self._tar: tarfile.TarFile | None = None
         self._members: dict[str, tarfile.TarInfo] = {}
         if not path.is_dir():
             try:
                 self._tar = tarfile.open(path, mode="r:*")  # noqa: SIM115 (closed by close())
             except tarfile.TarError as err:
-                raise ImageError(f"image archive {str(path)!r}: not a tar file: {err}") from err
+                raise ImageError(f"{self._where}: not a tar file: {err}") from err
             for member in self._tar.getmembers():
                 self._members[_normalise(member.name)] = member
 
@@ -81,57 +96,131 @@ class _Files:
             self._tar.close()
 
     def exists(self, name: str) -> bool:
+        """Whether the archive has an entry ``name`` (it may still be a broken link)."""
         name = _checked_name(self.path, name)
         if self._tar is None:
-            return (self.path / name).is_file()
+            try:
+                return not stat.S_ISDIR(os.lstat(self.path / name).st_mode)
+            except (FileNotFoundError, NotADirectoryError):
+                return False
         member = self._members.get(name)
         return member is not None and (member.isreg() or member.islnk() or member.issym())
 
+    def _too_many_links(self, name: str) -> ImageError:
+        return ImageError(
+            f"{self._where}: {name!r}: symlink loop or chain longer than {MAX_SYMLINKS}"
+        )
+
+    def _leads_out(self, name: str, link: str, target: str) -> ImageError:
+        return ImageError(
+            f"{self._where}: {name!r}: the link {link!r} -> {target!r} leads outside the archive"
+        )
+
     def _member(self, name: str) -> tarfile.TarInfo:
-        member = self._members.get(name)
-        if member is None:
-            raise ImageError(f"image archive {str(self.path)!r}: {name!r} is missing")
-        return member
+        """The regular-file member ``name`` leads to, following links."""
+        current = name
+        for _ in range(MAX_SYMLINKS + 1):
+            member = self._members.get(current)
+            if member is None:
+                via = f" (via {current!r})" if current != name else ""
+                raise ImageError(f"{self._where}: {name!r} is missing{via}")
+            if member.isreg():
+                return member
+            if not (member.issym() or member.islnk()):
+                raise ImageError(f"{self._where}: {name!r} is not a file")
+            if member.issym():
+                joined = posixpath.join(posixpath.dirname(current), member.linkname)
+            else:
+                joined = member.linkname  # hard links name the archive's root
+            target = posixpath.normpath(joined)
+            if member.linkname.startswith("/") or target == ".." or target.startswith("../"):
+                raise self._leads_out(name, current, member.linkname)
+            current = _normalise(target)
+        raise self._too_many_links(name)
+
+    def _file(self, name: str) -> Path:
+        """The path of the regular file ``name`` leads to in the archive directory.
+
+        Symlinks are followed one name at a time, staying inside the directory.
+        """
+        roots = {os.path.realpath(self.path), os.path.abspath(self.path)}
+        resolved: list[str] = []
+        pending = name.split("/")
+        links = 0
+        last_link = ("", "")  # the name had no '..': climbing out is always a link's doing
+        while pending:
+            part = pending.pop(0)
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not resolved:
+                    raise self._leads_out(name, *last_link)
+                resolved.pop()
+                continue
+            path = self.path.joinpath(*resolved, part)
+            try:
+                mode = os.lstat(path).st_mode
+            except (FileNotFoundError, NotADirectoryError):
+                raise ImageError(f"{self._where}: {name!r} is missing") from None
+            if not stat.S_ISLNK(mode):
+                resolved.append(part)
+                continue
+            links += 1
+            if links > MAX_SYMLINKS:
+                raise self._too_many_links(name)
+            target = os.readlink(path)
+            link = "/".join([*resolved, part])
+            last_link = (link, target)
+            if target.startswith("/"):
+                # An absolute link may only lead back into the archive directory
+                # (by its real path or the one given); its '..' steps are taken
+                # from there, and may not climb out either.
+                inside = next(
+                    (target[len(top) :] for top in roots if (target + "/").startswith(top + "/")),
+                    None,
+                )
+                if inside is None:
+                    raise self._leads_out(name, link, target)
+                resolved = []
+                pending = inside.split("/") + pending
+            else:
+                pending = target.split("/") + pending
+        return self.path.joinpath(*resolved)
 
     def size(self, name: str) -> int:
         name = _checked_name(self.path, name)
         if self._tar is None:
-            return (self.path / name).stat().st_size
-        member = self._member(name)
-        while member.issym() or member.islnk():  # docker save links shared layers
-            member = self._member(_normalise(_link_target(member)))
-        return member.size
+            return self._file(name).stat().st_size
+        return self._member(name).size
 
     @contextmanager
     def open(self, name: str) -> Iterator[IO[bytes]]:
         name = _checked_name(self.path, name)
         if self._tar is None:
+            path = self._file(name)
             try:
-                with open(self.path / name, "rb") as file:
-                    yield file
+                # O_NOFOLLOW: the name was resolved; a link swapped in since is refused.
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             except FileNotFoundError:
-                raise ImageError(f"image archive {str(self.path)!r}: {name!r} is missing") from None
+                raise ImageError(f"{self._where}: {name!r} is missing") from None
+            except OSError as err:
+                raise ImageError(f"{self._where}: {name!r}: {err.strerror}") from None
+            with os.fdopen(fd, "rb") as file:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise ImageError(f"{self._where}: {name!r} is not a file")
+                yield file
             return
-        member = self._member(name)
-        while member.issym():
-            member = self._member(_normalise(_link_target(member)))
-        extracted = self._tar.extractfile(member)
+        extracted = self._tar.extractfile(self._member(name))
         if extracted is None:
-            raise ImageError(f"image archive {str(self.path)!r}: {name!r} is not a file")
+            raise ImageError(f"{self._where}: {name!r} is not a file")
         with extracted:
             yield extracted
 
     def read(self, name: str) -> bytes:
         if self.size(name) > _MAX_JSON:
-            raise ImageError(f"image archive {str(self.path)!r}: {name!r} is too large")
+            raise ImageError(f"{self._where}: {name!r} is too large")
         with self.open(name) as file:
             return file.read()
-
-
-def _link_target(member: tarfile.TarInfo) -> str:
-    if member.islnk():
-        return member.linkname
-    return str(Path(member.name).parent / member.linkname)
 
 
 def _normalise(name: str) -> str:
@@ -272,18 +361,21 @@ def _oci_images(files: _Files) -> list[SourceImage]:
 
 
 def _resolve_manifest(files: _Files, descriptor: Any, where: str) -> Any:
-    """The image manifest a descriptor names, choosing linux/amd64 from an index."""
+    """The image manifest a descriptor names, choosing this machine's platform from an index."""
     media_type = descriptor.get("mediaType", "") if isinstance(descriptor, dict) else ""
     document = _json(files, "", _verified_blob(files, descriptor, where))
     if media_type in _INDEX_TYPES or (not media_type and "manifests" in document):
+        offered = []
         for position, entry in enumerate(_field(document, "manifests", list, where)):
             platform = (entry.get("platform") if isinstance(entry, dict) else None) or {}
-            if platform.get("os", "linux") == "linux" and platform.get("architecture", "amd64") in (
-                "amd64",
-                "x86_64",
-            ):
+            values = [str(platform.get(key) or "") for key in ("os", "architecture", "variant")]
+            if matches_host(*values):
                 return _resolve_manifest(files, entry, f"{where}: manifests[{position}]")
-        raise ImageError(f"{where}: the image index has no linux/amd64 manifest")
+            offered.append(str(Platform(*values)))
+        raise ImageError(
+            f"{where}: the image index has no {host_platform()} manifest "
+            f"(it has {', '.join(offered) or 'none'})"
+        )
     if media_type and media_type not in _MANIFEST_TYPES:
         raise ImageError(f"{where}: unsupported media type {media_type!r}")
     return document

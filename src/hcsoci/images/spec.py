@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hcsoci.errors import InvalidArgumentError, NotFoundError
+from hcsoci.images.platform import check_platform
 from hcsoci.images.store import Image
 from hcsoci.oci import Root, Spec, User, Windows, default_spec, validate_spec
 from hcsoci.oci.defaults import DEFAULT_ENV
@@ -45,7 +46,11 @@ def spec_for_image(
     ``spec.windows.layer_folders`` lists the image's layers top-most first; the
     caller appends the scratch folder.  The root is writable (writes go to the
     scratch layer), unlike ``runc spec``'s read-only default.
+
+    An image built for another OS or architecture is refused
+    (:class:`~hcsoci.images.ImageError`).
     """
+    check_platform(image.name, image.os, image.architecture, image.variant)
     argv = [*image.config.entrypoint, *(image.config.cmd if args is None else args)]
     if not argv:
         raise InvalidArgumentError(

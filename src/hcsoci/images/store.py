@@ -23,7 +23,6 @@ import fcntl
 import logging
 import os
 import re
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -32,10 +31,14 @@ from pathlib import Path
 
 import msgspec
 
+from hcsoci.errors import HcsociError
 from hcsoci.images.archive import extract_layer
 from hcsoci.images.errors import ImageError, ImageNotFoundError
+from hcsoci.images.limits import LayerLimits, check_limit
+from hcsoci.images.platform import check_platform
 from hcsoci.images.sources import SourceImage, SourceLayer, open_archive
 from hcsoci.mounts import unescape_mountinfo
+from hcsoci.paths import remove_tree
 
 __all__ = [
     "DEFAULT_IMAGES_ROOT",
@@ -101,6 +104,7 @@ class Image(msgspec.Struct, kw_only=True):
     """Uncompressed bytes of all layers."""
     os: str = ""
     architecture: str = ""
+    variant: str = ""
     created: str = ""
 
 
@@ -117,6 +121,7 @@ class _ConfigSection(msgspec.Struct, rename="pascal"):
 class _ConfigFile(msgspec.Struct):
     architecture: str = ""
     os: str = ""
+    variant: str = ""
     created: str = ""
     config: _ConfigSection | None = None
 
@@ -127,6 +132,7 @@ class _ImageRecord(msgspec.Struct, kw_only=True):
     config: ImageConfig
     os: str = ""
     architecture: str = ""
+    variant: str = ""
     created: str = ""
     imported_at: float = 0.0
 
@@ -160,10 +166,39 @@ def _image_config(config: bytes, where: str) -> tuple[ImageConfig, _ConfigFile]:
     )
 
 
-class ImageStore:
-    """The image store at ``root`` (default :func:`images_root`)."""
+def _discard(path: Path, why: str) -> None:
+    """Remove the tree ``path`` as clean-up: a failure is logged (debug), never raised."""
+    try:
+        remove_tree(path)
+    except (OSError, HcsociError) as err:
+        log.debug("could not remove %s: %s", why, err, extra={"path": str(path)})
 
-    def __init__(self, root: str | Path | None = None) -> None:
+
+class ImageStore:
+    """The image store at ``root`` (default :func:`images_root`).
+
+    ``max_layer_bytes`` and ``max_layer_entries`` bound each layer an import
+    extracts (uncompressed tar bytes, tar entries); when not given they come
+    from ``$HCSOCI_MAX_LAYER_BYTES`` / ``$HCSOCI_MAX_LAYER_ENTRIES``, read at
+    each import, else the defaults (see :mod:`hcsoci.images.limits`).
+    """
+
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        *,
+        max_layer_bytes: int | None = None,
+        max_layer_entries: int | None = None,
+    ) -> None:
+        # Checked now; the environment is read only when importing.
+        self.max_layer_bytes = (
+            None if max_layer_bytes is None else check_limit(max_layer_bytes, "max_layer_bytes")
+        )
+        self.max_layer_entries = (
+            None
+            if max_layer_entries is None
+            else check_limit(max_layer_entries, "max_layer_entries")
+        )
         self.root = Path(root) if root is not None else images_root()
         self._index_path = self.root / "index.json"
         self._layers = self.root / "layers"
@@ -200,6 +235,7 @@ class ImageStore:
             size=sum(index.layers[d].size for d in record.layers if d in index.layers),
             os=record.os,
             architecture=record.architecture,
+            variant=record.variant,
             created=record.created,
         )
 
@@ -235,15 +271,19 @@ class ImageStore:
             os.fsync(file.fileno())
         os.replace(temporary, self._index_path)
 
+    def layer_limits(self) -> LayerLimits:
+        """The limits an import applies to each layer (keyword arguments, else environment)."""
+        return LayerLimits.resolve(self.max_layer_bytes, self.max_layer_entries)
+
     def _remove_unreferenced(self, index: _Index) -> None:
         """Drop staging leftovers and layer directories the index does not name."""
-        shutil.rmtree(self._staging, ignore_errors=True)
+        _discard(self._staging, "staging leftovers")
         known = {self.layer_dir(diff_id) for diff_id in index.layers}
         for algorithm in self._layers.glob("*"):
             for layer in algorithm.iterdir():
                 if layer not in known:
                     log.info("removing unreferenced layer", extra={"layer": str(layer)})
-                    shutil.rmtree(layer, ignore_errors=True)
+                    _discard(layer, "an unreferenced layer")
 
     def import_image(
         self, path: str | Path, name: str | None = None, progress: ImportProgress | None = None
@@ -254,7 +294,12 @@ class ImageStore:
         required when it gives none.  Returns the imported images.  Layers
         already in the store are not read again.  On failure nothing of this
         import stays in the store.
+
+        Refused before anything is extracted: an image built for another OS or
+        architecture than this machine's.  Refused while extracting: a layer
+        over the :meth:`layer_limits`.
         """
+        limits = self.layer_limits()
         with open_archive(path) as sources:
             if name is not None and len(sources) != 1:
                 raise ImageError(
@@ -262,19 +307,22 @@ class ImageStore:
                     "a name can only be given to one"
                 )
             names = [self._names(source, name, path) for source in sources]
+            for source, image_names in zip(sources, names, strict=True):
+                _, document = _image_config(source.config, f"image archive {str(path)!r}")
+                check_platform(image_names[0], document.os, document.architecture, document.variant)
             with self._locked():
                 index = self._read_index()
                 self._remove_unreferenced(index)
                 added: list[str] = []
                 try:
-                    self._import(sources, names, index, added, progress, str(path))
+                    self._import(sources, names, index, added, progress, str(path), limits)
                     self._write_index(index)
                 except BaseException:
                     for diff_id in added:
-                        shutil.rmtree(self.layer_dir(diff_id), ignore_errors=True)
-                    shutil.rmtree(self._staging, ignore_errors=True)
+                        _discard(self.layer_dir(diff_id), "a layer of a failed import")
+                    _discard(self._staging, "the staging directory of a failed import")
                     raise
-                shutil.rmtree(self._staging, ignore_errors=True)
+                _discard(self._staging, "the staging directory")
             return [self._image(n, index) for image_names in names for n in image_names]
 
     @staticmethod
@@ -293,6 +341,7 @@ class ImageStore:
         added: list[str],
         progress: ImportProgress | None,
         where: str,
+        limits: LayerLimits,
     ) -> None:
         missing = {
             layer.diff_id: layer
@@ -313,7 +362,7 @@ class ImageStore:
             progress(0, total)
         for diff_id, layer in missing.items():
             added.append(diff_id)
-            index.layers[diff_id] = _LayerRecord(size=self._extract(layer, advance, where))
+            index.layers[diff_id] = _LayerRecord(size=self._extract(layer, advance, where, limits))
         for source, image_names in zip(sources, names, strict=True):
             config, document = _image_config(source.config, f"image archive {where!r}")
             record = _ImageRecord(
@@ -322,20 +371,23 @@ class ImageStore:
                 config=config,
                 os=document.os,
                 architecture=document.architecture,
+                variant=document.variant,
                 created=document.created,
                 imported_at=time.time(),
             )
             for image_name in image_names:
                 index.images[image_name] = record
 
-    def _extract(self, layer: SourceLayer, advance: Callable[[int], None], where: str) -> int:
+    def _extract(
+        self, layer: SourceLayer, advance: Callable[[int], None], where: str, limits: LayerLimits
+    ) -> int:
         self._staging.mkdir(parents=True, exist_ok=True, mode=0o700)
         staging = Path(tempfile.mkdtemp(dir=self._staging, prefix="layer-"))
         os.chmod(staging, 0o755)  # becomes the layer's root directory
         try:
             with layer.open() as blob:
                 diff_id, digest, size = extract_layer(
-                    blob, staging, layer=layer.diff_id, on_read=advance
+                    blob, staging, layer=layer.diff_id, on_read=advance, limits=limits
                 )
             if diff_id != layer.diff_id:
                 raise ImageError(
@@ -351,7 +403,7 @@ class ImageStore:
             os.rename(staging, target)
             return size
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            _discard(staging, "a layer's staging directory")
 
     def remove(self, name: str) -> None:
         """Remove the image ``name`` and the layers no other image uses.
@@ -382,8 +434,18 @@ class ImageStore:
                 index.layers.pop(diff_id, None)
             self._write_index(index)
             # After the index: a crash here leaves unreferenced layers, never a dangling image.
+            failed: list[str] = []
             for diff_id in unused:
-                shutil.rmtree(self.layer_dir(diff_id), ignore_errors=True)
+                try:
+                    remove_tree(self.layer_dir(diff_id))
+                except (OSError, HcsociError) as err:
+                    log.warning("could not remove layer %s: %s", diff_id, err)
+                    failed.append(f"{str(self.layer_dir(diff_id))!r} ({err})")
+            if failed:
+                raise ImageError(
+                    f"image {name!r} is removed, but not its layer directories "
+                    f"{', '.join(failed)}; the next import retries"
+                )
 
 
 def _overlay_lower_dirs() -> dict[str, str]:
