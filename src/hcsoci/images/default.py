@@ -26,7 +26,7 @@ from hcsoci.errors import HcsociError, NotFoundError
 from hcsoci.images.errors import ImageNotFoundError
 from hcsoci.images.platform import host_platform
 from hcsoci.images.store import Image, ImageStore
-from hcsoci.paths import remove_tree
+from hcsoci.paths import make_private_dir, remove_tree
 
 __all__ = ["BUSYBOX", "DEFAULT_IMAGE", "build_default_image", "ensure_default_image"]
 
@@ -156,7 +156,7 @@ def write_layout(layout: Path, busybox: str = BUSYBOX) -> None:
 def build_default_image(store: ImageStore | None = None, busybox: str = BUSYBOX) -> Image:
     """Build the ``busybox`` image from ``busybox`` and import it into ``store``."""
     store = store if store is not None else ImageStore()
-    store.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private_dir(store.root)
     layout = Path(tempfile.mkdtemp(prefix="busybox-layout-", dir=store.root))
     try:
         write_layout(layout / "image", busybox)

@@ -38,7 +38,7 @@ from hcsoci.images.limits import LayerLimits, check_limit
 from hcsoci.images.platform import check_platform
 from hcsoci.images.sources import SourceImage, SourceLayer, open_archive
 from hcsoci.mounts import unescape_mountinfo
-from hcsoci.paths import remove_tree
+from hcsoci.paths import make_private_dir, remove_tree
 
 __all__ = [
     "DEFAULT_IMAGES_ROOT",
@@ -255,7 +255,7 @@ class ImageStore:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dir(self.root)
         fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -381,7 +381,7 @@ class ImageStore:
     def _extract(
         self, layer: SourceLayer, advance: Callable[[int], None], where: str, limits: LayerLimits
     ) -> int:
-        self._staging.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dir(self._staging)
         staging = Path(tempfile.mkdtemp(dir=self._staging, prefix="layer-"))
         os.chmod(staging, 0o755)  # becomes the layer's root directory
         try:
@@ -399,7 +399,7 @@ class ImageStore:
                     f"content has digest {digest}"
                 )
             target = self.layer_dir(layer.diff_id)
-            target.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+            make_private_dir(target.parent)
             os.rename(staging, target)
             return size
         finally:
