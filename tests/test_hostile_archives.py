@@ -512,8 +512,8 @@ def test_bad_limit_values_are_refused(store: images.ImageStore, tmp_path: Path) 
         )
         assert done.returncode == 2
         assert "Traceback" not in done.stderr
-        (error,) = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
-        assert f"Invalid value for {option!r}: {value!r}" in error
+        (error,) = done.stderr.splitlines()  # one line, as every CLI error
+        assert error.startswith("hcsoci: ") and f"Invalid value for {option!r}: {value!r}" in error
     for keyword in ("max_layer_bytes", "max_layer_entries"):
         with pytest.raises(InvalidArgumentError, match=f"{keyword}: must be a positive"):
             images.ImageStore(store.root, **{keyword: 0})
