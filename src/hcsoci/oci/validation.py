@@ -163,9 +163,12 @@ _SOURCE_REQUIRED_TYPES = frozenset({"bind", "virtual-disk", "automanage-virtual-
 
 
 def _show(value: Any) -> str:
-    if isinstance(value, msgspec.Struct):
-        value = msgspec.to_builtins(value)
-    text = repr(value)
+    try:
+        if isinstance(value, msgspec.Struct):
+            value = msgspec.to_builtins(value)
+        text = repr(value)
+    except RecursionError:
+        return f"<a {type(value).__name__} nested too deeply to show>"
     return text if len(text) <= 120 else text[:117] + "..."
 
 
