@@ -11,6 +11,7 @@ import pytest
 
 from fixtures_containers import Created, HostSnapshot, SpecFactory
 from hcsoci import context, oci
+from hcsoci.cmd import Cmd
 from hcsoci.create import CreateOptions, create_container
 from hcsoci.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
 from hcsoci.resources import release_resources
@@ -262,3 +263,18 @@ def test_fifty_cycles_leave_nothing(
         finally:
             container.close()
             release_resources(CTX, resources, None, True)
+
+
+def test_an_empty_root_path_is_filled_in_from_the_layers(
+    created: Created, container_spec: SpecFactory
+) -> None:
+    """hcsshim's callers send ``root.path == ""`` with layer folders: the layers make the root."""
+    spec = container_spec(["sh", "-c", "echo layered"])
+    spec.root = oci.Root(path="", readonly=False)
+    oci.validate_spec(spec)
+    container, _ = created(spec)
+    assert Cmd(container, None).output() == b"layered\n"
+    alone = oci.default_spec(["true"])
+    alone.root = oci.Root(path="")
+    with pytest.raises(oci.SpecError, match=r"\$\.root\.path"):
+        oci.validate_spec(alone)

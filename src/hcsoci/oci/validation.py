@@ -200,7 +200,9 @@ def validate_spec(spec: Spec) -> None:
         )
     if spec.process is not None:
         _validate_process(spec.process, "$.process")
-    if spec.root is not None and not spec.root.path:
+    layered = spec.windows is not None and bool(spec.windows.layer_folders)
+    if spec.root is not None and not spec.root.path and not layered:
+        # With layer folders the root is made from them (hcsshim's callers send "").
         raise SpecError("$.root.path", "must not be empty", spec.root.path)
     for index, mount in enumerate(spec.mounts or ()):
         _validate_mount(mount, f"$.mounts[{index}]")
