@@ -239,6 +239,14 @@ def _delete(path: str) -> Callable[[dict[str, Any]], None]:
     return change
 
 
+def _both(*changes: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+    def change(document: dict[str, Any]) -> None:
+        for each in changes:
+            each(document)
+
+    return change
+
+
 BAD_SPECS = [
     # (change, JSON path in the message, value shown in the message)
     (_set("process/args/1", 7), "$.process.args[1]", "(value: 7)"),
@@ -260,7 +268,8 @@ BAD_SPECS = [
     (_set("process/rlimits/0/soft", 4096), "$.process.rlimits[0].soft", "(value: 4096)"),
     (_delete("ociVersion"), "$.ociVersion", "required field is missing"),
     (_set("ociVersion", "0.1"), "$.ociVersion", "(value: '0.1')"),
-    (_set("root/path", ""), "$.root.path", "(value: '')"),
+    # An empty root.path is only refused without layer folders (they make the root).
+    (_both(_delete("windows"), _set("root/path", "")), "$.root.path", "(value: '')"),
     (_set("mounts/1/destination", "data"), "$.mounts[1].destination", "(value: 'data')"),
     (_set("mounts/1/destination", "/a/../b"), "$.mounts[1].destination", "'/a/../b'"),
     (_set("mounts/1/source", ""), "$.mounts[1].source", "(value: '')"),
