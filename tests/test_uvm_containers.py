@@ -283,5 +283,7 @@ def test_cli_run_isolation_vm(layer_cache: Path, tmp_path: Path, lab: HnsLab) ->
     assert f"inet {network.subnet.rsplit('.', 1)[0]}." in address
     assert hns.list_endpoints(network.id) == []
     assert open_store().query("SELECT id FROM containers WHERE id = 'cli-vm'") == []
+    # No record outlives the VM (the in-VM ones that release(all=False) left went with it).
+    assert open_store().query("SELECT kind FROM resources WHERE owner_id = 'cli-vm'") == []
     assert open_store().query("SELECT id FROM vms WHERE owner = 'hcsoci'") == []
     assert not (state_root() / "scratch" / "cli-vm").exists()

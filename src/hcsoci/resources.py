@@ -8,7 +8,7 @@ killed halfway leaves a record another process can release.  Every
 :func:`release_resources` releases in reverse order of allocation, keeps going
 past failures (what failed stays recorded, so a second call retries it), and with
 ``all=False`` leaves utility-VM shares in place because the VM is about to go
-away (their records go with them: none may outlive the VM).
+away (their records go when the VM's state does: see ``forget_vm_records``).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ReleaseError",
     "Resource",
+    "forget_vm_records",
     "Resources",
     "load_resources",
     "release_resources",
@@ -151,6 +152,26 @@ class Resources:
         return f"<Resources {self.owner_id} [{kinds}]>"
 
 
+def forget_vm_records(store: Store, vm_id: str) -> int:
+    """Drop every in-VM record (``Resource.in_vm``) of the VM ``vm_id``: it is gone.
+
+    What ``release_resources(all=False)`` left in place went with the VM; a
+    record that outlived it would only be a row nobody can act on.  Returns
+    how many rows went.
+    """
+    kinds = [kind for kind, cls in _KINDS.items() if cls.in_vm]
+    if not kinds:
+        return 0
+    marks = ", ".join("?" * len(kinds))
+    with store.transaction() as conn:
+        cursor = conn.execute(
+            f"DELETE FROM resources WHERE kind IN ({marks})"
+            " AND json_extract(CAST(data AS TEXT), '$.vm_id') = ?",
+            (*kinds, vm_id),
+        )
+        return cursor.rowcount
+
+
 def load_resources(owner_id: str, store: Store | None = None) -> Resources:
     """Rebuild the :class:`Resources` of ``owner_id`` from the state store (for gc)."""
     resources = Resources(owner_id, store)
@@ -180,7 +201,6 @@ def release_resources(
     failures: list[tuple[Resource, BaseException]] = []
     for row, resource in reversed(list(resources._items)):
         if resource.in_vm and not all:
-            resources.forget(resource)  # gone with the VM: no record may outlive it
             continue
         try:
             resource.release(ctx, vm)

@@ -43,6 +43,7 @@ from hcsoci.errors import (
 from hcsoci.gcs.connection import GuestConnection, GuestProcess
 from hcsoci.mounts import MS_NODEV, MS_NOEXEC, MS_NOSUID, is_mounted, mount, mounts_under, unmount
 from hcsoci.paths import child, make_private_dir, remove_tree
+from hcsoci.resources import forget_vm_records
 from hcsoci.store import Store, open_store, state_root
 from hcsoci.uvm.accel import QEMU_BINARY, machine_args, resolve_accel
 from hcsoci.uvm.assets import BootAssets, agent_path, compile_agent, load_assets
@@ -551,6 +552,7 @@ def _remove_state(uvm_id: str, state_dir: Path, store: Store) -> None:
     except (HcsociError, OSError) as err:
         log.warning("state folder of VM %s not removed: %s", uvm_id, err)
     forget_vm_devices(store, uvm_id)
+    forget_vm_records(store, uvm_id)
     store.execute("DELETE FROM vms WHERE id = ?", (uvm_id,))
 
 
