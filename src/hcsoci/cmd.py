@@ -32,11 +32,11 @@ whose reader went away gets ``SIGPIPE`` from the kernel.  The log then says
 (``io.BytesIO``), a process with a terminal and remote hosts (a utility VM and
 its containers) are relayed.  When a relay fails to write to its sink (a
 reader that went away, ``EPIPE``, or any write error), the process is sent
-``SIGPIPE`` (killed if that cannot be sent) and the rest of its output is
-discarded, so that it ends as it would at the end of a broken pipe;
-``wait()`` reports its exit status (``128 + 13`` unless it handled the
-signal).  A sink's ``EPIPE`` itself is not reported as an error: the reader
-went away, which is its business.
+``SIGPIPE`` and the rest of its output is discarded; if it has not ended
+:data:`SIGPIPE_GRACE` seconds later (it handled or, as a container's init,
+never got the signal) it is killed.  ``wait()`` reports its exit status
+(``128 + 13`` unless it handled the signal).  A sink's ``EPIPE`` itself is
+not reported as an error: the reader went away, which is its business.
 
 >>> from hcsoci import LocalHost
 >>> command(LocalHost(), "sh", "-c", "exit 3").run()
@@ -68,6 +68,7 @@ from hcsoci.errors import HcsociError, InvalidArgumentError, StateError
 
 __all__ = [
     "DEFAULT_PATH",
+    "SIGPIPE_GRACE",
     "ClosedPipeError",
     "Cmd",
     "ExitError",
@@ -83,6 +84,9 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 """The ``PATH`` :func:`command` gives a process on a Linux host."""
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
+
+SIGPIPE_GRACE = 2.0
+"""Seconds a process may run on after the SIGPIPE of a broken relayed sink, before SIGKILL."""
 
 
 class ExitState:
@@ -413,23 +417,36 @@ class Cmd:
     def _end_writer(self, process: Process, name: str, source: Any) -> None:
         """The sink of ``name`` failed: end the process as a broken pipe would.
 
-        SIGPIPE (SIGKILL when it cannot be sent); then the rest of the output is
-        read and dropped, so a process that handles SIGPIPE never blocks on a
-        full pipe.  Closing the process (a cut) ends that drain.
+        SIGPIPE (SIGKILL when it cannot be sent, or when the process still runs
+        :data:`SIGPIPE_GRACE` seconds later); meanwhile the rest of its output is
+        read and dropped, so that it never blocks on a full pipe.  Closing the
+        process (a cut) ends that drain.
         """
         log = self.log or _log
         try:
             process.signal(background(), signal.SIGPIPE)
         except Exception as err:
             log.debug("SIGPIPE after the %s sink failed: %s; killing", name, err)
-            try:
-                process.kill(background())
-            except Exception as kill_err:  # gone or closed meanwhile
-                log.debug("kill after the %s sink failed: %s", name, kill_err)
+            self._kill_writer(process, name)
+        # A process may handle SIGPIPE (or not get it: a pid namespace's init
+        # without a handler): it gets SIGPIPE_GRACE seconds to end by itself.
+        timer = threading.Timer(SIGPIPE_GRACE, self._kill_writer, (process, name))
+        timer.name = f"hcsoci-cmd-{process.pid()}-{name}-sigpipe"
+        timer.daemon = True
+        timer.start()
         try:
             relay.copy(_Discard(), source)
         except Exception as err:  # cut, or the stream broke: nothing more to drop
             log.debug("dropping the rest of %s ended: %s", name, err)
+        finally:
+            timer.cancel()
+            timer.join()
+
+    def _kill_writer(self, process: Process, name: str) -> None:
+        try:
+            process.kill(background())
+        except Exception as err:  # gone or closed meanwhile
+            (self.log or _log).debug("kill after the %s sink failed: %s", name, err)
 
     def _relay_finished(self) -> None:
         with self._lock:

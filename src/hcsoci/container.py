@@ -162,10 +162,14 @@ class _TerminalReader(io.FileIO):
 class _ProcessStdio:
     """The fds handed to the runtime and the file objects we keep.
 
-    An offered descriptor (``fds``) is given to the runtime as it is, which
-    passes it on to the container process (``runc`` without a terminal hands
-    its own stdio down); a terminal is declined, because the runtime runs in a
-    process group of its own where a terminal would stop it (SIGTTIN/SIGTTOU).
+    An offered descriptor (``fds``) for stdin or stdout is given to the
+    runtime as it is, which passes it on to the container process (``runc``
+    without a terminal hands its own stdio down).  Declined, so relayed: a
+    terminal, because the runtime runs in a process group of its own where a
+    terminal would stop it (SIGTTIN/SIGTTOU); and stderr, because the runtime
+    writes its own failure to start there ("runc run failed: ...") -- through a
+    pipe it is never shown, the relay starting only once the process runs, and
+    the failure is raised once, read from the runtime's log.
     """
 
     def __init__(
@@ -208,7 +212,7 @@ class _ProcessStdio:
     def _open_pipes(self, pipes: tuple[bool, bool, bool], fds: StdioFds) -> None:
         null = -1
         for index, wanted in enumerate(pipes):
-            given = fds[index]
+            given = fds[index] if index < 2 else None
             if given is not None and not os.isatty(given):
                 try:
                     copy = fcntl.fcntl(given, fcntl.F_DUPFD_CLOEXEC, 3)

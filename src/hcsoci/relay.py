@@ -8,7 +8,10 @@ kernels: from a pipe into a regular file, ``os.readv`` into one reused buffer
 and ``os.write`` from it (``splice`` into the page cache cost 40% more CPU and
 ran 10-15% slower; see ``docs/cmd.md``).  Anything else (``io.BytesIO``, a
 pseudo-terminal, any object with ``read``/``write``) goes through a reused
-buffer too, but by way of the objects' own methods.
+buffer too, but by way of the objects' own methods.  A source that may block
+(a terminal, a socket) is never spliced into a pipe: the splice would hold the
+pipe's lock while it waits, and the pipe's reader would hang in the kernel,
+unkillable.
 
 A stream may offer ``wait_ready()``: block until its descriptor is ready for
 its one direction, or raise once the stream is closed from another thread.
@@ -163,11 +166,14 @@ def _copy_descriptors(
     move: _Move
     if stat.S_ISFIFO(src_mode) and stat.S_ISREG(dst_mode):
         move = _ReadWrite()
-    elif stat.S_ISFIFO(src_mode) or stat.S_ISFIFO(dst_mode):
+    elif stat.S_ISFIFO(src_mode) or (stat.S_ISREG(src_mode) and stat.S_ISFIFO(dst_mode)):
         move = _splice
     elif stat.S_ISREG(src_mode):
         move = _sendfile
     else:
+        # Not spliced into a pipe: a splice holds the pipe's lock while it waits
+        # for the source (a terminal, a socket), so the pipe's reader would
+        # hang, unkillable, in the kernel until input came.
         return False
     pending = _buffered_input(src, src_fd)
     if pending is None:
