@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import logging
@@ -348,14 +349,44 @@ class _FailingWriter(io.RawIOBase):
 
 
 def test_io_error_surfaces_only_when_the_exit_was_clean(host: LocalHost) -> None:
-    cmd = command(host, "echo", "hello")
+    # A failing sink gets the writer SIGPIPE; one that ignores it exits cleanly,
+    # and then the sink's error is what wait() reports.
+    cmd = command(host, "sh", "-c", "trap '' PIPE; echo hello; sleep 0.2")
     cmd.stdout = _FailingWriter()
     with pytest.raises(OSError, match="simulated"):
         cmd.run()
-    cmd = command(host, "sh", "-c", "echo hello; exit 5")
+    cmd = command(host, "sh", "-c", "trap '' PIPE; echo hello; sleep 0.2; exit 5")
     cmd.stdout = _FailingWriter()
-    with pytest.raises(ExitError):
+    with pytest.raises(ExitError) as raised:
         cmd.run()
+    assert raised.value.exit_code == 5
+
+
+class _GoneReader(io.RawIOBase):
+    """A sink whose reader went away: every write fails with EPIPE."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+
+def test_a_relayed_sink_that_breaks_ends_the_writer_with_sigpipe(host: LocalHost) -> None:
+    cmd = command(host, "yes")  # would write forever
+    cmd.stdout = _GoneReader()
+    with pytest.raises(ExitError) as raised:
+        cmd.run()
+    assert raised.value.exit_code == 128 + signal.SIGPIPE
+    # A writer that handles SIGPIPE decides its own exit; the EPIPE is no error of ours.
+    cmd = command(host, "sh", "-c", "trap 'exit 3' PIPE; while :; do echo y; done")
+    cmd.stdout = _GoneReader()
+    with pytest.raises(ExitError) as raised:
+        cmd.run()
+    assert raised.value.exit_code == 3
+    cmd = command(host, "sh", "-c", "trap '' PIPE; echo y; sleep 0.2")
+    cmd.stdout = _GoneReader()
+    cmd.run()  # exit 0: the reader's going away is not an error
 
 
 class _FailingReader(io.RawIOBase):
@@ -555,7 +586,8 @@ def test_64_commands_at_once_from_threads(host: LocalHost) -> None:
 def test_relays_use_real_descriptors_without_python_copies(
     host: LocalHost, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The child's stdout pipe is spliced into the caller's pipe: no byte enters Python."""
+    """A caller's pipe that cannot be handed over (non-blocking) is relayed by splice:
+    no byte enters Python."""
     calls: list[int] = []
     real_splice = os.splice
 
@@ -574,6 +606,7 @@ def test_relays_use_real_descriptors_without_python_copies(
 
     drainer = threading.Thread(target=drain)
     drainer.start()
+    os.set_blocking(write_end, False)  # the child would see EAGAIN: not handed over
     with io.FileIO(write_end, "wb") as sink:
         cmd = command(host, "head", "-c", "1000000", "/dev/zero")
         cmd.stdout = sink
@@ -594,3 +627,30 @@ def _wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
             return True
         event.wait(0.01)
     return condition()
+
+
+def test_a_real_descriptor_is_handed_to_the_process(
+    host: LocalHost, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file as stdout/stderr and a pipe as stdin become the process's own: no relay."""
+    out_path, err_path = tmp_path / "out", tmp_path / "err"
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"from the pipe\n")
+    os.close(write_end)
+    data = os.urandom(1 << 20)
+    data_file = tmp_path / "data"
+    data_file.write_bytes(data)
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        out.write(b"buffered first:")  # flushed before the process writes
+        cmd = command(host, "sh", "-c", f"cat; cat {data_file} >&2")
+        cmd.stdin, cmd.stdout, cmd.stderr = io.FileIO(read_end, "rb"), out, err
+        with caplog.at_level(logging.DEBUG, logger="hcsoci.cmd"):
+            cmd.run()
+        cmd.stdin.close()
+    assert out_path.read_bytes() == b"buffered first:from the pipe\n"
+    assert err_path.read_bytes() == data
+    handed = sorted(
+        r.__dict__["file"] for r in caplog.records if r.__dict__.get("handed_over") is True
+    )
+    assert handed == ["stderr", "stdin", "stdout"]
+    assert not [r for r in caplog.records if "bytes" in r.__dict__]  # no relay ran

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 import select
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import IO
 
 import pytest
@@ -324,3 +326,55 @@ def test_process_object_is_a_cow_process(created: Created, container_spec: SpecF
         process.wait()
     finally:
         process.close()
+
+
+def test_cmd_with_a_terminal_returns_at_the_end_of_its_output(
+    created: Created, container_spec: SpecFactory
+) -> None:
+    """EIO from the pty master is the end of the output, not an error of run()."""
+    from hcsoci.cmd import command
+
+    container = started(created, container_spec)
+    cmd = command(container, "sh", "-c", "echo on the terminal")
+    assert cmd.spec is not None
+    cmd.spec.terminal = True
+    cmd.stdout = io.BytesIO()
+    cmd.run()
+    assert cmd.stdout.getvalue() == b"on the terminal\r\n"
+    assert cmd.process is not None
+    _, master, _ = cmd.process.stdio()
+    assert master is None  # closed by wait()
+
+
+def test_cmd_hands_a_file_to_the_container_process(
+    created: Created,
+    container_spec: SpecFactory,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A regular file as stdout is written by the container process itself: no relay."""
+    from hcsoci.cmd import Cmd, command
+
+    data = os.urandom(1 << 20)
+    (tmp_path / "data").write_bytes(data)
+    spec = container_spec(["sleep", "600"])
+    spec.mounts = [
+        *(spec.mounts or []),
+        oci.Mount(destination="/data", type="bind", source=str(tmp_path), options=["rbind", "ro"]),
+    ]
+    container, _ = created(spec)
+    container.start(CTX)
+    with open(tmp_path / "out", "wb") as out, caplog.at_level(logging.DEBUG, "hcsoci.cmd"):
+        cmd = command(container, "cat", "/data/data")
+        cmd.stdout = out
+        cmd.run()
+    assert (tmp_path / "out").read_bytes() == data
+    handed = [r.__dict__.get("file") for r in caplog.records if r.__dict__.get("handed_over")]
+    assert handed == ["stdout"]
+    assert not [r for r in caplog.records if "bytes" in r.__dict__]  # no relay ran
+
+    init_container, _ = created(container_spec(["sh", "-c", "echo init out; echo init err >&2"]))
+    with open(tmp_path / "init", "wb") as out:
+        init = Cmd(init_container, None, stdout=out, stderr=out)
+        init.run()
+    assert sorted((tmp_path / "init").read_bytes().splitlines()) == [b"init err", b"init out"]

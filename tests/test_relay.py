@@ -226,6 +226,68 @@ def test_progress_counts_until_an_error() -> None:
     with pytest.raises(OSError, match="simulated"):
         relay.copy(Broken(), io.BytesIO(DATA), progress)
     assert progress.bytes == 256 * 1024  # the first buffer made it
+    assert progress.sink_failed
+
+
+def test_a_failing_source_is_not_the_sinks_failure() -> None:
+    class Failing(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: Any) -> int:
+            raise OSError(5, "read failed (simulated)")
+
+    progress = relay.Progress()
+    with pytest.raises(OSError, match="simulated"):
+        relay.copy(io.BytesIO(), Failing(), progress)
+    assert not progress.sink_failed
+
+
+def test_a_reader_gone_from_a_pipe_is_the_sinks_failure() -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    progress = relay.Progress()
+    with io.FileIO(write_end, "wb") as dst, pytest.raises(BrokenPipeError):
+        relay.copy(dst, io.BytesIO(DATA), progress)
+    assert progress.sink_failed
+
+
+def test_a_terminal_is_read_not_spliced_and_ends_at_eio(
+    count_kernel_moves: dict[str, int],
+) -> None:
+    """A pty master reads EIO once its slave is closed: the end of the output.
+    Never spliced into a pipe: the splice would hold the pipe while waiting."""
+    master, slave = os.openpty()
+    out_read, out_write = os.pipe()
+    drainer, received = _drain(out_read)
+    os.write(slave, b"from the terminal\n")
+    os.close(slave)
+    with io.FileIO(master, "rb") as src, io.FileIO(out_write, "wb") as dst:
+        relay.copy(dst, src)
+    drainer.join()
+    assert received == [b"from the terminal\r\n"]
+    assert count_kernel_moves["splice"] == 0
+
+
+def test_handover_fd_gives_only_descriptors_a_process_can_use_as_they_are(tmp: str) -> None:
+    assert relay.handover_fd(io.BytesIO(), reading=False) is None
+    path = os.path.join(tmp, "file")
+    with open(path, "wb") as writer:
+        writer.write(b"buffered")
+        assert relay.handover_fd(writer, reading=False) == writer.fileno()
+        assert os.path.getsize(path) == len(b"buffered")  # flushed first
+    with open(path, "rb") as reader:
+        assert relay.handover_fd(reader, reading=True) == reader.fileno()
+        reader.read(1)  # the rest is now read ahead into the reader's buffer
+        assert relay.handover_fd(reader, reading=True) is None
+    read_end, write_end = os.pipe()
+    try:
+        os.set_blocking(write_end, False)
+        with io.FileIO(write_end, "wb", closefd=False) as pipe:
+            assert relay.handover_fd(pipe, reading=False) is None  # the process would see EAGAIN
+    finally:
+        os.close(read_end)
+        os.close(write_end)
 
 
 def test_non_blocking_source_pipe_is_waited_for(tmp: str) -> None:

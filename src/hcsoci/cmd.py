@@ -21,6 +21,23 @@ same semantics (those of hcsshim's ``hcsoci.Cmd``):
 * Each relay logs ``command copy complete`` with the stream name and byte
   count (debug), or at error level with the error.
 
+Descriptors are handed over, not relayed, where that can be done: when a
+stream is a real descriptor (a file, ``/dev/null``, a pipe, a socket: an object
+with a working ``fileno()``, see :func:`hcsoci.relay.handover_fd`) and the host
+runs the process on this machine (:class:`hcsoci.LocalHost`, a container over
+runc), the process gets that descriptor as its own stdio, as with
+``subprocess``; no thread copies anything, and a process writing to a pipe
+whose reader went away gets ``SIGPIPE`` from the kernel.  The log then says
+``command copy complete: <stream>, handed over``.  Python objects
+(``io.BytesIO``), a process with a terminal and remote hosts (a utility VM and
+its containers) are relayed.  When a relay fails to write to its sink (a
+reader that went away, ``EPIPE``, or any write error), the process is sent
+``SIGPIPE`` and the rest of its output is discarded; if it has not ended
+:data:`SIGPIPE_GRACE` seconds later (it handled or, as a container's init,
+never got the signal) it is killed.  ``wait()`` reports its exit status
+(``128 + 13`` unless it handled the signal).  A sink's ``EPIPE`` itself is
+not reported as an error: the reader went away, which is its business.
+
 >>> from hcsoci import LocalHost
 >>> command(LocalHost(), "sh", "-c", "exit 3").run()
 Traceback (most recent call last):
@@ -32,17 +49,26 @@ from __future__ import annotations
 
 import io
 import logging
+import signal
 import threading
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from hcsoci import oci, relay
 from hcsoci.context import Context, background
-from hcsoci.cow import OCIProcessParameters, Process, ProcessHost, ProcessParameters
+from hcsoci.cow import (
+    NO_FDS,
+    OCIProcessParameters,
+    Process,
+    ProcessHost,
+    ProcessParameters,
+    StdioFds,
+)
 from hcsoci.errors import HcsociError, InvalidArgumentError, StateError
 
 __all__ = [
     "DEFAULT_PATH",
+    "SIGPIPE_GRACE",
     "ClosedPipeError",
     "Cmd",
     "ExitError",
@@ -58,6 +84,9 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 """The ``PATH`` :func:`command` gives a process on a Linux host."""
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
+
+SIGPIPE_GRACE = 2.0
+"""Seconds a process may run on after the SIGPIPE of a broken relayed sink, before SIGKILL."""
 
 
 class ExitState:
@@ -130,9 +159,10 @@ class Cmd:
 
     Set the attributes, then :meth:`run` (or :meth:`start` and :meth:`wait`, or
     :meth:`output`).  ``stdin`` is any binary reader and ``stdout``/``stderr``
-    any binary writer; when both ends of a relay are real file descriptors the
-    data moves descriptor to descriptor (see :mod:`hcsoci.relay`).  None means the
-    process gets no pipe for that stream.
+    any binary writer.  A real descriptor is handed to the process itself when
+    the host can take it (see the module docs), else relayed: descriptor to
+    descriptor when both ends are real ones (see :mod:`hcsoci.relay`).  None
+    means the process gets no pipe for that stream (``/dev/null``).
     """
 
     def __init__(
@@ -170,6 +200,7 @@ class Cmd:
         self._io_error: BaseException | None = None
         self._stdin_error: BaseException | None = None
         self._stop_watching: Callable[[], bool] | None = None
+        self._offered: StdioFds = NO_FDS
         self._lock = threading.Lock()
         self._waited = False
 
@@ -185,6 +216,7 @@ class Cmd:
         _check_stream("stdin", self.stdin, "read")
         _check_stream("stdout", self.stdout, "write")
         _check_stream("stderr", self.stderr, "write")
+        self._offered = self._handover_fds()
         config = self._config()
         ctx = self.context
         if ctx is not None:
@@ -262,6 +294,16 @@ class Cmd:
             raise
         return buffer.getvalue()
 
+    def _handover_fds(self) -> StdioFds:
+        """The descriptors to offer the host for the process's own stdio."""
+        if self.spec is not None and self.spec.terminal:
+            return NO_FDS  # the process's stdio is its terminal, relayed
+        return (
+            None if self.stdin is None else relay.handover_fd(self.stdin, reading=True),
+            None if self.stdout is None else relay.handover_fd(self.stdout, reading=False),
+            None if self.stderr is None else relay.handover_fd(self.stderr, reading=False),
+        )
+
     def _config(self) -> Any:
         if self.host.is_oci():
             terminal = self.spec is not None and self.spec.terminal
@@ -270,6 +312,7 @@ class Cmd:
                 create_stdin_pipe=self.stdin is not None,
                 create_stdout_pipe=self.stdout is not None,
                 create_stderr_pipe=self.stderr is not None and not terminal,
+                stdio_fds=self._offered,
             )
         if self.spec is None:
             raise InvalidArgumentError("spec: None; a non-OCI host needs a process spec")
@@ -278,6 +321,7 @@ class Cmd:
             stdin=self.stdin is not None,
             stdout=self.stdout is not None,
             stderr=self.stderr is not None,
+            stdio_fds=self._offered,
         )
 
     def _start_relays(self, process: Process) -> None:
@@ -288,23 +332,35 @@ class Cmd:
         # cannot signal "all done" early.
         self._relays_running = 1
         pid = process.pid()
+        offered = self._offered
         if self.stdin is not None:
             if stdin is None:
-                raise HcsociError(f"process {pid}: the host gave no stdin pipe")
-            # Not one of the waited relays: nothing can reliably unblock a read
-            # of the caller's stdin when the process exits.
-            self._spawn(self._relay_stdin, (process, stdin), f"hcsoci-cmd-{pid}-stdin", False)
+                if offered[0] is None:
+                    raise HcsociError(f"process {pid}: the host gave no stdin pipe")
+                self._log_handover("stdin")
+            else:
+                # Not one of the waited relays: nothing can reliably unblock a read
+                # of the caller's stdin when the process exits.
+                self._spawn(self._relay_stdin, (process, stdin), f"hcsoci-cmd-{pid}-stdin", False)
         elif stdin is not None:
             process.close_stdin(background())  # a host that always makes one: no input
-        for name, source, sink in (
-            ("stdout", stdout, self.stdout),
-            ("stderr", stderr, self.stderr),
+        for name, source, sink, fd in (
+            ("stdout", stdout, self.stdout, offered[1]),
+            ("stderr", stderr, self.stderr, offered[2]),
         ):
             if sink is None:
                 continue
             if source is None:
-                raise HcsociError(f"process {pid}: the host gave no {name} pipe")
-            self._spawn(self._relay_output, (name, source, sink), f"hcsoci-cmd-{pid}-{name}", True)
+                if fd is None:
+                    raise HcsociError(f"process {pid}: the host gave no {name} pipe")
+                self._log_handover(name)
+                continue
+            self._spawn(
+                self._relay_output,
+                (process, name, source, sink),
+                f"hcsoci-cmd-{pid}-{name}",
+                True,
+            )
         self._relay_finished()  # the guard taken below
 
     def _spawn(
@@ -337,15 +393,60 @@ class Cmd:
         except Exception as err:  # the process may be closed already
             (self.log or _log).debug("closing stdin failed: %s", err)
 
-    def _relay_output(self, name: str, source: Any, sink: relay.Writer) -> None:
+    def _log_handover(self, name: str) -> None:
+        (self.log or _log).debug(
+            "command copy complete: %s, handed over",
+            name,
+            extra={"file": name, "handed_over": True},
+        )
+
+    def _relay_output(self, process: Process, name: str, source: Any, sink: relay.Writer) -> None:
+        progress = relay.Progress()
         try:
-            self._copy_and_log(sink, source, name)
+            self._copy_and_log(sink, source, name, progress)
         except Exception as err:
-            with self._lock:
-                if self._io_error is None:
-                    self._io_error = err
+            if progress.sink_failed:
+                self._end_writer(process, name, source)
+            if not (progress.sink_failed and isinstance(err, BrokenPipeError)):
+                with self._lock:
+                    if self._io_error is None:
+                        self._io_error = err
         finally:
             self._relay_finished()
+
+    def _end_writer(self, process: Process, name: str, source: Any) -> None:
+        """The sink of ``name`` failed: end the process as a broken pipe would.
+
+        SIGPIPE (SIGKILL when it cannot be sent, or when the process still runs
+        :data:`SIGPIPE_GRACE` seconds later); meanwhile the rest of its output is
+        read and dropped, so that it never blocks on a full pipe.  Closing the
+        process (a cut) ends that drain.
+        """
+        log = self.log or _log
+        try:
+            process.signal(background(), signal.SIGPIPE)
+        except Exception as err:
+            log.debug("SIGPIPE after the %s sink failed: %s; killing", name, err)
+            self._kill_writer(process, name)
+        # A process may handle SIGPIPE (or not get it: a pid namespace's init
+        # without a handler): it gets SIGPIPE_GRACE seconds to end by itself.
+        timer = threading.Timer(SIGPIPE_GRACE, self._kill_writer, (process, name))
+        timer.name = f"hcsoci-cmd-{process.pid()}-{name}-sigpipe"
+        timer.daemon = True
+        timer.start()
+        try:
+            relay.copy(_Discard(), source)
+        except Exception as err:  # cut, or the stream broke: nothing more to drop
+            log.debug("dropping the rest of %s ended: %s", name, err)
+        finally:
+            timer.cancel()
+            timer.join()
+
+    def _kill_writer(self, process: Process, name: str) -> None:
+        try:
+            process.kill(background())
+        except Exception as err:  # gone or closed meanwhile
+            (self.log or _log).debug("kill after the %s sink failed: %s", name, err)
 
     def _relay_finished(self) -> None:
         with self._lock:
@@ -353,9 +454,15 @@ class Cmd:
             if self._relays_running == 0 and self._relays_done is not None:
                 self._relays_done.set()
 
-    def _copy_and_log(self, dst: relay.Writer, src: relay.Reader, name: str) -> None:
+    def _copy_and_log(
+        self,
+        dst: relay.Writer,
+        src: relay.Reader,
+        name: str,
+        progress: relay.Progress | None = None,
+    ) -> None:
         log = self.log or _log
-        progress = relay.Progress()
+        progress = progress if progress is not None else relay.Progress()
         try:
             relay.copy(dst, src, progress)
         except Exception as err:
@@ -451,13 +558,19 @@ def command_context(ctx: Context, host: ProcessHost, name: str, *args: str) -> C
 
 
 def process_parameters(
-    spec: oci.Process, *, stdin: bool = False, stdout: bool = False, stderr: bool = False
+    spec: oci.Process,
+    *,
+    stdin: bool = False,
+    stdout: bool = False,
+    stderr: bool = False,
+    stdio_fds: StdioFds = NO_FDS,
 ) -> ProcessParameters:
     """Translate an OCI process for a non-OCI host (hcsshim's ``ProcessParameters``).
 
     Environment entries with an empty value are dropped; ``user`` is the
     spec's username, else ``uid:gid`` unless both are 0 (the caller's own);
-    ``stdin``/``stdout``/``stderr`` say which pipes to create.
+    ``stdin``/``stdout``/``stderr`` say which pipes to create; ``stdio_fds``
+    are descriptors offered instead (see :mod:`hcsoci.cow`).
     """
     if spec.command_line:
         raise InvalidArgumentError(
@@ -484,7 +597,18 @@ def process_parameters(
         create_stdin_pipe=stdin,
         create_stdout_pipe=stdout,
         create_stderr_pipe=stderr,
+        stdio_fds=stdio_fds,
     )
+
+
+class _Discard(io.RawIOBase):
+    """A sink that takes everything and keeps nothing."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        return len(data)
 
 
 def _check_stream(field: str, stream: object, operation: str) -> None:

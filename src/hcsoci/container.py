@@ -25,6 +25,15 @@ recycled).  ``create_process`` and ``start`` return once that pid file exists,
 so a runtime failure ("executable file not found") is raised there, read from
 the runtime's own JSON log rather than guessed from the process's stderr.
 
+Signals and descriptors: the runtime runs in a process group of its own, so
+that a signal to the caller's group (a terminal's ^C, a shell's SIGHUP, a
+``kill -- -PGID``) does not reach the container behind the caller's back and
+twice over once the caller forwards it (as the ``hcsoci`` command does).  A
+caller's descriptor offered for the process's stdio (``stdio_fds``, see
+:mod:`hcsoci.cow`) goes to the runtime as it is and on to the container
+process, unless it is a terminal: a process outside the terminal's foreground
+group would be stopped by reading it or changing its modes.
+
 Terminals: runc in the foreground relays the container's pty to its own stdio,
 so we give it the slave side of a pty of ours and keep the master; a resize
 sets the master's window size and sends runc ``SIGWINCH``, which runc copies to
@@ -34,7 +43,9 @@ the container's pty.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import io
 import logging
 import os
 import select
@@ -52,8 +63,14 @@ import msgspec
 
 from hcsoci import oci
 from hcsoci.context import Context, background
-from hcsoci.cow import OCIProcessParameters, Stdio
-from hcsoci.errors import HcsociError, InvalidArgumentError, NotFoundError, StateError
+from hcsoci.cow import NO_FDS, OCIProcessParameters, Stdio, StdioFds
+from hcsoci.errors import (
+    HcsociError,
+    InvalidArgumentError,
+    NotExecutableError,
+    NotFoundError,
+    StateError,
+)
 from hcsoci.paths import check_id, write_private_file
 from hcsoci.runtime import OCIRuntimeError, Runtime
 from hcsoci.runtime.runc import read_runtime_log, wait_for_pid_file
@@ -88,10 +105,20 @@ class ContainerProperties:
 
 
 def oci_process_and_pipes(config: Any) -> tuple[oci.Process | None, tuple[bool, bool, bool]]:
-    """Split a ``create_process`` config into (OCI process, which pipes to create)."""
+    """Split a ``create_process`` config into (OCI process, which pipes to create).
+
+    Offered descriptors (``stdio_fds``) are left out: a host that cannot take
+    them declines them by making the pipes asked for (see :mod:`hcsoci.cow`).
+    """
+    process, pipes, _ = oci_process_stdio(config)
+    return process, pipes
+
+
+def oci_process_stdio(config: Any) -> tuple[oci.Process | None, tuple[bool, bool, bool], StdioFds]:
+    """Split a ``create_process`` config into (OCI process, pipes to create, offered fds)."""
     if config is None or isinstance(config, oci.Process):
         terminal = config is not None and config.terminal
-        return config, (True, True, not terminal)
+        return config, (True, True, not terminal), NO_FDS
     if isinstance(config, OCIProcessParameters):
         process = config.process
         if process is not None and not isinstance(process, oci.Process):
@@ -101,16 +128,58 @@ def oci_process_and_pipes(config: Any) -> tuple[oci.Process | None, tuple[bool, 
             bool(config.create_stdout_pipe),
             bool(config.create_stderr_pipe),
         )
-        return process, pipes
+        return process, pipes, config.stdio_fds
     raise InvalidArgumentError(
         f"config: a container takes an oci.Process or None, not {type(config).__name__}"
     )
 
 
-class _ProcessStdio:
-    """The fds handed to the runtime and the file objects we keep."""
+class _TerminalReader(io.FileIO):
+    """A pty master to read the container's terminal from: EIO (no slave left) is end of file."""
 
-    def __init__(self, pipes: tuple[bool, bool, bool], terminal: bool, size: oci.Box | None):
+    def readinto(self, buffer: Any) -> int:
+        try:
+            return super().readinto(buffer) or 0
+        except OSError as err:
+            if err.errno == errno.EIO:
+                return 0
+            raise
+
+    def read(self, size: int | None = -1) -> bytes:
+        try:
+            return super().read(size) or b""
+        except OSError as err:
+            if err.errno == errno.EIO:
+                return b""
+            raise
+
+    def readall(self) -> bytes:
+        chunks = []
+        while chunk := self.read(1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+class _ProcessStdio:
+    """The fds handed to the runtime and the file objects we keep.
+
+    An offered descriptor (``fds``) for stdin or stdout is given to the
+    runtime as it is, which passes it on to the container process (``runc``
+    without a terminal hands its own stdio down).  Declined, so relayed: a
+    terminal, because the runtime runs in a process group of its own where a
+    terminal would stop it (SIGTTIN/SIGTTOU); and stderr, because the runtime
+    writes its own failure to start there ("runc run failed: ...") -- through a
+    pipe it is never shown, the relay starting only once the process runs, and
+    the failure is raised once, read from the runtime's log.
+    """
+
+    def __init__(
+        self,
+        pipes: tuple[bool, bool, bool],
+        terminal: bool,
+        size: oci.Box | None,
+        fds: StdioFds = NO_FDS,
+    ):
         self.child_fds: list[int] = []
         self.files: list[IO[bytes] | None] = [None, None, None]
         self.master: int | None = None
@@ -119,7 +188,7 @@ class _ProcessStdio:
             if terminal:
                 self._open_terminal(pipes, size)
             else:
-                self._open_pipes(pipes)
+                self._open_pipes(pipes, fds)
         except BaseException:
             self.close_child_ends()
             self.close()
@@ -137,13 +206,24 @@ class _ProcessStdio:
         self.child_fds = [slave, slave, slave]
         # stdin and stdout are both the master; stdout is always kept so the output is
         # drained (an unread terminal would stop the process).
-        self.files[1] = open(master, "rb", buffering=0)  # noqa: SIM115 - owned by the process
+        self.files[1] = _TerminalReader(master, "rb")
         if pipes[0]:
             self.files[0] = open(os.dup(master), "wb", buffering=0)  # noqa: SIM115
 
-    def _open_pipes(self, pipes: tuple[bool, bool, bool]) -> None:
+    def _open_pipes(self, pipes: tuple[bool, bool, bool], fds: StdioFds) -> None:
         null = -1
         for index, wanted in enumerate(pipes):
+            given = fds[index] if index < 2 else None
+            if given is not None and not os.isatty(given):
+                try:
+                    copy = fcntl.fcntl(given, fcntl.F_DUPFD_CLOEXEC, 3)
+                except OSError as err:
+                    raise InvalidArgumentError(
+                        f"stdio_fds[{index}]: descriptor {given}: {err.strerror}"
+                    ) from err
+                self.child_fds.append(copy)
+                self._to_close.append(copy)
+                continue
             if not wanted:
                 if null < 0:
                     null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
@@ -332,6 +412,11 @@ def _startup_error(
         return NotFoundError(
             f"spec.process.args[0]: {command!r} not found in container {container.id()}: {message}"
         )
+    if "permission denied" in message and command and f'"{command}"' in message:
+        return NotExecutableError(
+            f"spec.process.args[0]: {command!r} is not executable in container "
+            f"{container.id()}: {message}"
+        )
     if "chdir" in message or "cwd" in message:
         return InvalidArgumentError(f"spec.process.cwd: {message}")
     return OCIRuntimeError(f"{container.runtime.name} in container {container.id()}: {message}")
@@ -401,10 +486,10 @@ class Container:
         (``runc exec``), with pipes or, when ``terminal`` is set, a terminal.
         """
         ctx.check()
-        process, pipes = oci_process_and_pipes(config)
+        process, pipes, fds = oci_process_stdio(config)
         if process is None:
-            return self._start_init(pipes, to_log=False)
-        return self._exec(process, pipes)
+            return self._start_init(pipes, to_log=False, fds=fds)
+        return self._exec(process, pipes, fds)
 
     # -- cow.Container --
 
@@ -501,7 +586,9 @@ class Container:
             raise StateError(f"container {self._id}: the init is not running")
         self.runtime.kill(self._id, sig)
 
-    def _start_init(self, pipes: tuple[bool, bool, bool], to_log: bool) -> ContainerProcess:
+    def _start_init(
+        self, pipes: tuple[bool, bool, bool], to_log: bool, fds: StdioFds = NO_FDS
+    ) -> ContainerProcess:
         with self._lock:
             if self._state != "created":
                 raise StateError(
@@ -525,7 +612,7 @@ class Container:
                 stdio._to_close.append(log_fd)
             else:
                 stdio = _ProcessStdio(
-                    pipes, self.spec.process.terminal, self.spec.process.console_size
+                    pipes, self.spec.process.terminal, self.spec.process.console_size, fds
                 )
             process = self._spawn(
                 stdio,
@@ -558,7 +645,9 @@ class Container:
         )
         return process
 
-    def _exec(self, process: oci.Process, pipes: tuple[bool, bool, bool]) -> ContainerProcess:
+    def _exec(
+        self, process: oci.Process, pipes: tuple[bool, bool, bool], fds: StdioFds
+    ) -> ContainerProcess:
         state = self._current_state()
         if state != "running":
             raise StateError(f"container {self._id}: cannot run a process in it (state {state})")
@@ -569,8 +658,8 @@ class Container:
         pid_file, runtime_log = exec_dir / f"{token}.pid", exec_dir / f"{token}.log"
         write_private_file(process_file, msgspec.json.encode(process))
         scratch = [process_file, pid_file, runtime_log]
-        stdio = _ProcessStdio(pipes, process.terminal, process.console_size)
         try:
+            stdio = _ProcessStdio(pipes, process.terminal, process.console_size, fds)
             return self._spawn(
                 stdio,
                 pid_file,

@@ -5,6 +5,22 @@ A :class:`ProcessHost` makes :class:`Process` objects: this machine
 :class:`Container` is a process host with a lifecycle.  Non-OCI hosts take
 :class:`ProcessParameters`; OCI hosts take :class:`hcsoci.oci.Process` (or
 ``None`` for a container's initial process).
+
+Handing a descriptor over
+=========================
+
+Both parameter types carry ``stdio_fds``: descriptors of the caller's, one per
+stream (stdin, stdout, stderr) or None, that a host running the process *on
+this machine* may give the process as they are, instead of a pipe the caller
+would have to relay (``subprocess`` and Go's ``os/exec`` do the same with a
+file).  The host duplicates each one it takes into the process; the caller
+keeps its own and closes it when it likes.  A host is free to decline any of
+them (a remote host declines all, having no access to this machine's
+descriptors): it then makes the pipe ``create_*_pipe`` asks for, as if no
+descriptor had been offered.  ``Process.stdio()`` tells which happened: None
+for a stream offered and taken, the pipe for one declined.  So a caller offers
+a descriptor together with ``create_*_pipe=True``.  A process with a terminal
+never takes one (its stdio is the terminal).
 """
 
 from __future__ import annotations
@@ -18,16 +34,23 @@ if TYPE_CHECKING:
     from hcsoci.oci import Process as OCIProcess
 
 __all__ = [
+    "NO_FDS",
     "Container",
     "OCIProcessParameters",
     "Process",
     "ProcessHost",
     "ProcessParameters",
     "Stdio",
+    "StdioFds",
 ]
 
 # (stdin, stdout, stderr): each a binary file object, or None when no pipe was asked for.
 Stdio = tuple["IO[bytes] | None", "IO[bytes] | None", "IO[bytes] | None"]
+
+StdioFds = tuple[int | None, int | None, int | None]
+"""(stdin, stdout, stderr) descriptors offered to a host, each or None (see above)."""
+
+NO_FDS: StdioFds = (None, None, None)
 
 
 @runtime_checkable
@@ -119,6 +142,8 @@ class ProcessParameters:
     create_stdin_pipe: bool = False
     create_stdout_pipe: bool = False
     create_stderr_pipe: bool = False
+    stdio_fds: StdioFds = NO_FDS
+    """Descriptors to use as the process's stdio as they are (see the module docs)."""
 
 
 @dataclass
@@ -133,3 +158,5 @@ class OCIProcessParameters:
     create_stdin_pipe: bool = False
     create_stdout_pipe: bool = False
     create_stderr_pipe: bool = False
+    stdio_fds: StdioFds = NO_FDS
+    """Descriptors to use as the process's stdio as they are (see the module docs)."""

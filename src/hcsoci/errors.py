@@ -27,6 +27,10 @@ class InvalidArgumentError(HcsociError, ValueError):
     """Bad input: the message names the field and the offending value."""
 
 
+class NotExecutableError(InvalidArgumentError):
+    """The command to run exists but cannot be executed (a directory, no execute permission)."""
+
+
 class AlreadyExistsError(HcsociError, FileExistsError):
     """An object with the same id or name exists already."""
 

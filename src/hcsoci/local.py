@@ -4,7 +4,10 @@
 pipes only for the streams asked for (``/dev/null`` for the others), a
 pseudo-terminal with a controlling terminal when ``emulate_console`` is set,
 the given environment *exactly* (nothing is inherited, as in a container), the
-working directory, and ``user`` as a name or ``uid[:gid]``.
+working directory, and ``user`` as a name or ``uid[:gid]``.  A descriptor in
+``stdio_fds`` becomes the process's own stream as it is (see :mod:`hcsoci.cow`);
+it is never declined, a terminal included (the process is in the caller's
+process group, as with ``subprocess``).
 
 >>> from hcsoci import command
 >>> command(LocalHost(), "echo", "hi").output()
@@ -38,7 +41,13 @@ from typing import IO, Any, cast
 
 from hcsoci.context import Context
 from hcsoci.cow import ProcessParameters, Stdio
-from hcsoci.errors import HcsociError, InvalidArgumentError, NotFoundError, StateError
+from hcsoci.errors import (
+    HcsociError,
+    InvalidArgumentError,
+    NotExecutableError,
+    NotFoundError,
+    StateError,
+)
 from hcsoci.spawn import spawn
 
 __all__ = ["LocalHost", "LocalProcess", "resolve_user"]
@@ -161,9 +170,10 @@ class _Start:
             if config.create_stdout_pipe:
                 stdout = self._end(os.dup(console), writable=False, name="stdout", eio_is_eof=True)
         else:
-            child_stdin, stdin = self._pipe(config.create_stdin_pipe, "stdin")
-            child_stdout, stdout = self._pipe(config.create_stdout_pipe, "stdout")
-            child_stderr, stderr = self._pipe(config.create_stderr_pipe, "stderr")
+            given = config.stdio_fds
+            child_stdin, stdin = self._stream(given[0], config.create_stdin_pipe, "stdin")
+            child_stdout, stdout = self._stream(given[1], config.create_stdout_pipe, "stdout")
+            child_stderr, stderr = self._stream(given[2], config.create_stderr_pipe, "stderr")
             child_stdio = (child_stdin, child_stdout, child_stderr)
         try:
             pid = spawn(path, argv, self.env, stdio=child_stdio, cwd=self.cwd, terminal=terminal)
@@ -187,6 +197,26 @@ class _Start:
         self.fds.remove(fd)
         self.ends.append(end)
         return end
+
+    def _stream(
+        self, given: int | None, wanted: bool, name: str
+    ) -> tuple[int | None, _PipeEnd | None]:
+        """The child's descriptor for one stream and our end of its pipe (if any).
+
+        A descriptor the caller gave is taken as it is (a private copy, 3 or
+        above, so that the child's 0-2 can be set in any order).
+        """
+        if given is None:
+            return self._pipe(wanted, name)
+        try:
+            copy = fcntl.fcntl(given, fcntl.F_DUPFD_CLOEXEC, 3)
+        except OSError as err:
+            raise InvalidArgumentError(
+                f"stdio_fds: {name} descriptor {given}: {err.strerror}"
+            ) from err
+        self.fds.append(copy)
+        self.child_fds.append(copy)
+        return copy, None
 
     def _pipe(self, wanted: bool, name: str) -> tuple[int | None, _PipeEnd | None]:
         if not wanted:
@@ -219,7 +249,7 @@ class _Start:
         if isinstance(err, FileNotFoundError):
             return NotFoundError(f"command_args[0] {name!r}: no such file")
         if isinstance(err, PermissionError) or err.errno == errno.ENOEXEC:
-            return InvalidArgumentError(f"command_args[0] {name!r}: {err.strerror}")
+            return NotExecutableError(f"command_args[0] {name!r}: {err.strerror}")
         return HcsociError(f"starting command_args[0] {name!r}: {err.strerror}")
 
 
@@ -548,7 +578,7 @@ def _find_executable(name: str, path: str | None, cwd: str | None, *, check: boo
             if not os.path.exists(candidate):
                 raise NotFoundError(f"command_args[0] {name!r}: no such file")
             if os.path.isdir(candidate) or not os.access(candidate, os.X_OK):
-                raise InvalidArgumentError(f"command_args[0] {name!r}: not an executable file")
+                raise NotExecutableError(f"command_args[0] {name!r}: not an executable file")
         return name
     search = path if path is not None else os.defpath
     for directory in search.split(os.pathsep):

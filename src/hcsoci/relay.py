@@ -8,7 +8,10 @@ kernels: from a pipe into a regular file, ``os.readv`` into one reused buffer
 and ``os.write`` from it (``splice`` into the page cache cost 40% more CPU and
 ran 10-15% slower; see ``docs/cmd.md``).  Anything else (``io.BytesIO``, a
 pseudo-terminal, any object with ``read``/``write``) goes through a reused
-buffer too, but by way of the objects' own methods.
+buffer too, but by way of the objects' own methods.  A source that may block
+(a terminal, a socket) is never spliced into a pipe: the splice would hold the
+pipe's lock while it waits, and the pipe's reader would hang in the kernel,
+unkillable.
 
 A stream may offer ``wait_ready()``: block until its descriptor is ready for
 its one direction, or raise once the stream is closed from another thread.
@@ -16,6 +19,13 @@ The relay calls it instead of polling the descriptor itself, so that a process
 host can cut a relay that waits on a pipe nobody will ever write to or close
 (see ``Cmd.copy_after_exit_timeout``).  Streams that are not ready and have no
 ``wait_ready`` are polled.
+
+A read that fails with ``EIO`` on a terminal is end of file: a pseudo-terminal
+master reads ``EIO`` once the last holder of its slave side closed it.
+
+:func:`handover_fd` tells a process host which caller streams need no relay at
+all: their descriptor can become the process's own stdio, as ``subprocess``
+does with a file object.
 """
 
 from __future__ import annotations
@@ -26,9 +36,9 @@ import os
 import select
 import socket
 import stat
-from typing import Protocol
+from typing import Protocol, TypeGuard
 
-__all__ = ["Progress", "Reader", "Writer", "copy"]
+__all__ = ["Progress", "Reader", "Writer", "copy", "handover_fd"]
 
 _CHUNK = 1 << 20
 """Largest move per call: the size LocalHost gives its pipes."""
@@ -56,13 +66,23 @@ class Writer(Protocol):
     def write(self, data: bytes | bytearray | memoryview, /) -> int | None: ...
 
 
-class Progress:
-    """How many bytes a :func:`copy` has moved so far (readable after it raised)."""
+# Errors of a splice or sendfile that can only come from the output side.
+_SINK_ERRNOS = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
-    __slots__ = ("bytes",)
+
+class Progress:
+    """How far a :func:`copy` got (readable after it raised).
+
+    ``bytes`` counts the bytes moved; ``sink_failed`` says whether the error
+    :func:`copy` raised came from writing to ``dst`` (its reader went away, a
+    full disk) rather than from reading ``src``.
+    """
+
+    __slots__ = ("bytes", "sink_failed")
 
     def __init__(self) -> None:
         self.bytes = 0
+        self.sink_failed = False
 
 
 def copy(dst: Writer, src: Reader, progress: Progress | None = None) -> int:
@@ -80,8 +100,44 @@ def copy(dst: Writer, src: Reader, progress: Progress | None = None) -> int:
         if finished:
             return progress.bytes
     _copy_buffered(dst, src, progress)
-    _flush(dst)
+    try:
+        _flush(dst)
+    except Exception:
+        progress.sink_failed = True
+        raise
     return progress.bytes
+
+
+def handover_fd(stream: object, *, reading: bool) -> int | None:
+    """The descriptor a process could use as its own stdio instead of a relay of ``stream``.
+
+    None when there is none to give: no working ``fileno()`` (``io.BytesIO``),
+    a descriptor in non-blocking mode (the process would read or write
+    ``EAGAIN``), or a seekable buffered reader holding bytes read ahead of its
+    descriptor's position (the process would miss them).  A writer is flushed
+    first, so nothing it buffered is overtaken by the process's output.  As with
+    ``subprocess``, what a buffered reader of a pipe holds ahead is not seen.
+    """
+    if isinstance(stream, io.TextIOBase):
+        return None
+    fd = _fileno(stream)
+    if fd is None:
+        return None
+    try:
+        if not os.get_blocking(fd):
+            return None
+        if not reading:
+            _flush(stream)
+        elif _reads_ahead(stream) and os.lseek(fd, 0, os.SEEK_CUR) != stream.tell():
+            return None  # bytes read ahead: the relay sends those first
+    except OSError:
+        return None
+    return fd
+
+
+def _reads_ahead(stream: object) -> TypeGuard[io.BufferedReader | io.BufferedRandom]:
+    """Whether ``stream`` is a seekable buffered reader (one that can hold bytes read ahead)."""
+    return isinstance(stream, io.BufferedReader | io.BufferedRandom) and stream.seekable()
 
 
 def _fileno(stream: object) -> int | None:
@@ -110,19 +166,26 @@ def _copy_descriptors(
     move: _Move
     if stat.S_ISFIFO(src_mode) and stat.S_ISREG(dst_mode):
         move = _ReadWrite()
-    elif stat.S_ISFIFO(src_mode) or stat.S_ISFIFO(dst_mode):
+    elif stat.S_ISFIFO(src_mode) or (stat.S_ISREG(src_mode) and stat.S_ISFIFO(dst_mode)):
         move = _splice
     elif stat.S_ISREG(src_mode):
         move = _sendfile
     else:
+        # Not spliced into a pipe: a splice holds the pipe's lock while it waits
+        # for the source (a terminal, a socket), so the pipe's reader would
+        # hang, unkillable, in the kernel until input came.
         return False
     pending = _buffered_input(src, src_fd)
     if pending is None:
         return False
-    _flush(dst)
-    if pending:
-        _write_all_fd(dst, dst_fd, pending)
-        progress.bytes += len(pending)
+    try:
+        _flush(dst)
+        if pending:
+            _write_all_fd(dst, dst_fd, pending)
+    except Exception:
+        progress.sink_failed = True
+        raise
+    progress.bytes += len(pending)
     # Private duplicates: the streams may be closed by another thread at any
     # time, and a closed descriptor number can be reused by an unrelated open.
     in_fd = os.dup(src_fd)
@@ -145,8 +208,12 @@ def _copy_descriptors(
                 continue
             except OSError as err:
                 # A failed write after readv has lost what it read: no fallback then.
-                if err.errno in _NO_ZERO_COPY and not isinstance(move, _ReadWrite):
+                if isinstance(move, _ReadWrite):
+                    progress.sink_failed = move.writing
+                    raise
+                if err.errno in _NO_ZERO_COPY:
                     return False
+                progress.sink_failed = err.errno in _SINK_ERRNOS
                 raise
             if n == 0:
                 return True
@@ -185,12 +252,16 @@ class _ReadWrite:
 
     def __init__(self) -> None:
         self._buffer = memoryview(bytearray(_FIRST_CHUNK))
+        self.writing = False
+        """Whether the last call failed (or is) in its write."""
 
     def __call__(self, in_fd: int, out_fd: int) -> int:
         n = os.readv(in_fd, [self._buffer])
         view = self._buffer[:n]
+        self.writing = True
         while view:
             view = view[os.write(out_fd, view) :]
+        self.writing = False
         if n == len(self._buffer) < _CHUNK:
             self._buffer = memoryview(bytearray(_CHUNK))
         return n
@@ -243,39 +314,61 @@ def _copy_buffered(dst: Writer, src: Reader, progress: Progress) -> None:
     if readinto is not None:
         buffer = memoryview(bytearray(_BUFFER_SIZE))
         while True:
-            n = readinto(buffer)
+            try:
+                n = readinto(buffer)
+            except OSError as err:
+                if _end_of_terminal(src, err):
+                    return
+                raise
             if n is None:  # a non-blocking raw stream with nothing to read
                 _wait_stream(src, select.POLLIN)
                 continue
             if n == 0:
                 return
-            _write_all(dst, buffer[:n] if reuse_buffer else bytes(buffer[:n]))
+            _write_all(dst, buffer[:n] if reuse_buffer else bytes(buffer[:n]), progress)
             progress.bytes += n
     read = getattr(src, "read1", None) or src.read
     while True:
-        data = read(_BUFFER_SIZE)
+        try:
+            data = read(_BUFFER_SIZE)
+        except OSError as err:
+            if _end_of_terminal(src, err):
+                return
+            raise
         if data is None:
             _wait_stream(src, select.POLLIN)
             continue
         if not data:
             return
-        _write_all(dst, data)
+        _write_all(dst, data, progress)
         progress.bytes += len(data)
 
 
-def _write_all(dst: Writer, data: bytes | memoryview) -> None:
+def _end_of_terminal(src: object, err: OSError) -> bool:
+    """Whether ``err`` from reading ``src`` is a terminal's end: EIO on a tty."""
+    if err.errno != errno.EIO:
+        return False
+    fd = _fileno(src)
+    return fd is not None and os.isatty(fd)
+
+
+def _write_all(dst: Writer, data: bytes | memoryview, progress: Progress) -> None:
     # For raw streams None means "would block"; other writers return None for "all done".
     raw = isinstance(dst, io.RawIOBase)
-    while True:
-        n = dst.write(data)
-        if n is None:
-            if not raw:
+    try:
+        while True:
+            n = dst.write(data)
+            if n is None:
+                if not raw:
+                    return
+                _wait_stream(dst, select.POLLOUT)
+                continue
+            if n >= len(data):
                 return
-            _wait_stream(dst, select.POLLOUT)
-            continue
-        if n >= len(data):
-            return
-        data = memoryview(data)[n:]
+            data = memoryview(data)[n:]
+    except Exception:
+        progress.sink_failed = True
+        raise
 
 
 def _wait_stream(stream: object, events: int) -> None:

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import json
 import logging
 import os
+import queue
 import signal
 import sys
 import termios
+import threading
 import time
 import tty
 import uuid
@@ -29,12 +32,13 @@ import click
 
 from hcsoci import context, cow, oci
 from hcsoci.cmd import Cmd, ExitError
-from hcsoci.container import Container, open_container
+from hcsoci.container import Container, ContainerProcess, open_container
 from hcsoci.create import CreateOptions, create_container
 from hcsoci.errors import (
     AlreadyExistsError,
     HcsociError,
     InvalidArgumentError,
+    NotExecutableError,
     NotFoundError,
     StateError,
 )
@@ -258,15 +262,16 @@ def _hand_over(container_id: str) -> None:
 @contextlib.contextmanager
 def _raw_terminal(enabled: bool) -> Iterator[None]:
     """Put our terminal in raw mode while a container terminal is attached."""
-    if not enabled or not sys.stdin.isatty():
+    if not enabled or not os.isatty(0):
         yield
         return
-    saved = termios.tcgetattr(sys.stdin.fileno())
-    tty.setraw(sys.stdin.fileno())
+    saved = termios.tcgetattr(0)
+    tty.setraw(0, termios.TCSADRAIN)  # what was typed ahead is kept for the process
     try:
         yield
     finally:
-        termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)
+        with contextlib.suppress(termios.error):  # the terminal hung up
+            termios.tcsetattr(0, termios.TCSADRAIN, saved)
 
 
 def _terminal_size() -> oci.Box | None:
@@ -276,26 +281,157 @@ def _terminal_size() -> oci.Box | None:
     return None
 
 
-def _run_cmd(cmd: Cmd, interactive: bool, terminal: bool) -> int:
-    cmd.stdin = sys.stdin.buffer if interactive else None
-    cmd.stdout = sys.stdout.buffer
-    cmd.stderr = None if terminal else sys.stderr.buffer
+_PROXIED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""What a foreground ``run``/``exec`` forwards to its process, as ``docker run --sig-proxy``."""
+
+
+class _Interrupted(Exception):
+    """A proxied signal came before there was a process to forward it to."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class _SignalProxy:
+    """SIGINT, SIGTERM and SIGHUP to this command go to the container's process.
+
+    Until :meth:`hold`, such a signal aborts the command (:class:`_Interrupted`
+    in the main thread, so that what was made is released); from then on each
+    one is queued, and from :meth:`attach` on a thread forwards each, once, to
+    the process -- a second ^C is a second SIGINT, not a SIGKILL (the process
+    may trap it).  The process's runtime runs in a process group of its own,
+    so a signal to our group (a terminal's ^C) reaches the process only
+    through here, exactly as a ``kill PID`` of this command does.  With
+    ``resize`` set, SIGWINCH resizes the process's terminal to ours.
+
+    A container's init is the init of its pid namespace, to which the kernel
+    delivers no signal it has no handler for: a plain ``sleep`` would never
+    see the SIGTERM.  For such a signal the proxy does what its default action
+    would have done to any other process: it kills the init, and the command
+    exits ``128 + N`` as if signal N had ended it (docker leaves the process
+    running instead, unless ``--init``).
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._emulated: int | None = None
+        self._holding = False
+        self._saved: dict[int, Any] = {}
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _SignalProxy:
+        for sig in _PROXIED:
+            if sig != signal.SIGTERM and signal.getsignal(sig) == signal.SIG_IGN:
+                continue  # nohup, or a shell's background job: it stays ignored
+            self._saved[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+        self._saved.clear()
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if not self._holding:
+            raise _Interrupted(signum)
+        self._queue.put(signum)  # SimpleQueue.put may be called from a signal handler
+
+    def hold(self, resize: bool = False) -> None:
+        """From now on queue the signals for the process (and SIGWINCH with ``resize``)."""
+        self._holding = True
+        if resize:
+            self._saved.setdefault(signal.SIGWINCH, signal.signal(signal.SIGWINCH, self._on_signal))
+
+    def attach(self, process: cow.Process) -> None:
+        """Forward the queued signals, and those to come, to ``process``."""
+        self._thread = threading.Thread(
+            target=self._forward, args=(process,), name="hcsoci-signal-proxy", daemon=True
+        )
+        self._thread.start()
+
+    def _forward(self, process: cow.Process) -> None:
+        ctx = context.background()
+        while (signum := self._queue.get()) is not None:
+            try:
+                if signum == signal.SIGWINCH:
+                    size = _terminal_size()
+                    if size is not None:
+                        process.resize_console(ctx, size.width, size.height)
+                    continue
+                dropped = _dropped_by_namespace_init(process, signum)
+                delivered = process.signal(ctx, signum)
+                log.debug("forwarded %s: delivered %s", signal.Signals(signum).name, delivered)
+                if delivered and dropped:
+                    self._emulated = signum
+                    process.kill(ctx)
+            except HcsociError as err:  # exited and closed meanwhile
+                log.debug("forwarding signal %d failed: %s", signum, err)
+
+    def exit_status(self, code: int) -> int:
+        """The command's status for a process that exited with ``code``."""
+        if code == 128 + signal.SIGKILL and self._emulated is not None:
+            return 128 + self._emulated  # killed for a signal the kernel dropped
+        return code
+
+
+def _dropped_by_namespace_init(process: cow.Process, signum: int) -> bool:
+    """Whether ``signum`` to ``process`` would be dropped: it is the init of its own
+    pid namespace (on this machine) and neither catches nor ignores the signal."""
+    if not isinstance(process, ContainerProcess):
+        return False  # in a utility VM: its pid is not one of this machine's
+    try:
+        status = Path(f"/proc/{process.pid()}/status").read_text()
+    except OSError:
+        return False
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    if fields.get("NSpid", "").split()[-1:] != ["1"]:
+        return False
+    bit = 1 << (signum - 1)
+    handled = int(fields.get("SigCgt", "0"), 16) | int(fields.get("SigIgn", "0"), 16)
+    return not handled & bit
+
+
+def _start_failure(err: HcsociError) -> int:
+    """Report a process that could not start; the status a shell (and docker) gives it."""
+    click.echo(f"hcsoci: {err}", err=True)
+    if isinstance(err, NotFoundError):
+        return 127
+    if isinstance(err, NotExecutableError):
+        return 126
+    return 1
+
+
+def _run_cmd(cmd: Cmd, interactive: bool, terminal: bool, proxy: _SignalProxy) -> int:
+    """Run ``cmd`` on our stdio in the foreground; its exit status.
+
+    The streams are our raw descriptors 0-2, never ``sys.stdin.buffer`` & co.: a
+    process on this machine gets them as they are (see ``Cmd``), and a relay
+    blocked reading our stdin holds no lock the interpreter's exit would wait on.
+    """
+    cmd.stdin = io.FileIO(0, "rb", closefd=False) if interactive else None
+    cmd.stdout = io.FileIO(1, "wb", closefd=False)
+    cmd.stderr = None if terminal else io.FileIO(2, "wb", closefd=False)
+    sys.stdout.flush()
+    proxy.hold(resize=terminal)
     with _raw_terminal(terminal and interactive):
         try:
             cmd.start()
-            process = cmd.process
-            if terminal and process is not None:
-
-                def on_resize(signum: int, frame: Any) -> None:
-                    size = _terminal_size()
-                    if size is not None:
-                        with contextlib.suppress(HcsociError):
-                            process.resize_console(context.background(), size.width, size.height)
-
-                signal.signal(signal.SIGWINCH, on_resize)
+        except HcsociError as err:
+            return _start_failure(err)
+        assert cmd.process is not None
+        proxy.attach(cmd.process)
+        try:
             cmd.wait()
         except ExitError as err:
-            return err.exit_code
+            return proxy.exit_status(err.exit_code)
+        except HcsociError as err:  # the process ran; its stdio failed
+            click.echo(f"hcsoci: {err}", err=True)
+            return cmd.exit_state.exit_code if cmd.exit_state.exited else 1
     return 0
 
 
@@ -342,24 +478,42 @@ def _container_options(function: Callable[..., None]) -> Callable[..., None]:
 @click.option("-i", "--interactive", is_flag=True, help="Relay stdin to the process.")
 @_container_options
 def run(request: ContainerRequest, remove: bool, interactive: bool) -> None:
-    """Create a container, run its command with this terminal's stdio; exit with its status."""
-    if request.isolation == "vm":
-        sys.exit(_run_in_vm(request, interactive))
+    """Create a container, run its command with this terminal's stdio; exit with its status.
+
+    SIGINT, SIGTERM and SIGHUP are forwarded to the container's init, each
+    once; the command then waits for it, releases the container with ``--rm``,
+    and exits with the init's status (``128 + N`` when signal N ended it).
+    One that comes before the init runs ends the command (``128 + N``).
+    """
+    with _SignalProxy() as proxy:
+        try:
+            if request.isolation == "vm":
+                status = _run_in_vm(request, interactive, proxy)
+            else:
+                status = _run_here(request, remove, interactive, proxy)
+        except _Interrupted as stop:
+            status = 128 + stop.signum
+    sys.exit(status)
+
+
+def _run_here(
+    request: ContainerRequest, remove: bool, interactive: bool, proxy: _SignalProxy
+) -> int:
+    """``run`` of a process-isolated container; its init's status."""
     container, resources = _create(request)
-    if not remove:
-        _hand_over(request.container_id)
     try:
-        cmd = Cmd(container, None)
-        status = _run_cmd(cmd, interactive, request.terminal)
+        if not remove:
+            _hand_over(request.container_id)
+        return _run_cmd(Cmd(container, None), interactive, request.terminal, proxy)
     finally:
+        proxy.hold()  # from here on a signal must not cut the release short
         container.close()
         if remove:
             release_resources(context.background(), resources, None, True)
             _remove_scratch(request.container_id)
-    sys.exit(status)
 
 
-def _run_in_vm(request: ContainerRequest, interactive: bool) -> int:
+def _run_in_vm(request: ContainerRequest, interactive: bool, proxy: _SignalProxy) -> int:
     """``run --isolation vm``: a VM for this command, the container in it, then all released."""
     from hcsoci import uvm
 
@@ -372,14 +526,16 @@ def _run_in_vm(request: ContainerRequest, interactive: bool) -> int:
         vm.start(ctx)
         container, resources = _create(request, vm)
         try:
-            return _run_cmd(Cmd(container, None), interactive, request.terminal)
+            return _run_cmd(Cmd(container, None), interactive, request.terminal, proxy)
         finally:
+            proxy.hold()
             container.close()
             # The VM goes away with its shares: all=False, as the seed does.
             release_resources(ctx, resources, vm, False)
     except HcsociError as err:
         raise _fail(err) from err
     finally:
+        proxy.hold()
         vm.close()
         _remove_scratch(request.container_id)
 
@@ -433,7 +589,10 @@ def exec_(
     container_id: str,
     args: tuple[str, ...],
 ) -> None:
-    """Run a command in a running container; exit with its status."""
+    """Run a command in a running container; exit with its status.
+
+    SIGINT, SIGTERM and SIGHUP are forwarded to the process, as with ``run``.
+    """
     container = _open(container_id)
     init = container.spec.process or oci.Process()
     process = oci.Process(
@@ -446,12 +605,15 @@ def exec_(
         capabilities=init.capabilities,
         no_new_privileges=init.no_new_privileges,
     )
-    try:
-        status = _run_cmd(Cmd(container, process), interactive, terminal)
-    except HcsociError as err:
-        raise _fail(err) from err
-    finally:
-        container.close()
+    with _SignalProxy() as proxy:
+        try:
+            status = _run_cmd(Cmd(container, process), interactive, terminal, proxy)
+        except _Interrupted as stop:
+            status = 128 + stop.signum
+        except HcsociError as err:
+            raise _fail(err) from err
+        finally:
+            container.close()
     sys.exit(status)
 
 
