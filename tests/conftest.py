@@ -39,6 +39,11 @@ def pytest_configure(config: pytest.Config) -> None:
     _stderr = os.fdopen(os.dup(2), "w")  # the real stderr: capture is off during configure
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _stderr is not None:
+        _stderr.close()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: Any) -> Generator[None, Any, None]:
     faulthandler.dump_traceback_later(HANG_FUSE, exit=True, file=_stderr or 2)

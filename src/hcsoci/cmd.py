@@ -47,11 +47,14 @@ hcsoci.cmd.ExitError: process exited with exit code 3
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import signal
 import threading
+import warnings
 from collections.abc import Callable, MutableMapping
+from types import TracebackType
 from typing import Any
 
 from hcsoci import oci, relay
@@ -534,6 +537,38 @@ class Cmd:
     def __repr__(self) -> str:
         args = self.spec.args if self.spec is not None else None
         return f"<Cmd {args!r} process={self.process!r} {self.exit_state!r}>"
+
+    # -- context manager: as subprocess.Popen, `with` cannot forget the process --
+
+    def __enter__(self) -> Cmd:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """A started command not waited for yet is killed, then waited for.
+
+        Its exit status is in :attr:`exit_state`; the ``ExitError`` (or relay
+        error) that :meth:`wait` would raise is not raised here.
+        """
+        if self.process is None or self._waited:
+            return
+        with contextlib.suppress(HcsociError):
+            self.process.kill(background())
+        with contextlib.suppress(ExitError, ClosedPipeError, OSError, HcsociError):
+            self.wait()
+
+    def __del__(self) -> None:
+        if getattr(self, "process", None) is not None and not getattr(self, "_waited", True):
+            warnings.warn(
+                f"Cmd {self!r}: dropped while its process may run; wait() releases it",
+                ResourceWarning,
+                source=self,
+                stacklevel=1,
+            )
 
 
 def command(host: ProcessHost, name: str, *args: str) -> Cmd:

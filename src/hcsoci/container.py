@@ -62,8 +62,8 @@ from typing import IO, Any
 import msgspec
 
 from hcsoci import oci
-from hcsoci.context import Context, background
-from hcsoci.cow import NO_FDS, OCIProcessParameters, Stdio, StdioFds
+from hcsoci.context import Context
+from hcsoci.cow import NO_FDS, Stdio, StdioFds
 from hcsoci.errors import (
     HcsociError,
     InvalidArgumentError,
@@ -71,6 +71,7 @@ from hcsoci.errors import (
     NotFoundError,
     StateError,
 )
+from hcsoci.lifecycle import ContainerLifecycle, Pipes
 from hcsoci.paths import check_id, write_private_file
 from hcsoci.runtime import OCIRuntimeError, Runtime
 from hcsoci.runtime.runc import read_runtime_log, wait_for_pid_file
@@ -102,36 +103,6 @@ class ContainerProperties:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         return asdict(self)
-
-
-def oci_process_and_pipes(config: Any) -> tuple[oci.Process | None, tuple[bool, bool, bool]]:
-    """Split a ``create_process`` config into (OCI process, which pipes to create).
-
-    Offered descriptors (``stdio_fds``) are left out: a host that cannot take
-    them declines them by making the pipes asked for (see :mod:`hcsoci.cow`).
-    """
-    process, pipes, _ = oci_process_stdio(config)
-    return process, pipes
-
-
-def oci_process_stdio(config: Any) -> tuple[oci.Process | None, tuple[bool, bool, bool], StdioFds]:
-    """Split a ``create_process`` config into (OCI process, pipes to create, offered fds)."""
-    if config is None or isinstance(config, oci.Process):
-        terminal = config is not None and config.terminal
-        return config, (True, True, not terminal), NO_FDS
-    if isinstance(config, OCIProcessParameters):
-        process = config.process
-        if process is not None and not isinstance(process, oci.Process):
-            raise InvalidArgumentError(f"process: {process!r} is not an oci.Process")
-        pipes = (
-            bool(config.create_stdin_pipe),
-            bool(config.create_stdout_pipe),
-            bool(config.create_stderr_pipe),
-        )
-        return process, pipes, config.stdio_fds
-    raise InvalidArgumentError(
-        f"config: a container takes an oci.Process or None, not {type(config).__name__}"
-    )
 
 
 class _TerminalReader(io.FileIO):
@@ -422,13 +393,14 @@ def _startup_error(
     return OCIRuntimeError(f"{container.runtime.name} in container {container.id()}: {message}")
 
 
-class Container:
+class Container(ContainerLifecycle[ContainerProcess]):
     """A container on this machine, run by an OCI runtime (``cow.Container``).
 
     Made by :func:`hcsoci.create_container` (state ``created``) or loaded by
     :func:`open_container`.  ``start`` runs the spec's process as init with its
     output in the container's log file (``<bundle>/container.log``); a ``Cmd``
-    with ``spec=None`` runs the init with relayed stdio instead.
+    with ``spec=None`` runs the init with relayed stdio instead.  The rules of
+    the lifecycle are :class:`~hcsoci.lifecycle.ContainerLifecycle`'s.
     """
 
     def __init__(
@@ -443,68 +415,19 @@ class Container:
         state: str = "created",
         init_pid: int = 0,
     ) -> None:
-        self._id = container_id
+        super().__init__(container_id, spec, store, owner=owner, state=state)
         self.bundle = bundle
         self.runtime = runtime
-        self.spec = spec
-        self.owner = owner
-        self._store = store
-        self._state = state
         self._init_pid = init_pid
-        self._init: ContainerProcess | None = None
         self._init_exit_code: int | None = None
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"<Container {self._id} {self._state}>"
+        return f"<Container {self._id} {self._state.name}>"
 
     @property
     def log_path(self) -> Path:
         """Where ``start`` sends the init's output."""
         return self.bundle / "container.log"
-
-    # -- cow.ProcessHost --
-
-    def id(self) -> str:
-        """The container's id."""
-        return self._id
-
-    def os(self) -> str:
-        """``linux``."""
-        return "linux"
-
-    def is_oci(self) -> bool:
-        """True: ``create_process`` takes an ``oci.Process`` (or None for the init)."""
-        return True
-
-    def create_process(self, ctx: Context, config: Any) -> ContainerProcess:
-        """Run a process in the container.
-
-        ``None`` (or a wrapper whose ``process`` is None) starts the spec's init
-        with the requested pipes; it is refused once the init has started.  An
-        ``oci.Process`` runs an extra process in the started container
-        (``runc exec``), with pipes or, when ``terminal`` is set, a terminal.
-        """
-        ctx.check()
-        process, pipes, fds = oci_process_stdio(config)
-        if process is None:
-            return self._start_init(pipes, to_log=False, fds=fds)
-        return self._exec(process, pipes, fds)
-
-    # -- cow.Container --
-
-    def start(self, ctx: Context) -> None:
-        """Run the spec's process as the container's init; its output goes to the log file."""
-        ctx.check()
-        self._start_init((False, False, False), to_log=True)
-
-    def shutdown(self, ctx: Context) -> None:
-        """SIGTERM to the init (which ignores it without a handler, as any pid namespace init)."""
-        self._signal_init(signal.SIGTERM)
-
-    def terminate(self, ctx: Context) -> None:
-        """SIGKILL to the init: the container stops."""
-        self._signal_init(signal.SIGKILL)
 
     def wait(self) -> None:
         """Block until the init has exited."""
@@ -514,7 +437,7 @@ class Container:
             return
         pid = self._running_init_pid()
         if pid == 0:
-            if self._state == "created":
+            if self._state.name == "created":
                 raise StateError(f"container {self._id}: not started")
             return
         try:
@@ -526,15 +449,9 @@ class Container:
         finally:
             os.close(pidfd)
 
-    def close(self) -> None:
-        """Release this handle's fds.  The container keeps running."""
-        init = self._init
-        if init is not None:
-            init.close()
-
     def properties(self, ctx: Context) -> ContainerProperties:
         """State, init pid, processes and the cgroup's memory and CPU figures."""
-        state = self._current_state()
+        state = self.state_type().name
         props = ContainerProperties(
             id=self._id,
             owner=self.owner,
@@ -554,105 +471,79 @@ class Container:
         """The init's exit code when this handle saw it exit, else None."""
         return self._init_exit_code
 
-    # -- internals --
+    # -- what the lifecycle asks of this host --
 
-    def _current_state(self) -> str:
-        with self._lock:
-            state = self._state
-        if state == "created":
-            return state
-        if self._init is not None:  # ours: no need to ask the runtime
-            return "stopped" if self._init._popen.poll() is not None else "running"
+    def _observed_state(self) -> str:
+        init = self._init
+        if init is not None:  # ours: no need to ask the runtime
+            return "stopped" if init._popen.poll() is not None else "running"
         runtime_state = self.runtime.state(self._id)
-        if runtime_state is None:
-            return "stopped"
-        return runtime_state.status
+        return "stopped" if runtime_state is None else runtime_state.status
+
+    def _close_handles(self) -> None:
+        init = self._init
+        if init is not None:
+            init.close()
 
     def _running_init_pid(self) -> int:
-        if self._state == "created":
+        if self._state.name == "created":
             return 0
         runtime_state = self.runtime.state(self._id)
         if runtime_state is None or runtime_state.status == "stopped":
             return 0
         return runtime_state.pid
 
-    def _signal_init(self, sig: int) -> None:
+    def _signal_running_init(self, ctx: Context, sig: int) -> None:
         init = self._init
         if init is not None:
-            if not init.signal(background(), sig):
+            if not init.signal(ctx, sig):
                 raise StateError(f"container {self._id}: the init is not running")
             return
         if self._running_init_pid() == 0:
             raise StateError(f"container {self._id}: the init is not running")
         self.runtime.kill(self._id, sig)
 
-    def _start_init(
-        self, pipes: tuple[bool, bool, bool], to_log: bool, fds: StdioFds = NO_FDS
-    ) -> ContainerProcess:
-        with self._lock:
-            if self._state != "created":
-                raise StateError(
-                    f"container {self._id}: the init has started already (state {self._state})"
-                )
-            self._state = "starting"
+    def _launch_init(
+        self, ctx: Context, pipes: Pipes, fds: StdioFds, to_log: bool
+    ) -> tuple[ContainerProcess, int]:
         assert self.spec.process is not None
-        try:
-            if to_log and self.spec.process.terminal:
-                raise StateError(
-                    f"container {self._id}: spec.process.terminal is set; start a terminal init "
-                    "with a Cmd (create_process(ctx, None)), start() only writes a log file"
-                )
-            pid_file, runtime_log = self.bundle / "init.pid", self.bundle / "runtime.log"
-            if to_log:
-                stdio = _ProcessStdio((False, False, False), False, None)
-                log_fd = os.open(
-                    self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640
-                )
-                stdio.child_fds[1] = stdio.child_fds[2] = log_fd
-                stdio._to_close.append(log_fd)
-            else:
-                stdio = _ProcessStdio(
-                    pipes, self.spec.process.terminal, self.spec.process.console_size, fds
-                )
-            process = self._spawn(
-                stdio,
-                pid_file,
-                runtime_log,
-                [],
-                True,
-                lambda: self.runtime.spawn_run(
-                    self._id,
-                    self.bundle,
-                    pid_file=pid_file,
-                    log_file=runtime_log,
-                    stdin=stdio.child_fds[0],
-                    stdout=stdio.child_fds[1],
-                    stderr=stdio.child_fds[2],
-                ),
-                self.spec.process.args or [],
+        pid_file, runtime_log = self.bundle / "init.pid", self.bundle / "runtime.log"
+        if to_log:
+            stdio = _ProcessStdio((False, False, False), False, None)
+            log_fd = os.open(
+                self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640
             )
-        except BaseException:
-            with self._lock:
-                self._state = "created"
-            raise
-        with self._lock:
-            self._init = process
-            self._init_pid = process.pid()
-            self._state = "running"
-        self._store.execute(
-            "UPDATE containers SET state = 'running', init_pid = ? WHERE id = ?",
-            (self._init_pid, self._id),
+            stdio.child_fds[1] = stdio.child_fds[2] = log_fd
+            stdio._to_close.append(log_fd)
+        else:
+            stdio = _ProcessStdio(
+                pipes, self.spec.process.terminal, self.spec.process.console_size, fds
+            )
+        process = self._spawn(
+            stdio,
+            pid_file,
+            runtime_log,
+            [],
+            True,
+            lambda: self.runtime.spawn_run(
+                self._id,
+                self.bundle,
+                pid_file=pid_file,
+                log_file=runtime_log,
+                stdin=stdio.child_fds[0],
+                stdout=stdio.child_fds[1],
+                stderr=stdio.child_fds[2],
+            ),
+            self.spec.process.args or [],
         )
-        return process
+        self._init_pid = process.pid()
+        return process, self._init_pid
 
-    def _exec(
-        self, process: oci.Process, pipes: tuple[bool, bool, bool], fds: StdioFds
+    def _launch_exec(
+        self, ctx: Context, process: oci.Process, pipes: Pipes, fds: StdioFds
     ) -> ContainerProcess:
-        state = self._current_state()
-        if state != "running":
-            raise StateError(f"container {self._id}: cannot run a process in it (state {state})")
         exec_dir = self.bundle / "exec"
-        exec_dir.mkdir(exist_ok=True)
+        exec_dir.mkdir(mode=0o700, exist_ok=True)
         token = uuid.uuid4().hex[:12]
         process_file = exec_dir / f"{token}.json"
         pid_file, runtime_log = exec_dir / f"{token}.pid", exec_dir / f"{token}.log"
@@ -715,13 +606,9 @@ class Container:
 
     def _init_exited(self, init: ContainerProcess) -> None:
         code = init._popen.returncode
-        with self._lock:
-            if self._state == "stopped":
-                return
-            self._state = "stopped"
+        if self._state.name != "stopped":
             self._init_exit_code = None if code is None else (code if code >= 0 else 128 - code)
-        with contextlib.suppress(Exception):  # a released container has no row left
-            self._store.execute("UPDATE containers SET state = 'stopped' WHERE id = ?", (self._id,))
+        self._mark_stopped()
 
 
 def _cgroup_usage(pid: int) -> tuple[int | None, int | None]:

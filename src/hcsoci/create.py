@@ -181,6 +181,7 @@ def create_container(ctx: Context, options: CreateOptions) -> tuple[cow.Containe
         raise
 
     resources = Resources(container_id, store)
+    resources.hosting_system = options.hosting_system
     try:
         resources.add(ContainerRecord(container_id=container_id))
         if networks:

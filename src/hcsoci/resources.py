@@ -14,11 +14,13 @@ away (their records go when the VM's state does: see ``forget_vm_records``).
 from __future__ import annotations
 
 import logging
+import warnings
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
 
-from hcsoci.context import Context
+from hcsoci.context import Context, background
 from hcsoci.errors import HcsociError
 from hcsoci.store import Store, open_store
 
@@ -92,6 +94,38 @@ class Resources:
         self._items: list[tuple[int, Resource]] = []  # (state row id, record)
         self._net_ns = ""
         self.container_root_in_uvm = ""
+        self.hosting_system: UtilityVM | None = None
+        """The utility VM the container lives in (what ``with`` releases with), if any."""
+        self._handed_over = False
+
+    def hand_over(self) -> None:
+        """The durable record now answers for these allocations (``hcsoci delete`` or
+        gc releases them): dropping this object is no longer a leak."""
+        self._handed_over = True
+
+    def __enter__(self) -> Resources:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """``release_resources(ctx, self, self.hosting_system, True)``."""
+        release_resources(background(), self, self.hosting_system, True)
+
+    def __del__(self) -> None:
+        items = getattr(self, "_items", None)
+        if items and not getattr(self, "_handed_over", True):
+            kinds = ", ".join(item.kind for _, item in items)
+            warnings.warn(
+                f"resources of {self.owner_id} dropped unreleased ({kinds}); "
+                "release_resources() or hand_over() says what becomes of them",
+                ResourceWarning,
+                source=self,
+                stacklevel=1,
+            )
 
     @property
     def net_ns(self) -> str:
@@ -173,8 +207,12 @@ def forget_vm_records(store: Store, vm_id: str) -> int:
 
 
 def load_resources(owner_id: str, store: Store | None = None) -> Resources:
-    """Rebuild the :class:`Resources` of ``owner_id`` from the state store (for gc)."""
+    """Rebuild the :class:`Resources` of ``owner_id`` from the state store (for gc).
+
+    The records stay the store's: dropping the object unreleased is not a leak.
+    """
     resources = Resources(owner_id, store)
+    resources.hand_over()
     rows = resources.store.query(
         "SELECT id, kind, data FROM resources WHERE owner_id = ? ORDER BY id", (owner_id,)
     )

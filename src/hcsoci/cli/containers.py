@@ -504,6 +504,7 @@ def _run_here(
     try:
         if not remove:
             _hand_over(request.container_id)
+            resources.hand_over()
         return _run_cmd(Cmd(container, None), interactive, request.terminal, proxy)
     finally:
         proxy.hold()  # from here on a signal must not cut the release short
@@ -548,8 +549,9 @@ def create(request: ContainerRequest) -> None:
         raise click.UsageError("--isolation vm: only `run` makes a VM container (for its run)")
     if request.terminal:
         raise click.UsageError("-t: a created container's init logs to a file; use `run -t`")
-    container, _ = _create(request)
+    container, resources = _create(request)
     _hand_over(request.container_id)
+    resources.hand_over()
     container.close()
     click.echo(request.container_id)
 

@@ -715,6 +715,10 @@ class GuestProcess:
         if self._exit_status is None and self._failure is not None:
             raise self._failure
 
+    def running(self) -> bool:
+        """Whether the process still runs: no exit status, and the bridge has not broken."""
+        return self._exit_status is None and self._failure is None
+
     def exit_code(self) -> int:
         """The exit code (``128 + N`` for signal N); raises while it is still running."""
         if self._exit_status is None:

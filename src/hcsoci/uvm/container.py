@@ -49,11 +49,12 @@ import msgspec
 
 from hcsoci import hns, oci
 from hcsoci.cmd import ExitError, command
-from hcsoci.container import ContainerProperties, oci_process_and_pipes
+from hcsoci.container import ContainerProperties
 from hcsoci.context import Context
-from hcsoci.cow import ProcessParameters, Stdio
+from hcsoci.cow import ProcessParameters, Stdio, StdioFds
 from hcsoci.errors import HcsociError, InvalidArgumentError, NotFoundError, StateError
 from hcsoci.gcs.connection import GuestError, GuestProcess
+from hcsoci.lifecycle import ContainerLifecycle, Pipes
 from hcsoci.network import CreatedNamespace, point_spec_at_namespace
 from hcsoci.paths import make_private_dir
 from hcsoci.resources import Resource, Resources
@@ -519,12 +520,19 @@ class VMContainerProcess:
     def exit_code(self) -> int:
         return self._guest.exit_code()
 
+    def running(self) -> bool:
+        """Whether the process still runs (no exit status or failure seen yet)."""
+        return self._guest.running()
+
     def close(self) -> None:
         self._guest.close()
 
 
-class VMContainer:
-    """A container in a utility VM (``cow.Container``), run by the guest's runc."""
+class VMContainer(ContainerLifecycle[VMContainerProcess]):
+    """A container in a utility VM (``cow.Container``), run by the guest's runc.
+
+    The rules of the lifecycle are :class:`~hcsoci.lifecycle.ContainerLifecycle`'s.
+    """
 
     def __init__(
         self,
@@ -536,65 +544,28 @@ class VMContainer:
         *,
         owner: str = "",
     ) -> None:
-        self._id = container_id
+        super().__init__(container_id, spec, store, owner=owner, state="created")
         self.vm = vm
         self.root = root
-        self.spec = spec
-        self.owner = owner
-        self._store = store
-        self._state = "created"
-        self._init: VMContainerProcess | None = None
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"<VMContainer {self._id} in {self.vm.id()} {self._state}>"
+        return f"<VMContainer {self._id} in {self.vm.id()} {self._state.name}>"
 
     @property
     def log_path(self) -> str:
         """Where ``start`` sends the init's output (a guest path)."""
         return f"{self.root}/container.log"
 
-    def id(self) -> str:
-        return self._id
-
-    def os(self) -> str:
-        return "linux"
-
-    def is_oci(self) -> bool:
-        return True
-
-    def create_process(self, ctx: Context, config: Any) -> VMContainerProcess:
-        """``None`` starts the init with relayed stdio; an ``oci.Process`` runs ``runc exec``."""
-        ctx.check()
-        process, pipes = oci_process_and_pipes(config)
-        if process is None:
-            return self._start_init(ctx, pipes, to_log=False)
-        return self._exec(ctx, process, pipes)
-
-    def start(self, ctx: Context) -> None:
-        """Run the init with its output in the guest's ``<root>/container.log``."""
-        ctx.check()
-        self._start_init(ctx, (False, False, False), to_log=True)
-
-    def shutdown(self, ctx: Context) -> None:
-        self._signal_init(ctx, signal.SIGTERM)
-
-    def terminate(self, ctx: Context) -> None:
-        self._signal_init(ctx, signal.SIGKILL)
-
     def wait(self) -> None:
+        """Block until the init has exited."""
         init = self._init
         if init is None:
             raise StateError(f"container {self._id}: not started")
         init.wait()
 
-    def close(self) -> None:
-        init = self._init
-        if init is not None:
-            init.close()
-
     def properties(self, ctx: Context) -> ContainerProperties:
-        state = self._current_state()
+        """State, the guest pid of the init, its processes and its cgroup's figures."""
+        state = self.state_type().name
         props = ContainerProperties(
             id=self._id, owner=self.owner, state=state, init_pid=0, bundle=self.root, runtime="runc"
         )
@@ -611,24 +582,22 @@ class VMContainer:
                 props.cpu_usage_ns = guest_state.cpu_usage_ns
         return props
 
-    # -- internals --
+    # -- what the lifecycle asks of this host --
 
-    def _current_state(self) -> str:
-        with self._lock:
-            if self._state in ("created", "starting"):
-                return "created"
+    def _observed_state(self) -> str:
         init = self._init
-        if init is not None and init._guest._exit_status is None and init._guest._failure is None:
-            return "running"
-        return "stopped"
+        return "running" if init is not None and init.running() else "stopped"
 
-    def _signal_init(self, ctx: Context, sig: int) -> None:
-        if self._current_state() != "running":
-            raise StateError(f"container {self._id}: the init is not running")
+    def _close_handles(self) -> None:
+        init = self._init
+        if init is not None:
+            init.close()
+
+    def _signal_running_init(self, ctx: Context, sig: int) -> None:
         self.vm.gcs.signal_container(ctx, self._id, sig)
 
     @staticmethod
-    def _stdio(pipes: tuple[bool, bool, bool], terminal: bool) -> ProcessParameters:
+    def _stdio(pipes: Pipes, terminal: bool) -> ProcessParameters:
         """The stdio part of a process's parameters (its command comes from the spec)."""
         return ProcessParameters(
             command_args=["runc"],
@@ -638,55 +607,29 @@ class VMContainer:
             create_stderr_pipe=pipes[2],
         )
 
-    def _start_init(
-        self, ctx: Context, pipes: tuple[bool, bool, bool], to_log: bool
-    ) -> VMContainerProcess:
-        with self._lock:
-            if self._state != "created":
-                raise StateError(
-                    f"container {self._id}: the init has started already (state {self._state})"
-                )
-            self._state = "starting"
+    def _launch_init(
+        self, ctx: Context, pipes: Pipes, fds: StdioFds, to_log: bool
+    ) -> tuple[VMContainerProcess, int]:
         assert self.spec.process is not None
         try:
-            terminal = bool(self.spec.process.terminal)
-            if to_log and terminal:
-                raise StateError(
-                    f"container {self._id}: spec.process.terminal is set; start a terminal init "
-                    "with a Cmd (create_process(ctx, None)), start() only writes a log file"
-                )
-            try:
-                guest = self.vm.gcs.start_container(
-                    ctx,
-                    self._id,
-                    self._stdio(pipes, terminal),
-                    output_file=self.log_path if to_log else "",
-                    timeout=self.vm.options.request_timeout,
-                )
-            except GuestError as err:
-                raise HcsociError(
-                    f"container {self._id}: runc did not start the process: {err}"
-                ) from err
-            process = VMContainerProcess(self, guest)
-        except BaseException:
-            with self._lock:
-                self._state = "created"
-            raise
-        with self._lock:
-            self._init = process
-            self._state = "running"
-        self._store.execute(
-            "UPDATE containers SET state = 'running', init_pid = ? WHERE id = ?",
-            (process.pid(), self._id),
-        )
-        return process
+            guest = self.vm.gcs.start_container(
+                ctx,
+                self._id,
+                self._stdio(pipes, bool(self.spec.process.terminal)),
+                output_file=self.log_path if to_log else "",
+                timeout=self.vm.options.request_timeout,
+            )
+        except GuestError as err:
+            raise HcsociError(
+                f"container {self._id}: runc did not start the process: {err}"
+            ) from err
+        process = VMContainerProcess(self, guest)
+        return process, process.pid()
 
-    def _exec(
-        self, ctx: Context, process: oci.Process, pipes: tuple[bool, bool, bool]
+    def _launch_exec(
+        self, ctx: Context, process: oci.Process, pipes: Pipes, fds: StdioFds
     ) -> VMContainerProcess:
-        state = self._current_state()
-        if state != "running":
-            raise StateError(f"container {self._id}: cannot run a process in it (state {state})")
+        # Offered descriptors are declined: the process runs in the guest (see hcsoci.cow).
         guest = self.vm.gcs.exec_in_container(
             ctx,
             self._id,
