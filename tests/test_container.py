@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -131,6 +132,17 @@ def test_exec_exit_codes_and_signals(created: Created, container_spec: SpecFacto
     assert run_exec(container, ["sh", "-c", "kill -TERM $$"])[0] == 128 + signal.SIGTERM
 
 
+def wait_until_running(pid: int, program: bytes, timeout: float = 30.0) -> None:
+    """Until ``pid`` executes ``program`` (its argv[0]), at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] == program:
+                return
+        time.sleep(0.01)
+    raise AssertionError(f"pid {pid} did not run {program!r} within {timeout} s")
+
+
 def test_exec_kill_and_signal(created: Created, container_spec: SpecFactory) -> None:
     container = started(created, container_spec)
     process = container.create_process(CTX, oci.Process(args=["sleep", "600"], env=PATH_ENV))
@@ -138,6 +150,9 @@ def test_exec_kill_and_signal(created: Created, container_spec: SpecFactory) -> 
         assert process.pid() > 0
         with pytest.raises(StateError):
             process.exit_code()
+        # The pid is the container process's from before it executes `sleep` (runc's
+        # init still runs there for a moment, and a signal then would hit runc's init).
+        wait_until_running(process.pid(), b"sleep")
         assert process.signal(CTX, signal.SIGUSR1)
         process.wait()
         assert process.exit_code() == 128 + signal.SIGUSR1

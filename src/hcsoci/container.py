@@ -61,7 +61,7 @@ from typing import IO, Any
 
 import msgspec
 
-from hcsoci import oci
+from hcsoci import container_table, oci
 from hcsoci.context import Context
 from hcsoci.cow import NO_FDS, Stdio, StdioFds
 from hcsoci.errors import (
@@ -650,29 +650,24 @@ def open_container(container_id: str, store: Store | None = None) -> Container:
     """A handle on a container recorded in the state store (another process made it)."""
     check_id(container_id, "container id")
     store = store or open_store()
-    rows = store.query(
-        "SELECT id, owner, bundle, state, runtime, init_pid FROM containers"
-        " WHERE id = ? AND host = ''",
-        (container_id,),
-    )
-    if not rows:
+    row = container_table.get(store, container_id)
+    if row is None or row.host:  # a VM container has no handle here (yet)
         raise NotFoundError(f"container id: {container_id!r} does not exist")
-    row = rows[0]
-    if row["state"] == "creating":
+    if row.state == "creating":
         raise StateError(f"container {container_id}: still being created")
-    bundle = Path(row["bundle"])
+    bundle = Path(row.bundle)
     try:
         spec = oci.decode_spec((bundle / "config.json").read_bytes())
     except FileNotFoundError as err:
         raise NotFoundError(f"container {container_id}: bundle {str(bundle)!r} is gone") from err
-    runtime = Runtime(row["runtime"] or "")
+    runtime = Runtime(row.runtime or "")
     return Container(
         container_id,
         bundle,
         runtime,
         spec,
         store,
-        owner=row["owner"],
-        state=row["state"],
-        init_pid=row["init_pid"],
+        owner=row.owner,
+        state=row.state,
+        init_pid=row.init_pid,
     )

@@ -26,7 +26,6 @@ import logging
 import os
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -35,11 +34,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
-from hcsoci import cow, oci
+from hcsoci import container_table, cow, oci
 from hcsoci.container import Container
 from hcsoci.context import Context
-from hcsoci.controller import controller_identity
-from hcsoci.errors import AlreadyExistsError, HcsociError, InvalidArgumentError, NotFoundError
+from hcsoci.errors import HcsociError, InvalidArgumentError, NotFoundError
 from hcsoci.etcfiles import add_etc_files
 from hcsoci.layers import mount_container_layers
 from hcsoci.mounts import (
@@ -118,7 +116,7 @@ class ContainerRecord(Resource, kw_only=True):
     container_id: str
 
     def release(self, ctx: Context, vm: UtilityVM | None) -> None:
-        open_store().execute("DELETE FROM containers WHERE id = ?", (self.container_id,))
+        container_table.delete(open_store(), self.container_id)
 
 
 class BundleDir(Resource, kw_only=True):
@@ -175,7 +173,9 @@ def create_container(ctx: Context, options: CreateOptions) -> tuple[cow.Containe
         store = open_store()
         # The row comes before any allocation: from here on gc can find what we leave.
         host = options.hosting_system.id() if options.hosting_system is not None else ""
-        _insert_row(store, container_id, owner, host, placement.location, placement.runtime_name)
+        container_table.insert(
+            store, container_id, owner, host, placement.location, placement.runtime_name
+        )
     except BaseException as err:
         err.resources = resources  # type: ignore[attr-defined]
         raise
@@ -272,24 +272,6 @@ def containers_dir() -> Path:
     return state_root() / "containers"
 
 
-def _insert_row(
-    store: Store, container_id: str, owner: str, host: str, bundle: Path, runtime: str
-) -> None:
-    pid, start = controller_identity()
-    try:
-        store.execute(
-            "INSERT INTO containers (id, owner, host, bundle, state, controller_pid,"
-            " controller_start, created_at, runtime) VALUES (?, ?, ?, ?, 'creating', ?, ?, ?, ?)",
-            (container_id, owner, host, str(bundle), pid, start, time.time(), runtime),
-        )
-    except Exception as err:
-        if "UNIQUE" in str(err):
-            raise AlreadyExistsError(
-                f"CreateOptions.id: container {container_id!r} already exists"
-            ) from err
-        raise
-
-
 def _allocate(
     ctx: Context, options: CreateOptions, resources: Resources, runtime: Runtime, bundle: Path
 ) -> oci.Spec:
@@ -319,9 +301,7 @@ def _allocate(
             container_id=resources.owner_id, runtime=runtime.name, root=str(runtime.root)
         )
     )
-    resources.store.execute(
-        "UPDATE containers SET state = 'created' WHERE id = ?", (resources.owner_id,)
-    )
+    container_table.set_state(resources.store, resources.owner_id, "created")
     return spec
 
 

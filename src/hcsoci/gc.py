@@ -17,6 +17,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from hcsoci import container_table
 from hcsoci.context import Context
 from hcsoci.controller import controller_alive
 from hcsoci.errors import NotFoundError
@@ -71,19 +72,19 @@ def release_container(ctx: Context, container_id: str, store: Store | None = Non
     check_id(container_id, "container id")
     store = store or open_store()
     _register_resource_kinds()
-    rows = store.query("SELECT host FROM containers WHERE id = ?", (container_id,))
+    row = container_table.get(store, container_id)
     held = store.query("SELECT 1 FROM resources WHERE owner_id = ? LIMIT 1", (container_id,))
-    if not rows and not held:
+    if row is None and not held:
         raise NotFoundError(f"container id: {container_id!r} does not exist")
     resources = load_resources(container_id, store)
-    host = rows[0]["host"] if rows else ""
+    host = row.host if row is not None else ""
     vm = _open_host_vm(ctx, host) if host else None
     try:
         release_resources(ctx, resources, vm, True)
     finally:
         if vm is not None:
             vm.detach()
-    store.execute("DELETE FROM containers WHERE id = ?", (container_id,))
+    container_table.delete(store, container_id)
 
 
 def _open_host_vm(ctx: Context, vm_id: str) -> Any:
@@ -102,21 +103,18 @@ def _open_host_vm(ctx: Context, vm_id: str) -> Any:
 def orphans(store: Store | None = None) -> list[ContainerRecordInfo]:
     """Containers whose controller is dead (their resources are nobody's)."""
     store = store or open_store()
-    rows = store.query("SELECT id, state, controller_pid, controller_start FROM containers")
     found = []
-    for row in rows:
-        info = ContainerRecordInfo(
-            row["id"], row["state"], row["controller_pid"], row["controller_start"]
-        )
+    for row in container_table.list_rows(store):
+        info = ContainerRecordInfo(row.id, row.state, row.controller_pid, row.controller_start)
         if not controller_alive(info.controller_pid, info.controller_start):
             found.append(info)
     # Resource records whose container row was already dropped (a release cut short, or
     # a VM container's records written by an older version): every kind, since a
     # container's row is always written before its first resource.
-    for row in store.query(
+    for record in store.query(
         "SELECT DISTINCT owner_id FROM resources WHERE owner_id NOT IN (SELECT id FROM containers)"
     ):
-        found.append(ContainerRecordInfo(row["owner_id"], "released", 0, 0))
+        found.append(ContainerRecordInfo(record["owner_id"], "released", 0, 0))
     return found
 
 

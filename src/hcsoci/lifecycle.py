@@ -29,7 +29,7 @@ from abc import ABC, abstractmethod
 from types import TracebackType
 from typing import Any, ClassVar, Generic, TypeVar
 
-from hcsoci import oci
+from hcsoci import container_table, oci
 from hcsoci.context import Context, background
 from hcsoci.cow import NO_FDS, OCIProcessParameters, StdioFds
 from hcsoci.errors import InvalidArgumentError, StateError
@@ -267,9 +267,7 @@ class ContainerLifecycle(ABC, Generic[P]):
         with self._lock:
             self._init = process
             self._state = STATES["running"]
-        self._store.execute(
-            "UPDATE containers SET state = 'running', init_pid = ? WHERE id = ?", (pid, self._id)
-        )
+        container_table.set_state(self._store, self._id, "running", pid)
         return process
 
     def _signal_init(self, ctx: Context, sig: int) -> None:
@@ -283,7 +281,7 @@ class ContainerLifecycle(ABC, Generic[P]):
                 return False
             self._state = STATES["stopped"]
         with contextlib.suppress(Exception):  # a released container has no row left
-            self._store.execute("UPDATE containers SET state = 'stopped' WHERE id = ?", (self._id,))
+            container_table.set_state(self._store, self._id, "stopped")
         return True
 
     # -- what each host does --

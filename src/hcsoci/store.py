@@ -6,9 +6,9 @@ Several processes may use the store at once; writes go through
 ``BEGIN IMMEDIATE`` transactions and a generous busy timeout.
 
 The schema lives here, in one place, so a newcomer can read every table the
-project keeps.  Each table belongs to one concept module: ``containers`` and
-``resources`` to :mod:`hcsoci.create` / :mod:`hcsoci.resources`; the
-``hns_*`` tables to :mod:`hcsoci.hns`; ``vms`` to :mod:`hcsoci.uvm`.
+project keeps.  Each table belongs to one concept module: ``containers`` to
+:mod:`hcsoci.container_table`, ``resources`` to :mod:`hcsoci.resources`; the
+``hns_*`` tables to :mod:`hcsoci.hns`; ``vms`` and ``vm_devices`` to :mod:`hcsoci.uvm`.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import click
 
-from hcsoci import context, cow, oci
+from hcsoci import container_table, context, cow, oci
 from hcsoci.cmd import Cmd, ExitError
 from hcsoci.container import Container, ContainerProcess, open_container
 from hcsoci.create import CreateOptions, create_container
@@ -253,10 +253,7 @@ def _check_networks(networks: tuple[str, ...]) -> None:
 
 
 def _hand_over(container_id: str) -> None:
-    open_store().execute(
-        "UPDATE containers SET controller_pid = 0, controller_start = 0 WHERE id = ?",
-        (container_id,),
-    )
+    container_table.hand_over(open_store(), container_id)
 
 
 @contextlib.contextmanager
@@ -640,23 +637,19 @@ def ps(container_id: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_(as_json: bool) -> None:
     """List the containers in the state store."""
-    rows = open_store().query(
-        "SELECT id, owner, state, created_at, controller_pid FROM containers WHERE host = ''"
-        " ORDER BY created_at"
-    )
-    found = []
-    for row in rows:
-        state = row["state"]
+    found: list[dict[str, Any]] = []
+    for row in container_table.list_rows(open_store(), host=""):
+        state = row.state
         if state not in ("creating",):
             with contextlib.suppress(HcsociError):
-                state = open_container(row["id"]).properties(context.background()).state
+                state = open_container(row.id).properties(context.background()).state
         found.append(
             {
-                "id": row["id"],
-                "owner": row["owner"],
+                "id": row.id,
+                "owner": row.owner,
                 "state": state,
-                "created": row["created_at"],
-                "controller_pid": row["controller_pid"],
+                "created": row.created_at,
+                "controller_pid": row.controller_pid,
             }
         )
     if as_json:
@@ -713,9 +706,9 @@ def delete(force: bool, container_id: str) -> None:
     """Release a container and everything it holds."""
     ctx = context.background()
     try:
-        rows = open_store().query("SELECT state FROM containers WHERE id = ?", (container_id,))
-        if rows and not force:
-            recorded = rows[0]["state"]
+        row = container_table.get(open_store(), container_id)
+        if row is not None and not force:
+            recorded = row.state
             if recorded == "creating":
                 raise StateError(f"container {container_id} is being created; use delete -f")
             current = recorded
@@ -748,7 +741,7 @@ def gc() -> None:
         raise _fail(err) from err
     scratch_root = state_root() / "scratch"
     if scratch_root.is_dir():
-        known = {row["id"] for row in open_store().query("SELECT id FROM containers")}
+        known = {row.id for row in container_table.list_rows(open_store())}
         for entry in scratch_root.iterdir():
             if (
                 entry.name not in known

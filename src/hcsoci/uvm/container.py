@@ -47,7 +47,7 @@ from typing import Any
 
 import msgspec
 
-from hcsoci import hns, oci
+from hcsoci import container_table, hns, oci
 from hcsoci.cmd import ExitError, command
 from hcsoci.container import ContainerProperties
 from hcsoci.context import Context
@@ -435,9 +435,7 @@ def _allocate(
     vm.gcs.create_container(
         ctx, resources.owner_id, root, msgspec.json.decode(oci.encode_spec(spec))
     )
-    resources.store.execute(
-        "UPDATE containers SET state = 'created' WHERE id = ?", (resources.owner_id,)
-    )
+    container_table.set_state(resources.store, resources.owner_id, "created")
     return spec
 
 
