@@ -54,6 +54,7 @@ def trivial_boot_seconds(accel: str) -> float:
         index = command_line.index("-append") + 1
         command_line[index] += f" rdinit={vm.assets.trivial_init}"
         console = Path(vm.console_log)
+        console.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # start() makes it
         start = time.perf_counter()
         qemu = subprocess.Popen(command_line, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
