@@ -9,7 +9,6 @@ import os
 import secrets
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
@@ -84,13 +83,14 @@ def test_a_vm_handed_over_before_it_started_is_reaped(uvm_assets: BootAssets) ->
     assert vm.id() not in reap_dead_vms()
 
 
-def test_agent_that_dies_while_booting_fails_the_start_at_once(
-    uvm_assets: BootAssets, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    # A real fault: the guest is told to run an agent file that does not exist.
-    missing = tmp_path / "gone" / "agent.py"
-    monkeypatch.setattr("hcsoci.uvm.vm.agent_path", lambda: missing)
-    options = UVMOptions(id="t-" + secrets.token_hex(4), owner="pytest", boot_timeout=300.0)
+def test_agent_that_dies_while_booting_fails_the_start_at_once(uvm_assets: BootAssets) -> None:
+    # A real fault: the guest is told to run an agent file its root does not have.
+    options = UVMOptions(
+        id="t-" + secrets.token_hex(4),
+        owner="pytest",
+        boot_timeout=300.0,
+        kernel_args="hcsoci.agent=/gone/agent.py",
+    )
     vm = create(context.background(), options)
     with pytest.raises(UVMStartError, match="agent exited while the VM booted") as info:
         vm.start(context.background())

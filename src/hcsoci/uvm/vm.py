@@ -45,7 +45,7 @@ from hcsoci.mounts import MS_NODEV, MS_NOEXEC, MS_NOSUID, is_mounted, mount, mou
 from hcsoci.paths import child, make_private_dir, remove_tree
 from hcsoci.store import Store, open_store, state_root
 from hcsoci.uvm.accel import QEMU_BINARY, machine_args, resolve_accel
-from hcsoci.uvm.assets import BootAssets, agent_path, compile_agent, load_assets
+from hcsoci.uvm.assets import GUEST_AGENT, BootAssets, load_assets
 from hcsoci.uvm.devices import forget_vm_devices
 from hcsoci.uvm.network import GuestNetworks, VMNic, delete_vm_taps
 from hcsoci.uvm.options import UVMOptions
@@ -157,8 +157,7 @@ class UtilityVM:
             for part in (
                 "console=ttyS0 quiet panic=-1",
                 f"hcsoci.python={self.assets.python}",
-                f"hcsoci.agent={agent_path()}",
-                f"hcsoci.rootcache={self.options.root_cache}",
+                f"hcsoci.agent={GUEST_AGENT}",
                 self.options.kernel_args,
             )
             if part
@@ -193,10 +192,6 @@ class UtilityVM:
             str(self.assets.initramfs),
             "-append",
             append,
-            "-fsdev",
-            "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap",
-            "-device",
-            "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot",
             "-device",
             "virtio-serial-pci,id=vser0,max_ports=2",
             "-chardev",
@@ -221,17 +216,22 @@ class UtilityVM:
             self.accel = resolve_accel(self.options.accel, self.assets)
             command = self.qemu_command(self.accel)
             self._mount_log_dir()
-            with open(self.log_dir / "qemu.log", "wb") as qemu_log:
+            log_fd = os.open(
+                self.log_dir / "qemu.log",
+                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                0o600,
+            )
+            with open(log_fd, "wb") as qemu_log:
                 self._process = subprocess.Popen(
                     command,
                     stdin=subprocess.DEVNULL,
                     stdout=qemu_log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
+                    umask=0o177,  # its sockets, pid file and console log: 0600
                 )
             self._pid = self._process.pid
             self._pid_start = process_start_time(self._pid) or 0
-            compile_agent()  # while QEMU boots; the guest reads it seconds later
             self._store.execute(
                 "UPDATE vms SET pid = ?, pid_start = ?, state = 'running', accel = ? WHERE id = ?",
                 (self._pid, self._pid_start, self.accel, self.id()),
@@ -617,7 +617,9 @@ def open_vm(ctx: Context, uvm_id: str, timeout: float = 30.0) -> UtilityVM:
     row = rows[0]
     if not process_alive(int(row["pid"]), int(row["pid_start"])):
         raise NotFoundError(f"utility VM {uvm_id!r} is not running (remove it with `uvm rm`)")
-    options = UVMOptions(**json.loads(row["options"]))
+    known = UVMOptions.__dataclass_fields__
+    # Options of a VM recorded by an older version may name fields since removed.
+    options = UVMOptions(**{k: v for k, v in json.loads(row["options"]).items() if k in known})
     assets = load_assets(Path(options.assets_dir) if options.assets_dir else None)
     vm = UtilityVM(options, assets, Path(row["state_dir"]), store)
     vm._pid, vm._pid_start, vm.accel = int(row["pid"]), int(row["pid_start"]), row["accel"]
