@@ -68,10 +68,21 @@ log = logging.getLogger(__name__)
 
 GCS_PORT_ID = "gcsport"
 
+QEMU_SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+"""QEMU's seccomp filter (``-sandbox``): no obsolete system calls, no set*uid,
+no fork/exec, no scheduler or CPU-affinity changes.  Hot-plug (9p, SCSI,
+virtio-net on a tap the host made) works under all of it."""
+
 
 class UVMStartError(HcsociError):
     """The VM did not boot to a working guest agent; the message ends with its console."""
 
+
+UNPLUG_TIMEOUT_DEAD_GUEST = 5.0
+"""Seconds an unplug waits for a guest whose bridge is dead before giving up quietly."""
+
+QEMU_EXIT_GRACE = 5.0
+"""Seconds a failed QMP command waits to learn whether QEMU died under it (then: gone)."""
 
 LOG_DIR_LIMIT = 8 << 20
 """Bytes of QEMU's and the guest console's logs kept per VM (the first ones; see ``start``)."""
@@ -176,6 +187,8 @@ class UtilityVM:
             "-nodefaults",
             "-no-user-config",
             "-no-reboot",
+            "-sandbox",
+            QEMU_SANDBOX,
             "-pidfile",
             str(d / "qemu.pid"),
             "-chardev",
@@ -257,9 +270,21 @@ class UtilityVM:
             if time.monotonic() > deadline:
                 raise UVMStartError("QEMU did not create its monitor socket")
             time.sleep(0.01)
-        self._qmp = QMPSession(self.id())
-        self._qmp.on_event(self._on_qmp_event)
-        self._qmp.connect(str(qmp_path))
+        while True:
+            session = QMPSession(self.id())
+            session.on_event(self._on_qmp_event)
+            try:
+                session.connect(str(qmp_path))
+                break
+            except QMPCommandError as err:
+                session.close()
+                # The socket file exists from bind(); QEMU may not listen() yet.
+                if "refused" not in str(err) or self._exited.is_set():
+                    raise
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        self._qmp = session
         # Fail fast, not at the deadline, when the agent died while booting.
         boot_ctx, give_up = with_cancel(ctx)
         connected = threading.Event()
