@@ -299,6 +299,9 @@ class UtilityVM:
                 timeout=max(0.1, deadline - time.monotonic()),
                 name=self.id(),
             )
+            self._gcs.start_heartbeat(
+                self.options.heartbeat_interval, self.options.heartbeat_misses
+            )
         except Canceled as err:
             if ctx.err() is not None:
                 raise
@@ -350,7 +353,9 @@ class UtilityVM:
             _wait_pid(self._pid, self._pid_start)
         self._exited.set()
         if self._gcs is not None:
-            self._gcs.fail(f"VM {self.id()} stopped")
+            status = self._process_status()
+            how = f" (exit status {status})" if status is not None else ""
+            self._gcs.fail(f"VM {self.id()} stopped: its QEMU exited{how}")
         with self._deleted_lock:
             for event in self._deleted.values():
                 event.set()
@@ -368,6 +373,20 @@ class UtilityVM:
             and self._gcs is not None
         ):
             self._gcs.fail(f"the guest agent of VM {self.id()} closed its port (crashed?)")
+
+    def pause(self, ctx: Context) -> None:
+        """Freeze the guest's CPUs (QMP ``stop``): the guest runs nothing until :meth:`resume`.
+
+        While it is paused its agent answers nothing: after the heartbeat's
+        silence bound the bridge is declared dead.
+        """
+        ctx.check()
+        self._qmp_execute("stop", {})
+
+    def resume(self, ctx: Context) -> None:
+        """Let a paused guest run again (QMP ``cont``)."""
+        ctx.check()
+        self._qmp_execute("cont", {})
 
     def wait(self) -> None:
         """Block until QEMU has exited."""
@@ -459,24 +478,41 @@ class UtilityVM:
             raise HcsociError(f"VM {self.id()} is not running")
         return self._qmp.execute(command, arguments)
 
+    def qmp(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        """Run one QMP command on the VM's monitor and return its result (diagnostics)."""
+        return self._qmp_execute(command, arguments or {})
+
     def _device_add(self, arguments: dict[str, Any]) -> None:
         with self._deleted_lock:
             self._deleted.pop(str(arguments["id"]), None)
         self._qmp_execute("device_add", arguments)
 
-    def _device_del(self, device: str, timeout: float = 30.0) -> None:
+    def _device_del(self, device: str, timeout: float = 30.0) -> bool:
+        """Unplug ``device``; whether it is gone (False: a dead guest could not let it go)."""
         if self._qmp is None or self._exited.is_set():
-            return
+            return True
+        # A guest whose bridge is dead (frozen, or its agent crashed) may never
+        # ack the unplug: wait a little, then leave the device to the VM's end.
+        guest_dead = self._gcs is not None and self._gcs.broken is not None
+        if guest_dead:
+            timeout = min(timeout, UNPLUG_TIMEOUT_DEAD_GUEST)
         with self._deleted_lock:
             event = self._deleted.setdefault(device, threading.Event())
         try:
             self._qmp.execute("device_del", {"id": device})
         except QMPCommandError as err:
-            if "not found" in str(err):
-                return
+            if "not found" in str(err) or self._exited.wait(QEMU_EXIT_GRACE):
+                return True  # gone, or QEMU died under the command: the device with it
             raise
-        if not event.wait(timeout):
-            raise HcsociError(f"VM {self.id()}: device {device} was not unplugged in {timeout} s")
+        if event.wait(timeout) or self._exited.is_set():
+            return True
+        if guest_dead:
+            log.warning(
+                "device left plugged in a dead guest",
+                extra={"vm": self.id(), "device": device, "seconds": timeout},
+            )
+            return False
+        raise HcsociError(f"VM {self.id()}: device {device} was not unplugged in {timeout} s")
 
     def _blockdev_del(self, node: str) -> None:
         if self._qmp is None or self._exited.is_set():
@@ -484,7 +520,8 @@ class UtilityVM:
         try:
             self._qmp.execute("blockdev-del", {"node-name": node})
         except QMPCommandError as err:
-            if "not found" not in str(err) and "Failed to find" not in str(err):
+            gone = "not found" in str(err) or "Failed to find" in str(err)
+            if not gone and not self._exited.wait(QEMU_EXIT_GRACE):
                 raise
 
     def add_plan9(
