@@ -51,7 +51,9 @@ def test_stopped_then_crashed_agent(make_uvm: MakeUVM) -> None:
     sleeper = vm.create_process(
         ctx, ProcessParameters(command_args=["sleep", "600"], environment={"PATH": "/bin"})
     )
-    command(vm, "sh", "-c", f"kill -KILL {agent}").start()
+    # The kill waits a moment, so the agent answers the killer's own creation first
+    # (the guest's busybox sh starts at once: it would win the race).
+    command(vm, "sh", "-c", f"sleep 1; kill -KILL {agent}").start()
     with pytest.raises(BridgeClosedError):
         sleeper.wait()
     with pytest.raises(BridgeClosedError):
