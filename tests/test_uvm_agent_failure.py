@@ -9,7 +9,6 @@ import os
 import secrets
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
@@ -52,7 +51,9 @@ def test_stopped_then_crashed_agent(make_uvm: MakeUVM) -> None:
     sleeper = vm.create_process(
         ctx, ProcessParameters(command_args=["sleep", "600"], environment={"PATH": "/bin"})
     )
-    command(vm, "sh", "-c", f"kill -KILL {agent}").start()
+    # The kill waits a moment, so the agent answers the killer's own creation first
+    # (the guest's busybox sh starts at once: it would win the race).
+    command(vm, "sh", "-c", f"sleep 1; kill -KILL {agent}").start()
     with pytest.raises(BridgeClosedError):
         sleeper.wait()
     with pytest.raises(BridgeClosedError):
@@ -84,13 +85,14 @@ def test_a_vm_handed_over_before_it_started_is_reaped(uvm_assets: BootAssets) ->
     assert vm.id() not in reap_dead_vms()
 
 
-def test_agent_that_dies_while_booting_fails_the_start_at_once(
-    uvm_assets: BootAssets, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    # A real fault: the guest is told to run an agent file that does not exist.
-    missing = tmp_path / "gone" / "agent.py"
-    monkeypatch.setattr("hcsoci.uvm.vm.agent_path", lambda: missing)
-    options = UVMOptions(id="t-" + secrets.token_hex(4), owner="pytest", boot_timeout=300.0)
+def test_agent_that_dies_while_booting_fails_the_start_at_once(uvm_assets: BootAssets) -> None:
+    # A real fault: the guest is told to run an agent file its root does not have.
+    options = UVMOptions(
+        id="t-" + secrets.token_hex(4),
+        owner="pytest",
+        boot_timeout=300.0,
+        kernel_args="hcsoci.agent=/gone/agent.py",
+    )
     vm = create(context.background(), options)
     with pytest.raises(UVMStartError, match="agent exited while the VM booted") as info:
         vm.start(context.background())

@@ -1,8 +1,9 @@
 """The guest agent (GCS): runs inside the utility VM and serves the host's bridge.
 
-It is started by the guest's init as ``python3 -S -I /path/to/agent.py`` from
-the host's root shared over 9p, so it imports as little as it can: a few
-stdlib modules, and :mod:`protocol` loaded by path.  Modules needed only by
+It is built into the guest's own root (``/.hcsoci/gcs``, with its bytecode)
+and imported by the guest's init with ``python3 -S -I -B``.  It imports as
+little as it can (every module costs boot time under TCG): a few stdlib
+modules, and :mod:`protocol` from its own directory.  Modules needed only by
 rare requests (``subprocess`` for ``mount``) are imported on first use.
 
 One thread multiplexes all IO with epoll: the virtio-serial port and every
@@ -22,7 +23,7 @@ import termios
 import time
 from collections import deque
 
-# Imports cost seconds over 9p under TCG: typing, contextlib and threading stay
+# Imports cost boot time under TCG: typing, contextlib and threading stay
 # out of the startup path (threading is imported by the first slow request).
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -5,6 +5,13 @@ host socket and routes them: responses to the waiting request, exit
 notifications to their :class:`GuestProcess`, stream bytes to that process's
 :class:`GuestStreamReader`.  Stream data is buffered per stream up to its flow
 control window, so the reader thread never blocks on a slow consumer.
+
+A heartbeat (:meth:`GuestConnection.start_heartbeat`) bounds how long anyone
+waits on a frozen or dead guest: while a request, a process or a container
+wait is outstanding, the host pings an agent that has been silent for an
+interval; after the given number of unanswered pings the bridge is declared
+dead and every waiter gets a :class:`BridgeClosedError` naming the VM and how
+long it was silent.
 """
 
 from __future__ import annotations
@@ -14,8 +21,10 @@ import errno as errno_module
 import io
 import itertools
 import logging
+import select
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -115,6 +124,10 @@ class GuestConnection:
         self.version = 0
         self.agent_pid = 0
         self.boot_id = ""
+        self._last_heard = time.monotonic()
+        self._container_waiters = 0
+        self._stopped = threading.Event()
+        self._heartbeat: threading.Thread | None = None
         self._reader = threading.Thread(
             target=self._read_loop, name=f"gcs-bridge-{name}", daemon=True
         )
@@ -333,10 +346,14 @@ class GuestConnection:
         bridge's error if the bridge breaks first.
         """
         with self._container_exited:
-            done = self._container_exited.wait_for(
-                lambda: container_id in self._container_exits or self._broken is not None,
-                timeout,
-            )
+            self._container_waiters += 1
+            try:
+                done = self._container_exited.wait_for(
+                    lambda: container_id in self._container_exits or self._broken is not None,
+                    timeout,
+                )
+            finally:
+                self._container_waiters -= 1
             if container_id in self._container_exits:
                 return self._container_exits[container_id]
             if not done:
@@ -375,7 +392,7 @@ class GuestConnection:
 
     def _read_loop(self) -> None:
         header = bytearray(protocol.HEADER_SIZE)
-        reason = "the guest agent closed the bridge"
+        reason = f"VM {self.name}: the bridge closed (its guest agent or QEMU stopped)"
         try:
             while True:
                 if not self._recv_exactly(header):
@@ -384,6 +401,7 @@ class GuestConnection:
                 payload = bytearray(length)
                 if length and not self._recv_exactly(payload):
                     break
+                self._last_heard = time.monotonic()
                 self._route(frame_type, frame_id, payload)
         except protocol.ProtocolError as err:
             reason = f"bridge protocol error: {err}"
@@ -438,6 +456,67 @@ class GuestConnection:
         with self._lock:
             return self._processes.get(key), fd
 
+    # -- the heartbeat ------------------------------------------------------
+
+    def start_heartbeat(self, interval: float, misses: int) -> None:
+        """Declare the bridge dead after ``misses`` pings in a row get no answer.
+
+        While anything waits on the guest (a request, a process, a container
+        wait), an agent silent for ``interval`` seconds is pinged; any frame
+        from it counts as an answer.  After ``interval * misses`` seconds of
+        silence the connection fails every waiter with a
+        :class:`BridgeClosedError` naming the VM and the silence.
+        """
+        if self._heartbeat is not None:
+            raise StateError(f"bridge {self.name}: the heartbeat runs already")
+        self._last_heard = time.monotonic()
+        self._heartbeat = threading.Thread(
+            target=self._heartbeat_loop,
+            args=(interval, misses),
+            name=f"gcs-heartbeat-{self.name}",
+            daemon=True,
+        )
+        self._heartbeat.start()
+
+    def _busy(self) -> bool:
+        with self._lock:
+            return bool(self._pending or self._processes or self._container_waiters)
+
+    def _heartbeat_loop(self, interval: float, misses: int) -> None:
+        while not self._stopped.wait(interval):
+            now = time.monotonic()
+            if not self._busy():
+                self._last_heard = now  # nobody waits: silence is fine
+                continue
+            silent = now - self._last_heard
+            if silent >= interval * misses:
+                self.fail(
+                    f"VM {self.name}: the guest agent has not answered for {silent:.0f} s "
+                    f"({misses} heartbeats missed, one every {interval:g} s): "
+                    "the guest is frozen or dead"
+                )
+                with contextlib.suppress(OSError):  # unblocks a writer stuck on a full socket
+                    self._sock.shutdown(socket.SHUT_RDWR)
+                return
+            if silent >= interval:
+                self._ping()
+
+    def _ping(self) -> None:
+        """Send a ping without ever blocking (a frozen guest stops draining the socket)."""
+        if not self._send_lock.acquire(blocking=False):
+            return  # a writer holds the socket: its frames are on their way
+        try:
+            _, writable, _ = select.select([], [self._sock], [], 0)
+            if writable and self._broken is None:
+                frame = protocol.message_frame(
+                    protocol.REQUEST, next(self._request_ids), {"op": "ping"}
+                )
+                self._sock.sendall(frame)  # small, and the socket has room
+        except OSError as err:
+            log.debug("heartbeat ping failed", extra={"vm": self.name, "error": str(err)})
+        finally:
+            self._send_lock.release()
+
     # -- failure and shutdown -----------------------------------------------
 
     @property
@@ -451,6 +530,7 @@ class GuestConnection:
             if self._broken is not None:
                 return
             self._broken = BridgeClosedError("bridge", reason)
+            self._stopped.set()
             self._container_exited.notify_all()
             pending = list(self._pending.values())
             processes = list(self._processes.values())
@@ -468,6 +548,9 @@ class GuestConnection:
             self._sock.shutdown(socket.SHUT_RDWR)
         if self._reader is not threading.current_thread():
             self._reader.join(10)
+        heartbeat = self._heartbeat
+        if heartbeat is not None and heartbeat is not threading.current_thread():
+            heartbeat.join(10)
         self._sock.close()
 
 

@@ -60,7 +60,7 @@ def machine_args(accel: str) -> list[str]:
     # ("max" has it too, but its AVX paths make glibc's memcpy slow under TCG.)
     return [
         "-machine",
-        "pc",
+        "pc,usb=off,vmport=off",
         "-accel",
         accel,
         "-cpu",

@@ -2,19 +2,22 @@
 
 The kernel is Debian's ``linux-image-amd64`` (it has 9p, virtio-serial,
 virtio-scsi, virtio-net and overlayfs as modules).  The initramfs holds
-``busybox-static``, the modules needed to mount the guest root (inserted in
-the dependency order read from ``modules.dep``), the two init scripts, and a
-*seed*: the host Python interpreter and the few standard-library files the
-guest agent imports.  The seed is the top lower layer of the guest root's
-overlay, so the agent starts from memory instead of over 9p (under TCG a
-lean interpreter start over 9p costs seconds).  Every other file the guest
-reads comes from the host's root through the read-only Plan9 share, including
-``/lib/modules`` for modules loaded later with ``modprobe``.
+``busybox-static``, the modules needed to build the guest root (inserted in
+the dependency order read from ``modules.dep``), the init scripts, and the
+*guest root* (``/seed``): a small, complete root file system of its own.  It
+has busybox and its applets, the host's ``runc`` and ``ip`` with their shared
+libraries (``ldd``), the Python interpreter with just the standard-library
+files the guest agent imports, the agent itself (with its bytecode), the
+device modules the agent inserts on first use, and a minimal ``/etc``.  The
+guest boots from it alone: nothing of the host's file tree is shared with the
+guest unless a caller adds it (Plan9 shares, SCSI disks).
 
 Assets live in ``$HCSOCI_ASSETS`` (default ``/var/lib/hcsoci/uvm``) under a
-directory named by a hash of every input, so they are rebuilt only when an
-input changes.  :func:`load_assets` refuses stale assets with a message that
-says how to rebuild them.
+directory named by a hash of every input (each file's path, size and mtime:
+kernel, modules, busybox, runc, ip, the interpreter, every library and the
+agent's sources), so they are rebuilt only when an input changes.
+:func:`load_assets` refuses stale assets with a message that says how to
+rebuild them.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -43,9 +45,11 @@ __all__ = [
     "GUEST_BOOT_MODULES",
     "BootAssets",
     "assets_dir",
+    "GUEST_AGENT",
+    "GUEST_BINARIES",
     "build_assets",
-    "compile_agent",
     "find_kernel",
+    "guest_binaries",
     "load_assets",
     "module_load_order",
 ]
@@ -53,24 +57,36 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_ASSETS_DIR = "/var/lib/hcsoci/uvm"
-BUILDER_VERSION = 9
+BUILDER_VERSION = 10
 """Bump when the initramfs layout or the init scripts change."""
 
 GUEST_BOOT_MODULES = ("virtio_pci", "virtio_console", "9pnet_virtio", "9p", "overlay")
-"""Modules needed before the guest root exists, inserted by the initramfs."""
+"""Modules inserted by the initramfs at boot (the guest root's overlay, the bridge, Plan9)."""
 
 GUEST_DEVICE_MODULES = ("virtio_scsi", "sd_mod", "crc32c_generic", "ext4", "virtio_net")
 """Modules the agent inserts on first use (from ``/.hcsoci/modules``), in order.
 
-They are not loaded at boot (that would slow every boot down), nor modprobed
-from the host root over 9p (kmod cannot read its indexes through the overlay)."""
+They are not loaded at boot (that would slow every boot down); the guest
+has no ``/lib/modules`` indexes, so they are inserted by file name."""
+
+GUEST_BINARIES = ("runc", "ip")
+"""Host programs copied into the guest root with their shared libraries.
+
+``runc`` runs the containers (linked with libseccomp: their seccomp filters
+work); iproute2's ``ip`` makes network namespaces (busybox ``ip`` has no
+``netns``).  Everything else the agent and the container flow run in the
+guest (``mount``, ``umount``, ``insmod``, ``sh``, ``mkdir``...) is busybox."""
+
+GUEST_AGENT_DIR = "/.hcsoci/gcs"
+GUEST_AGENT = GUEST_AGENT_DIR + "/agent.py"
+"""The guest agent's path in the guest root (``hcsoci.agent=`` on the kernel command line)."""
 
 TRIVIAL_INIT_MARKER = "hcsoci-trivial-init-reached"
 
 _STAGE1 = r"""#!/bin/busybox sh
 # hcsoci utility VM, stage 1 (initramfs): load the boot modules, build the
-# guest root (tmpfs overlay over the host's root shared read-only over 9p),
-# then switch to it.
+# guest root (a tmpfs overlay over this initramfs's /seed, the guest's own
+# root file system), then switch to it.
 B=/bin/busybox
 $B mount -t proc proc /proc
 $B mount -t sysfs sysfs /sys
@@ -83,18 +99,15 @@ for arg in $($B cat /proc/cmdline); do
     case "$arg" in
         hcsoci.python=*) PY="${arg#*=}" ;;
         hcsoci.agent=*) AGENT="${arg#*=}" ;;
-        hcsoci.rootcache=*) ROOTCACHE="${arg#*=}" ;;
     esac
 done
 fail() { echo "hcsoci-init: $*"; $B poweroff -f; }
-$B mkdir -p /mnt/host /mnt/rw /newroot
-$B mount -t 9p -o "trans=virtio,version=9p2000.L,cache=${ROOTCACHE:-loose},ro,msize=262144" \
-    hostroot /mnt/host || fail "cannot mount the host root"
+$B mkdir -p /mnt/rw /newroot
 $B mount -t tmpfs -o mode=0755 tmpfs /mnt/rw
 $B mkdir -p /mnt/rw/upper /mnt/rw/work
-# The seed (this initramfs's /seed) is the top lower layer: no copying.
+# The seed is the only lower layer: nothing is copied, writes go to the tmpfs.
 $B mount -t overlay overlay \
-    -o lowerdir=/seed:/mnt/host,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work /newroot \
+    -o lowerdir=/seed,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work /newroot \
     || fail "cannot mount the guest root overlay"
 echo "hcsoci-init: guest root ready at $($B cut -d' ' -f1 /proc/uptime) s"
 for d in proc sys dev; do $B mount --move "/$d" "/newroot/$d"; done
@@ -110,15 +123,7 @@ _STAGE2 = r"""# hcsoci utility VM, stage 2 (PID 1 in the guest root): private /r
 B=/.hcsoci/busybox
 PY="$1"
 AGENT="$2"
-# Copy the agent and its protocol module into the guest root first: the tree
-# they came from may live under /run or /tmp, which the private mounts below
-# hide.  Their bytecode comes along (cp -p keeps the mtimes that validate it;
-# the host compiles it as QEMU starts), so the guest compiles nothing.
-SRC="${AGENT%/*}"
-$B mkdir -p /.hcsoci/gcs/__pycache__
-$B cp -p "$SRC/${AGENT##*/}" "$SRC/protocol.py" /.hcsoci/gcs/ \
-    || echo "hcsoci-stage2: no agent in $SRC"
-$B cp -p "$SRC"/__pycache__/*.pyc /.hcsoci/gcs/__pycache__/ 2>/dev/null
+DIR="${AGENT%/*}"
 MODULE="${AGENT##*/}"
 MODULE="${MODULE%.py}"
 $B mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
@@ -128,10 +133,10 @@ $B mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts /dev/pts
 $B ln -sf pts/ptmx /dev/ptmx 2>/dev/null
 $B mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm
 $B mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
-$B hostname hcsoci-uvm
+$B hostname -F /etc/hostname
 echo "hcsoci-stage2: starting the agent at $($B cut -d' ' -f1 /proc/uptime) s"
-# Imported, not run as a script, so that its cached bytecode is used.
-"$PY" -S -I -B -c "import sys; sys.path.insert(0, '/.hcsoci/gcs'); import $MODULE; $MODULE.main()"
+# Imported, not run as a script, so that its bytecode (built with the assets) is used.
+"$PY" -S -I -B -c "import sys; sys.path.insert(0, '$DIR'); import $MODULE; $MODULE.main()"
 echo "hcsoci-stage2: guest agent exited with status $?"
 while true; do $B sleep 3600; done
 """
@@ -141,6 +146,17 @@ _TRIVIAL_INIT = f"""#!/bin/busybox sh
 echo {TRIVIAL_INIT_MARKER}
 /bin/busybox poweroff -f
 """
+
+GUEST_HOSTNAME = "hcsoci-uvm"
+
+_GUEST_ETC = {
+    "etc/hostname": f"{GUEST_HOSTNAME}\n",
+    "etc/hosts": f"127.0.0.1\tlocalhost {GUEST_HOSTNAME}\n::1\tlocalhost\n",
+    "etc/passwd": "root:x:0:0:root:/root:/bin/sh\n"
+    "nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    "etc/group": "root:x:0:\nnogroup:x:65534:\n",
+}
+"""The guest's own ``/etc``: no shadow file, no host names, no host accounts."""
 
 
 @dataclass(frozen=True)
@@ -243,34 +259,27 @@ def _read_module(path: Path) -> bytes:
 
 
 def agent_path() -> Path:
-    """The guest agent script, as a host path (the guest sees the same path over 9p)."""
+    """The guest agent's source on the host (built into the guest root at ``GUEST_AGENT``)."""
     return Path(__file__).resolve().parent.parent / "gcs" / "agent.py"
 
 
-def compile_agent() -> None:
-    """Write fresh bytecode of the agent and its protocol module (best effort).
+def _agent_sources() -> list[Path]:
+    gcs = agent_path().parent
+    return [gcs / "agent.py", gcs / "protocol.py"]
 
-    The guest copies it with the sources, so its agent starts without
-    compiling them (a few hundred milliseconds under TCG).  Python checks it
-    against the sources' mtimes and sizes, so stale bytecode is never used.
-    """
+
+def _bytecode(source: Path, scratch: Path) -> bytes:
+    """The timestamp-validated bytecode of ``source`` (as the guest's interpreter checks it)."""
     import py_compile
 
-    gcs = agent_path().parent
-    for source in (gcs / "agent.py", gcs / "protocol.py"):
-        with contextlib.suppress(OSError, py_compile.PyCompileError):
-            cached = Path(importlib.util.cache_from_source(str(source)))
-            st = source.stat()
-            with contextlib.suppress(OSError):
-                header = cached.read_bytes()[:16]
-                if (
-                    header[:4] == importlib.util.MAGIC_NUMBER
-                    and int.from_bytes(header[4:8], "little") == 0
-                    and int.from_bytes(header[8:12], "little") == int(st.st_mtime) & 0xFFFFFFFF
-                    and int.from_bytes(header[12:16], "little") == st.st_size & 0xFFFFFFFF
-                ):
-                    continue
-            py_compile.compile(str(source), cfile=str(cached), doraise=True)
+    cfile = scratch / (source.stem + ".pyc")
+    py_compile.compile(
+        str(source),
+        cfile=str(cfile),
+        doraise=True,
+        invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP,
+    )
+    return cfile.read_bytes()
 
 
 def agent_python() -> str:
@@ -281,6 +290,15 @@ def agent_python() -> str:
     raise NotFoundError("no python3 interpreter on this host")
 
 
+def _shared_libraries(binary: str) -> list[str]:
+    """Every shared library ``binary`` loads (``ldd``: transitive), its loader included."""
+    listing = subprocess.run(["ldd", binary], capture_output=True, text=True).stdout
+    if "not found" in listing:
+        missing = [line.split()[0] for line in listing.splitlines() if "not found" in line]
+        raise NotFoundError(f"{binary}: shared libraries not found: {', '.join(missing)}")
+    return sorted(set(re.findall(r"(/\S+) \(0x", listing)))
+
+
 def _seed_files(python: str) -> list[str]:
     """The interpreter, its shared libraries and the stdlib files the agent imports."""
     listing = subprocess.run(
@@ -289,45 +307,80 @@ def _seed_files(python: str) -> list[str]:
         capture_output=True,
         text=True,
     ).stdout.split()
-    libs = subprocess.run(["ldd", python], capture_output=True, text=True).stdout
     files = {python, *listing}
-    files.update(re.findall(r"(/\S+) \(0x", libs))
-    # Skip the agent's own modules: those are read from the live tree, so that
-    # editing them needs no rebuild.
+    # The agent's own modules go in separately (GUEST_AGENT_DIR, with their bytecode).
     gcs_dir = str(agent_path().parent)
     return sorted(f for f in files if not f.startswith(gcs_dir) and os.path.isfile(f))
 
 
+_STANDARD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def guest_binaries() -> list[str]:
+    """The host paths of :data:`GUEST_BINARIES`; NotFoundError naming a missing one."""
+    found = []
+    for name in GUEST_BINARIES:
+        path = shutil.which(name, path=_STANDARD_PATH)
+        if path is None:
+            package = {"ip": "iproute2"}.get(name, name)
+            raise NotFoundError(f"{name} not found: install Debian's {package} (make install)")
+        found.append(os.path.normpath(path))
+    return found
+
+
 GUEST_PYTHON_PREFIX = "/.hcsoci/py"
 """Where the seeded interpreter lives in the guest (its host path appended)."""
+
+_MERGED_USR = ("bin", "sbin", "lib", "lib64")
+"""Top-level directories that are symbolic links into ``/usr`` in the guest (merged /usr)."""
+
+
+def _guest_path(host_path: str) -> str:
+    """Where a host file goes in the guest root, relative (``/lib/x`` -> ``usr/lib/x``)."""
+    relative = os.path.normpath(host_path).lstrip("/")
+    if relative.split("/", 1)[0] in _MERGED_USR:
+        relative = "usr/" + relative
+    return relative
 
 
 def _is_shared_library(path: str) -> bool:
     return ".so" in os.path.basename(path) and "/python3" not in path
 
 
+def _busybox_applets(busybox: Path) -> list[str]:
+    """The guest paths of busybox's applets (``busybox --list-full``), merged /usr."""
+    listing = subprocess.run(
+        [str(busybox), "--list-full"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    return sorted(
+        {
+            _guest_path(entry)
+            for entry in listing
+            if entry.split("/", 1)[0] in ("bin", "sbin", "usr")
+        }
+    )
+
+
 def _inputs(
-    kernel: Path, modules: list[Path], busybox: Path, seed: list[str]
+    kernel: Path, modules: list[Path], busybox: Path, files: list[str]
 ) -> list[tuple[str, int, int]]:
-    paths = [str(kernel), str(busybox), *(str(m) for m in modules), *seed]
-    return [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths]
+    paths = [str(kernel), str(busybox), *(str(m) for m in modules), *files]
+    return [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in dict.fromkeys(paths)]
 
 
 def _key(inputs: list[tuple[str, int, int]], compress: bool) -> str:
     digest = hashlib.sha256(f"v{BUILDER_VERSION} gzip={compress}\n".encode())
     digest.update(_STAGE1.encode() + _STAGE2.encode() + _TRIVIAL_INIT.encode())
+    digest.update(json.dumps(_GUEST_ETC, sort_keys=True).encode())
     for path, size, mtime in inputs:
         digest.update(f"{path}\0{size}\0{mtime}\n".encode())
     return digest.hexdigest()[:16]
 
 
-def build_assets(
-    directory: Path | None = None, *, compress: bool = False, seed_python: bool = True
-) -> BootAssets:
+def build_assets(directory: Path | None = None, *, compress: bool = False) -> BootAssets:
     """Build (or find already built) boot assets for the current inputs.
 
-    ``compress`` gzips the initramfs (smaller, but slower to unpack under TCG);
-    ``seed_python`` puts the agent's interpreter and imports in the initramfs.
+    ``compress`` gzips the initramfs (smaller, but slower to unpack under TCG).
     """
     directory = directory or assets_dir()
     kernel, release = find_kernel()
@@ -341,8 +394,13 @@ def build_assets(
     if not busybox.exists():
         raise NotFoundError("busybox not found: install busybox-static (make install)")
     python = agent_python()
-    seed = _seed_files(python) if seed_python else []
-    inputs = _inputs(kernel, modules + device_modules, busybox, seed)
+    seed = _seed_files(python)
+    binaries = guest_binaries()
+    libraries = sorted({lib for binary in (python, *binaries) for lib in _shared_libraries(binary)})
+    agent_sources = [str(p) for p in _agent_sources()]
+    inputs = _inputs(
+        kernel, modules + device_modules, busybox, seed + binaries + libraries + agent_sources
+    )
     key = _key(inputs, compress)
     target = directory / key
     manifest_path = target / "manifest.json"
@@ -356,13 +414,11 @@ def build_assets(
         shutil.copyfile(kernel, staging / "vmlinuz")
         os.chmod(staging / "vmlinuz", 0o600)
         archive = _CpioWriter()
+        # The initramfs itself: stage 1 and the boot modules.
         for name in ("proc", "sys", "dev", "mnt", "lib", "lib/modules", "bin"):
             archive.directory(name)
         archive.file("bin/busybox", busybox.read_bytes(), 0o755)
         archive.file("init", _STAGE1.encode(), 0o755)
-        archive.path_parents("seed/.hcsoci/modules")
-        archive.file("seed/.hcsoci/busybox", busybox.read_bytes(), 0o755)
-        archive.file("seed/.hcsoci/stage2", _STAGE2.encode(), 0o644)
         archive.file("trivial-init", _TRIVIAL_INIT.encode(), 0o755)
         order = []
         for module in modules:
@@ -370,21 +426,10 @@ def build_assets(
             archive.file(f"lib/modules/{name}", _read_module(module), 0o644)
             order.append(name)
         archive.file("modules.order", ("\n".join(order) + "\n").encode(), 0o644)
-        order = []
-        for module in device_modules:
-            name = _module_name(module.name) + ".ko"
-            archive.file(f"seed/.hcsoci/modules/{name}", _read_module(module), 0o644)
-            order.append(name)
-        archive.file("seed/.hcsoci/modules/order", ("\n".join(order) + "\n").encode(), 0o644)
-        for path in seed:
-            # The interpreter and its stdlib files go under a private prefix, so
-            # that its directories exist only here: the overlay then never merges
-            # them with the host's big stdlib directories over 9p.  Shared
-            # libraries stay where the dynamic loader looks for them.
-            seeded = "seed" + (path if _is_shared_library(path) else GUEST_PYTHON_PREFIX + path)
-            archive.path_parents(os.path.dirname(seeded))
-            st = os.stat(path)
-            archive.file(seeded, Path(path).read_bytes(), st.st_mode & 0o7777, int(st.st_mtime))
+        with tempfile.TemporaryDirectory(prefix="hcsoci-pyc-") as scratch:
+            _add_guest_root(
+                archive, busybox, device_modules, seed, binaries, libraries, Path(scratch)
+            )
         data = archive.finish()
         if compress:
             data = gzip.compress(data, compresslevel=6)
@@ -392,7 +437,7 @@ def build_assets(
         manifest = {
             "builder_version": BUILDER_VERSION,
             "kernel_release": release,
-            "python": GUEST_PYTHON_PREFIX + python if seed else python,
+            "python": GUEST_PYTHON_PREFIX + python,
             "compress": compress,
             "inputs": inputs,
             "key": key,
@@ -409,6 +454,79 @@ def build_assets(
     log.info("built boot assets", extra={"directory": str(target)})
     _prune_stale(directory, keep=target)
     return _assets_from_manifest(target)
+
+
+def _add_guest_root(
+    archive: _CpioWriter,
+    busybox: Path,
+    device_modules: list[Path],
+    seed: list[str],
+    binaries: list[str],
+    libraries: list[str],
+    scratch: Path,
+) -> None:
+    """Write the guest's root file system under ``seed/`` (merged /usr, as Debian)."""
+    root = "seed"
+    for name in (
+        "usr/bin",
+        "usr/sbin",
+        "usr/lib",
+        "usr/lib64",
+        "etc",
+        "proc",
+        "sys",
+        "dev",
+        "run",
+        "mnt",
+        "var",
+    ):
+        archive.path_parents(f"{root}/{name}")
+    archive.directory(f"{root}/tmp", 0o1777)
+    archive.directory(f"{root}/root", 0o700)
+    for name in _MERGED_USR:
+        archive.symlink(f"{root}/{name}", f"usr/{name}")
+    archive.file(f"{root}/usr/bin/busybox", busybox.read_bytes(), 0o755)
+    shipped = {_guest_path(path) for path in binaries}
+    for applet in _busybox_applets(busybox):
+        if applet not in shipped and applet != "usr/bin/busybox":
+            archive.path_parents(f"{root}/{os.path.dirname(applet)}")
+            archive.symlink(f"{root}/{applet}", "/usr/bin/busybox")
+    for path in binaries + libraries:
+        guest = f"{root}/{_guest_path(path)}"
+        archive.path_parents(os.path.dirname(guest))
+        archive.file(guest, Path(path).read_bytes(), os.stat(path).st_mode & 0o7777)
+    for name, content in _GUEST_ETC.items():
+        archive.file(f"{root}/{name}", content.encode(), 0o644)
+    # The project's own files: busybox for the init scripts, stage 2, the device
+    # modules, the interpreter and the agent.
+    archive.path_parents(f"{root}/.hcsoci/modules")
+    archive.symlink(f"{root}/.hcsoci/busybox", "/usr/bin/busybox")
+    archive.file(f"{root}/.hcsoci/stage2", _STAGE2.encode(), 0o644)
+    order = []
+    for module in device_modules:
+        name = _module_name(module.name) + ".ko"
+        archive.file(f"{root}/.hcsoci/modules/{name}", _read_module(module), 0o644)
+        order.append(name)
+    archive.file(f"{root}/.hcsoci/modules/order", ("\n".join(order) + "\n").encode(), 0o644)
+    for path in seed:
+        # The interpreter and its stdlib files keep their mtimes (their cached
+        # .pyc are validated against them) under a private prefix.
+        seeded = f"{root}{GUEST_PYTHON_PREFIX}{path}"
+        archive.path_parents(os.path.dirname(seeded))
+        st = os.stat(path)
+        archive.file(seeded, Path(path).read_bytes(), st.st_mode & 0o7777, int(st.st_mtime))
+    agent_dir = f"{root}{GUEST_AGENT_DIR}"
+    archive.path_parents(f"{agent_dir}/__pycache__")
+    tag = sys.implementation.cache_tag
+    for source in _agent_sources():
+        st = source.stat()
+        archive.file(f"{agent_dir}/{source.name}", source.read_bytes(), 0o644, int(st.st_mtime))
+        archive.file(
+            f"{agent_dir}/__pycache__/{source.stem}.{tag}.pyc",
+            _bytecode(source, scratch),
+            0o644,
+            int(st.st_mtime),
+        )
 
 
 def _prune_stale(directory: Path, keep: Path) -> None:
@@ -491,10 +609,13 @@ class _CpioWriter:
         self._chunks.append(header + encoded + b"\0" * (-(len(header) + len(encoded)) % 4))
         self._chunks.append(data + b"\0" * (-len(data) % 4))
 
-    def directory(self, name: str) -> None:
+    def directory(self, name: str, mode: int = 0o755) -> None:
         if name not in self._dirs:
             self._dirs.add(name)
-            self._entry(name, 0o040755, b"")
+            self._entry(name, 0o040000 | mode, b"")
+
+    def symlink(self, name: str, target: str) -> None:
+        self._entry(name, 0o120777, target.encode())
 
     def path_parents(self, name: str) -> None:
         parts = name.strip("/").split("/")

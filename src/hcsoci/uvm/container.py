@@ -22,8 +22,8 @@ here.  The container's root in the guest is ``/run/gcs/c/<id>``:
 
 The spec sent to the guest drops hooks, ``cgroupsPath`` and the ``windows``
 section and points ``root.path`` at the guest rootfs.  The guest agent runs
-the container with the host's ``runc`` (the guest root is the host's ``/``
-over 9p), state under ``/run/gcs/runc``, through the bridge's container
+the container with the guest root's ``runc`` (the host's, copied into the
+boot assets), state under ``/run/gcs/runc``, through the bridge's container
 requests (:meth:`~hcsoci.gcs.connection.GuestConnection.create_container`,
 ``start_container``, ``exec_in_container``, ``signal_container``,
 ``container_state``, ``delete_container``).  Every share, disk and guest path is

@@ -39,9 +39,12 @@ class UVMOptions:
     """Boot asset cache; default ``$HCSOCI_ASSETS`` or ``/var/lib/hcsoci/uvm``."""
     plan9_slots: int = 8
     scsi_luns: int = 64
-    root_cache: str = "loose"
-    """9p cache mode of the guest root (``loose``, ``mmap``, ``none``)."""
     kernel_args: str = ""
+    heartbeat_interval: float = 2.0
+    """Seconds between the host's pings of a silent guest agent while anything waits on it."""
+    heartbeat_misses: int = 10
+    """Pings gone unanswered (``heartbeat_misses * heartbeat_interval`` seconds of silence)
+    after which the bridge is declared dead and every waiter gets an error."""
 
     def validated(self) -> UVMOptions:
         """A copy with defaults filled in; raises InvalidArgumentError naming a bad field."""
@@ -58,7 +61,8 @@ class UVMOptions:
             ("request_timeout", self.request_timeout, self.request_timeout > 0),
             ("plan9_slots", self.plan9_slots, 0 <= self.plan9_slots <= 64),
             ("scsi_luns", self.scsi_luns, 1 <= self.scsi_luns <= 256),
-            ("root_cache", self.root_cache, self.root_cache in ("loose", "mmap", "none")),
+            ("heartbeat_interval", self.heartbeat_interval, 0 < self.heartbeat_interval <= 3600),
+            ("heartbeat_misses", self.heartbeat_misses, 1 <= self.heartbeat_misses <= 1000),
         ]
         for name, value, ok in checks:
             if not ok:

@@ -209,8 +209,8 @@ class SCSIController:
             self._vm.gcs_request(
                 ctx, "remove_scsi_device", {"target": attachment.target, "lun": attachment.lun}
             )
-        self._vm._device_del(f"scsi-dev{attachment.target}")
-        self._vm._blockdev_del(f"scsi-node{attachment.target}")
+        if self._vm._device_del(f"scsi-dev{attachment.target}"):
+            self._vm._blockdev_del(f"scsi-node{attachment.target}")
 
     def clear(self) -> None:
         """Forget every attachment (the VM is gone)."""

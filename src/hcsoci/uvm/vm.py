@@ -46,7 +46,7 @@ from hcsoci.paths import child, make_private_dir, remove_tree
 from hcsoci.resources import forget_vm_records
 from hcsoci.store import Store, open_store, state_root
 from hcsoci.uvm.accel import QEMU_BINARY, machine_args, resolve_accel
-from hcsoci.uvm.assets import BootAssets, agent_path, compile_agent, load_assets
+from hcsoci.uvm.assets import GUEST_AGENT, BootAssets, load_assets
 from hcsoci.uvm.devices import forget_vm_devices
 from hcsoci.uvm.network import GuestNetworks, VMNic, delete_vm_taps
 from hcsoci.uvm.options import UVMOptions
@@ -69,10 +69,21 @@ log = logging.getLogger(__name__)
 
 GCS_PORT_ID = "gcsport"
 
+QEMU_SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+"""QEMU's seccomp filter (``-sandbox``): no obsolete system calls, no set*uid,
+no fork/exec, no scheduler or CPU-affinity changes.  Hot-plug (9p, SCSI,
+virtio-net on a tap the host made) works under all of it."""
+
 
 class UVMStartError(HcsociError):
     """The VM did not boot to a working guest agent; the message ends with its console."""
 
+
+UNPLUG_TIMEOUT_DEAD_GUEST = 5.0
+"""Seconds an unplug waits for a guest whose bridge is dead before giving up quietly."""
+
+QEMU_EXIT_GRACE = 5.0
+"""Seconds a failed QMP command waits to learn whether QEMU died under it (then: gone)."""
 
 LOG_DIR_LIMIT = 8 << 20
 """Bytes of QEMU's and the guest console's logs kept per VM (the first ones; see ``start``)."""
@@ -158,8 +169,7 @@ class UtilityVM:
             for part in (
                 "console=ttyS0 quiet panic=-1",
                 f"hcsoci.python={self.assets.python}",
-                f"hcsoci.agent={agent_path()}",
-                f"hcsoci.rootcache={self.options.root_cache}",
+                f"hcsoci.agent={GUEST_AGENT}",
                 self.options.kernel_args,
             )
             if part
@@ -178,6 +188,8 @@ class UtilityVM:
             "-nodefaults",
             "-no-user-config",
             "-no-reboot",
+            "-sandbox",
+            QEMU_SANDBOX,
             "-pidfile",
             str(d / "qemu.pid"),
             "-chardev",
@@ -194,10 +206,6 @@ class UtilityVM:
             str(self.assets.initramfs),
             "-append",
             append,
-            "-fsdev",
-            "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap",
-            "-device",
-            "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot",
             "-device",
             "virtio-serial-pci,id=vser0,max_ports=2",
             "-chardev",
@@ -222,17 +230,22 @@ class UtilityVM:
             self.accel = resolve_accel(self.options.accel, self.assets)
             command = self.qemu_command(self.accel)
             self._mount_log_dir()
-            with open(self.log_dir / "qemu.log", "wb") as qemu_log:
+            log_fd = os.open(
+                self.log_dir / "qemu.log",
+                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                0o600,
+            )
+            with open(log_fd, "wb") as qemu_log:
                 self._process = subprocess.Popen(
                     command,
                     stdin=subprocess.DEVNULL,
                     stdout=qemu_log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
+                    umask=0o177,  # its sockets, pid file and console log: 0600
                 )
             self._pid = self._process.pid
             self._pid_start = process_start_time(self._pid) or 0
-            compile_agent()  # while QEMU boots; the guest reads it seconds later
             self._store.execute(
                 "UPDATE vms SET pid = ?, pid_start = ?, state = 'running', accel = ? WHERE id = ?",
                 (self._pid, self._pid_start, self.accel, self.id()),
@@ -258,9 +271,21 @@ class UtilityVM:
             if time.monotonic() > deadline:
                 raise UVMStartError("QEMU did not create its monitor socket")
             time.sleep(0.01)
-        self._qmp = QMPSession(self.id())
-        self._qmp.on_event(self._on_qmp_event)
-        self._qmp.connect(str(qmp_path))
+        while True:
+            session = QMPSession(self.id())
+            session.on_event(self._on_qmp_event)
+            try:
+                session.connect(str(qmp_path))
+                break
+            except QMPCommandError as err:
+                session.close()
+                # The socket file exists from bind(); QEMU may not listen() yet.
+                if "refused" not in str(err) or self._exited.is_set():
+                    raise
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        self._qmp = session
         # Fail fast, not at the deadline, when the agent died while booting.
         boot_ctx, give_up = with_cancel(ctx)
         connected = threading.Event()
@@ -274,6 +299,9 @@ class UtilityVM:
                 boot_ctx,
                 timeout=max(0.1, deadline - time.monotonic()),
                 name=self.id(),
+            )
+            self._gcs.start_heartbeat(
+                self.options.heartbeat_interval, self.options.heartbeat_misses
             )
         except Canceled as err:
             if ctx.err() is not None:
@@ -326,7 +354,9 @@ class UtilityVM:
             _wait_pid(self._pid, self._pid_start)
         self._exited.set()
         if self._gcs is not None:
-            self._gcs.fail(f"VM {self.id()} stopped")
+            status = self._process_status()
+            how = f" (exit status {status})" if status is not None else ""
+            self._gcs.fail(f"VM {self.id()} stopped: its QEMU exited{how}")
         with self._deleted_lock:
             for event in self._deleted.values():
                 event.set()
@@ -344,6 +374,20 @@ class UtilityVM:
             and self._gcs is not None
         ):
             self._gcs.fail(f"the guest agent of VM {self.id()} closed its port (crashed?)")
+
+    def pause(self, ctx: Context) -> None:
+        """Freeze the guest's CPUs (QMP ``stop``): the guest runs nothing until :meth:`resume`.
+
+        While it is paused its agent answers nothing: after the heartbeat's
+        silence bound the bridge is declared dead.
+        """
+        ctx.check()
+        self._qmp_execute("stop", {})
+
+    def resume(self, ctx: Context) -> None:
+        """Let a paused guest run again (QMP ``cont``)."""
+        ctx.check()
+        self._qmp_execute("cont", {})
 
     def wait(self) -> None:
         """Block until QEMU has exited."""
@@ -435,24 +479,41 @@ class UtilityVM:
             raise HcsociError(f"VM {self.id()} is not running")
         return self._qmp.execute(command, arguments)
 
+    def qmp(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        """Run one QMP command on the VM's monitor and return its result (diagnostics)."""
+        return self._qmp_execute(command, arguments or {})
+
     def _device_add(self, arguments: dict[str, Any]) -> None:
         with self._deleted_lock:
             self._deleted.pop(str(arguments["id"]), None)
         self._qmp_execute("device_add", arguments)
 
-    def _device_del(self, device: str, timeout: float = 30.0) -> None:
+    def _device_del(self, device: str, timeout: float = 30.0) -> bool:
+        """Unplug ``device``; whether it is gone (False: a dead guest could not let it go)."""
         if self._qmp is None or self._exited.is_set():
-            return
+            return True
+        # A guest whose bridge is dead (frozen, or its agent crashed) may never
+        # ack the unplug: wait a little, then leave the device to the VM's end.
+        guest_dead = self._gcs is not None and self._gcs.broken is not None
+        if guest_dead:
+            timeout = min(timeout, UNPLUG_TIMEOUT_DEAD_GUEST)
         with self._deleted_lock:
             event = self._deleted.setdefault(device, threading.Event())
         try:
             self._qmp.execute("device_del", {"id": device})
         except QMPCommandError as err:
-            if "not found" in str(err):
-                return
+            if "not found" in str(err) or self._exited.wait(QEMU_EXIT_GRACE):
+                return True  # gone, or QEMU died under the command: the device with it
             raise
-        if not event.wait(timeout):
-            raise HcsociError(f"VM {self.id()}: device {device} was not unplugged in {timeout} s")
+        if event.wait(timeout) or self._exited.is_set():
+            return True
+        if guest_dead:
+            log.warning(
+                "device left plugged in a dead guest",
+                extra={"vm": self.id(), "device": device, "seconds": timeout},
+            )
+            return False
+        raise HcsociError(f"VM {self.id()}: device {device} was not unplugged in {timeout} s")
 
     def _blockdev_del(self, node: str) -> None:
         if self._qmp is None or self._exited.is_set():
@@ -460,7 +521,8 @@ class UtilityVM:
         try:
             self._qmp.execute("blockdev-del", {"node-name": node})
         except QMPCommandError as err:
-            if "not found" not in str(err) and "Failed to find" not in str(err):
+            gone = "not found" in str(err) or "Failed to find" in str(err)
+            if not gone and not self._exited.wait(QEMU_EXIT_GRACE):
                 raise
 
     def add_plan9(
@@ -619,7 +681,9 @@ def open_vm(ctx: Context, uvm_id: str, timeout: float = 30.0) -> UtilityVM:
     row = rows[0]
     if not process_alive(int(row["pid"]), int(row["pid_start"])):
         raise NotFoundError(f"utility VM {uvm_id!r} is not running (remove it with `uvm rm`)")
-    options = UVMOptions(**json.loads(row["options"]))
+    known = UVMOptions.__dataclass_fields__
+    # Options of a VM recorded by an older version may name fields since removed.
+    options = UVMOptions(**{k: v for k, v in json.loads(row["options"]).items() if k in known})
     assets = load_assets(Path(options.assets_dir) if options.assets_dir else None)
     vm = UtilityVM(options, assets, Path(row["state_dir"]), store)
     vm._pid, vm._pid_start, vm.accel = int(row["pid"]), int(row["pid_start"]), row["accel"]
