@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fixtures_hns import HnsLab, in_netns
-from hcsoci import ExitError, ProcessParameters, command, command_context, context, hns
+from hcsoci import ExitError, ProcessParameters, command, command_context, context, hns, oci
 from hcsoci.errors import InvalidArgumentError, NotFoundError, StateError
 from hcsoci.mounts import mounts_under
 from hcsoci.resources import Resources, release_resources
@@ -352,3 +352,34 @@ def test_vm_namespace_and_host_namespace_share_a_network(uvm: UtilityVM, lab: Hn
     assert not Path(f"/sys/class/net/{nic.tap}").exists()
     with pytest.raises(NotFoundError, match=guest_ns):
         uvm.remove_net_ns(ctx, guest_ns)
+
+
+@pytest.mark.parametrize(
+    ("user", "expected"),
+    [
+        ("54321", "54321 0 0"),  # a uid no passwd knows: gid 0, as runc
+        ("54321:777", "54321 777 777"),
+        ("0", "0 0 0"),
+        ("root:5", "0 5 5"),
+    ],
+)
+def test_a_user_means_the_same_on_the_host_and_in_the_guest(
+    uvm: UtilityVM, user: str, expected: str
+) -> None:
+    """One rule (hcsoci.gcs.users) on LocalHost and in the guest agent."""
+    from hcsoci.local import LocalHost
+
+    outputs = []
+    for host in (LocalHost(), uvm):
+        cmd = command(host, "sh", "-c", 'echo "$(id -u) $(id -g) $(id -G)"')
+        assert cmd.spec is not None
+        cmd.spec.user = oci.User(username=user)  # sent as the user string, as written
+        outputs.append(cmd.output().decode().split())
+    assert outputs[0] == outputs[1], outputs
+    assert outputs[0][:2] == expected.split()[:2]
+    for host in (LocalHost(), uvm):
+        unknown = command(host, "true")
+        assert unknown.spec is not None
+        unknown.spec.user = oci.User(username="no-such-user-here")
+        with pytest.raises(NotFoundError, match="no-such-user-here"):
+            unknown.run()

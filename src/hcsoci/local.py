@@ -26,11 +26,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import grp
 import io
 import logging
 import os
-import pwd
 import select
 import shutil
 import signal
@@ -48,6 +46,7 @@ from hcsoci.errors import (
     NotFoundError,
     StateError,
 )
+from hcsoci.gcs import users
 from hcsoci.spawn import spawn
 
 __all__ = ["LocalHost", "LocalProcess", "resolve_user"]
@@ -59,8 +58,6 @@ _PIPE_SIZE = 1 << 20
 
 _VEOF = b"\x04"
 """What "end of input" is on a terminal in canonical mode (^D)."""
-
-_MAX_ID = 2**32 - 2  # (uid_t)-1 means "unchanged" to the kernel
 
 
 class LocalHost:
@@ -518,43 +515,16 @@ class _PipeEnd(io.RawIOBase):
 def resolve_user(user: str) -> tuple[int, int, list[int]] | None:
     """``user`` (a name or ``uid[:gid]``, the gid a number or group name) as (uid, gid, groups).
 
-    None for ``""`` (the caller's own identity).  A name must exist in the
-    passwd database; a numeric uid need not (its gid is then 0, as in runc).
-    Supplementary groups come from the group database for a known user.
+    The rule every host applies (:mod:`hcsoci.gcs.users`): None for ``""`` (the
+    caller's own identity); a name must exist in the passwd database; a numeric
+    uid need not (its gid is then 0, as in runc).
     """
-    if not user:
-        return None
-    name, sep, group = user.partition(":")
-    if not name or (sep and not group):
-        raise InvalidArgumentError(f"user {user!r}: expected a name or uid[:gid]")
-    entry: pwd.struct_passwd | None
-    if name.isdigit():
-        uid = int(name)
-        if uid > _MAX_ID:
-            raise InvalidArgumentError(f"user {user!r}: uid {uid} out of range")
-        try:
-            entry = pwd.getpwuid(uid)
-        except KeyError:
-            entry = None
-    else:
-        try:
-            entry = pwd.getpwnam(name)
-        except KeyError:
-            raise NotFoundError(f"user {user!r}: no user named {name!r}") from None
-        uid = entry.pw_uid
-    if group.isdigit():
-        gid = int(group)
-        if gid > _MAX_ID:
-            raise InvalidArgumentError(f"user {user!r}: gid {gid} out of range")
-    elif group:
-        try:
-            gid = grp.getgrnam(group).gr_gid
-        except KeyError:
-            raise NotFoundError(f"user {user!r}: no group named {group!r}") from None
-    else:
-        gid = entry.pw_gid if entry is not None else 0
-    groups = os.getgrouplist(entry.pw_name, gid) if entry is not None else []
-    return uid, gid, groups
+    try:
+        return users.resolve_user(user)
+    except users.UserSyntaxError as err:
+        raise InvalidArgumentError(str(err)) from None
+    except users.UnknownUserError as err:
+        raise NotFoundError(str(err.args[0])) from None
 
 
 def _environment(environment: dict[str, str]) -> dict[str, str]:

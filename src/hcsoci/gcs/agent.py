@@ -31,10 +31,11 @@ if TYPE_CHECKING:
     from typing import Any
 
 if __package__:
-    from hcsoci.gcs import protocol
+    from hcsoci.gcs import protocol, users
 else:
     sys.path.append(os.path.dirname(os.path.abspath(__file__)))
     import protocol  # type: ignore[import-not-found,no-redef]
+    import users  # type: ignore[import-not-found,no-redef]
 
 _READ_CHUNK = 1024 * 1024
 _F_SETPIPE_SZ = 1031
@@ -822,21 +823,16 @@ def _spawn(body: dict[str, Any], args: list[str], stdio: list[int], terminal: bo
 
 
 def _resolve_user(user: str) -> tuple[int | None, int | None, list[int]]:
-    if not user:
-        return None, None, []
-    name, _, group = user.partition(":")
-    if name.isdigit():
-        uid = int(name)
-        gid = int(group) if group.isdigit() else uid
-        return uid, gid, [gid]
-    import pwd
-
+    """The host's rule (users.py): the same ``user`` means the same identity everywhere."""
     try:
-        entry = pwd.getpwnam(name)
-    except KeyError:
-        raise RequestError(f"user {name!r} not found in the guest", errno.ENOENT) from None
-    gid = int(group) if group.isdigit() else entry.pw_gid
-    return entry.pw_uid, gid, [gid]
+        identity = users.resolve_user(user)
+    except users.UserSyntaxError as err:
+        raise RequestError(str(err), errno.EINVAL) from None
+    except users.UnknownUserError as err:
+        raise RequestError(f"{err.args[0]} in the guest", errno.ENOENT) from None
+    if identity is None:
+        return None, None, []
+    return identity
 
 
 # -- slow requests: run on worker threads --------------------------------------
