@@ -118,6 +118,22 @@ def test_layers_init_log_exec_and_kill(vm: UtilityVM, container_spec: SpecFactor
     assert_vm_clean(vm)
 
 
+def test_a_vm_container_gets_its_own_etc_files(vm: UtilityVM, container_spec: SpecFactory) -> None:
+    spec = container_spec(["sh", "-c", "cat /etc/hostname /etc/hosts /etc/resolv.conf"])
+    spec.hostname = "vmweb"
+    container, resources = make(vm, spec)
+    try:
+        cmd = command(container, "ignored")
+        cmd.spec = None
+        out = cmd.output().decode()
+    finally:
+        container.close()
+        release(vm, resources)
+    assert out.startswith("vmweb\n127.0.0.1\tlocalhost\n")
+    assert "nameserver" not in out  # no network: no name server, never the host's
+    assert_vm_clean(vm)
+
+
 def test_init_through_cmd_relays_stdio(vm: UtilityVM, container_spec: SpecFactory) -> None:
     container, resources = make(vm, container_spec(["sh", "-c", "cat; echo err >&2; exit 3"]))
     try:

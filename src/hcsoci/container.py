@@ -61,7 +61,7 @@ from typing import IO, Any
 
 import msgspec
 
-from hcsoci import container_table, oci
+from hcsoci import container_table, oci, relay
 from hcsoci.context import Context
 from hcsoci.cow import NO_FDS, Stdio, StdioFds
 from hcsoci.errors import (
@@ -186,12 +186,7 @@ class _ProcessStdio:
         for index, wanted in enumerate(pipes):
             given = fds[index] if index < 2 else None
             if given is not None and not os.isatty(given):
-                try:
-                    copy = fcntl.fcntl(given, fcntl.F_DUPFD_CLOEXEC, 3)
-                except OSError as err:
-                    raise InvalidArgumentError(
-                        f"stdio_fds[{index}]: descriptor {given}: {err.strerror}"
-                    ) from err
+                copy = relay.take_descriptor(given, f"stdio_fds[{index}]")
                 self.child_fds.append(copy)
                 self._to_close.append(copy)
                 continue

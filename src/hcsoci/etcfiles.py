@@ -13,7 +13,8 @@ matches its network and never the host's:
   the container's own loopback); a container without a network gets none.
 
 A spec that mounts any of these destinations itself (as docker and podman do)
-keeps its own for that file.
+keeps its own for that file.  A container in a utility VM gets the same files,
+written by the guest into its own directory there (see hcsoci.uvm.container).
 """
 
 from __future__ import annotations
@@ -26,7 +27,15 @@ from typing import Protocol
 from hcsoci import oci
 from hcsoci.paths import make_private_dir, write_private_file
 
-__all__ = ["ETC_FILES", "HOST_RESOLV_CONF", "Addressed", "add_etc_files", "etc_file_contents"]
+__all__ = [
+    "ETC_FILES",
+    "HOST_RESOLV_CONF",
+    "Addressed",
+    "add_etc_files",
+    "etc_file_contents",
+    "etc_file_mount",
+    "wanted_etc_files",
+]
 
 ETC_FILES = ("hostname", "hosts", "resolv.conf")
 HOST_RESOLV_CONF = Path("/etc/resolv.conf")
@@ -93,6 +102,22 @@ def _host_resolvers(path: Path) -> list[str]:
     return kept if any(line.startswith("nameserver ") for line in kept) else []
 
 
+def wanted_etc_files(spec: oci.Spec) -> list[str]:
+    """The names of :data:`ETC_FILES` whose ``/etc`` path the spec does not mount itself."""
+    taken = {mount.destination.rstrip("/") for mount in spec.mounts or []}
+    return [name for name in ETC_FILES if f"/etc/{name}" not in taken]
+
+
+def etc_file_mount(name: str, source: str) -> oci.Mount:
+    """The read-only bind of ``source`` over ``/etc/<name>``."""
+    return oci.Mount(
+        destination=f"/etc/{name}",
+        type="bind",
+        source=source,
+        options=["rbind", "ro", "nosuid", "nodev", "noexec"],
+    )
+
+
 def add_etc_files(
     spec: oci.Spec, directory: Path, container_id: str, endpoints: Sequence[Addressed]
 ) -> list[oci.Mount]:
@@ -101,8 +126,7 @@ def add_etc_files(
     Returns the mounts added to ``spec.mounts`` (none for a destination the spec
     already mounts).
     """
-    taken = {mount.destination.rstrip("/") for mount in spec.mounts or []}
-    wanted = [name for name in ETC_FILES if f"/etc/{name}" not in taken]
+    wanted = wanted_etc_files(spec)
     if not wanted:
         return []
     hostname = spec.hostname or container_id[:12]
@@ -112,13 +136,6 @@ def add_etc_files(
     for name in wanted:
         source = directory / name
         write_private_file(source, contents[name], mode=0o644)  # the container's user reads it
-        added.append(
-            oci.Mount(
-                destination=f"/etc/{name}",
-                type="bind",
-                source=str(source),
-                options=["rbind", "ro", "nosuid", "nodev", "noexec"],
-            )
-        )
+        added.append(etc_file_mount(name, str(source)))
     spec.mounts = [*(spec.mounts or []), *added]
     return added

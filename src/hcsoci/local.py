@@ -37,6 +37,7 @@ import termios
 import threading
 from typing import IO, Any, cast
 
+from hcsoci import relay
 from hcsoci.context import Context
 from hcsoci.cow import ProcessParameters, Stdio
 from hcsoci.errors import (
@@ -205,12 +206,7 @@ class _Start:
         """
         if given is None:
             return self._pipe(wanted, name)
-        try:
-            copy = fcntl.fcntl(given, fcntl.F_DUPFD_CLOEXEC, 3)
-        except OSError as err:
-            raise InvalidArgumentError(
-                f"stdio_fds: {name} descriptor {given}: {err.strerror}"
-            ) from err
+        copy = relay.take_descriptor(given, f"stdio_fds: {name}")
         self.fds.append(copy)
         self.child_fds.append(copy)
         return copy, None

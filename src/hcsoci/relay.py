@@ -31,12 +31,15 @@ does with a file object.
 from __future__ import annotations
 
 import errno
+import fcntl
 import io
 import os
 import select
 import socket
 import stat
 from typing import Protocol, TypeGuard
+
+from hcsoci.errors import InvalidArgumentError
 
 __all__ = ["Progress", "Reader", "Writer", "copy", "handover_fd"]
 
@@ -106,6 +109,19 @@ def copy(dst: Writer, src: Reader, progress: Progress | None = None) -> int:
         progress.sink_failed = True
         raise
     return progress.bytes
+
+
+def take_descriptor(fd: int, what: str) -> int:
+    """A close-on-exec copy of a caller's descriptor, numbered above 2, for a child's stdio.
+
+    Above 2 so that the child's 0-2 can be set from the copies in any order.
+    Raises :class:`~hcsoci.errors.InvalidArgumentError` naming ``what`` when
+    ``fd`` is not open.
+    """
+    try:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    except OSError as err:
+        raise InvalidArgumentError(f"{what}: descriptor {fd}: {err.strerror}") from err
 
 
 def handover_fd(stream: object, *, reading: bool) -> int | None:

@@ -53,6 +53,7 @@ from hcsoci.container import ContainerProperties
 from hcsoci.context import Context
 from hcsoci.cow import ProcessParameters, Stdio, StdioFds
 from hcsoci.errors import HcsociError, InvalidArgumentError, NotFoundError, StateError
+from hcsoci.etcfiles import etc_file_contents, etc_file_mount, wanted_etc_files
 from hcsoci.gcs.connection import GuestError, GuestProcess
 from hcsoci.lifecycle import ContainerLifecycle, Pipes
 from hcsoci.network import CreatedNamespace, point_spec_at_namespace
@@ -365,6 +366,28 @@ def _allocate_network(ctx: Context, vm: UtilityVM, spec: oci.Spec, resources: Re
     point_spec_at_namespace(spec, f"{GUEST_NETNS}/{namespace_id}")
 
 
+def _add_guest_etc_files(
+    ctx: Context, vm: UtilityVM, spec: oci.Spec, container_id: str, root: str
+) -> None:
+    """The container's /etc/hostname, hosts and resolv.conf, as a host container's.
+
+    Written by the guest into ``<root>/etc`` (removed with ``root``) and bound
+    read-only into the container: no Plan9 slot is spent on them.
+    """
+    wanted = wanted_etc_files(spec)
+    if not wanted:
+        return
+    endpoints = [hns.get_endpoint_by_id(endpoint_id) for endpoint_id in _endpoint_ids(spec)]
+    contents = etc_file_contents(spec.hostname or container_id[:12], endpoints)
+    etc = f"{root}/etc"
+    script = f"mkdir -p {shlex.quote(etc)}" + "".join(
+        f" && printf %s {shlex.quote(contents[name].decode())} > {shlex.quote(f'{etc}/{name}')}"
+        for name in wanted
+    )
+    guest_run(ctx, vm, script)
+    spec.mounts = [*(spec.mounts or []), *(etc_file_mount(n, f"{etc}/{n}") for n in wanted)]
+
+
 def _allocate(
     ctx: Context, vm: UtilityVM, spec: oci.Spec, resources: Resources, root: str
 ) -> oci.Spec:
@@ -426,6 +449,7 @@ def _allocate(
         _guest_mount(ctx, vm, resources, root, index, mount)
         for index, mount in enumerate(spec.mounts or [])
     ]
+    _add_guest_etc_files(ctx, vm, spec, resources.owner_id, root)
     spec.root = oci.Root(path=rootfs, readonly=readonly)
     spec.hooks = None
     spec.windows = None
