@@ -10,7 +10,7 @@ else).  The rule is runc's:
 * a name must exist in the passwd database; a numeric uid need not, and then
   its gid is 0; a known user's gid is its passwd gid;
 * supplementary groups are the group database's for a known user, else none
-  beyond the gid.
+  at all.
 """
 
 from __future__ import annotations
@@ -66,5 +66,5 @@ def resolve_user(user: str) -> tuple[int, int, list[int]] | None:
             raise UnknownUserError(f"user {user!r}: no group named {group!r}") from None
     else:
         gid = entry.pw_gid if entry is not None else 0
-    groups = os.getgrouplist(entry.pw_name, gid) if entry is not None else [gid]
+    groups = os.getgrouplist(entry.pw_name, gid) if entry is not None else []
     return uid, gid, groups
