@@ -628,11 +628,19 @@ class VMContainer:
         self.vm.gcs.signal_container(ctx, self._id, sig)
 
     @staticmethod
-    def _stdio(pipes: tuple[bool, bool, bool], terminal: bool) -> ProcessParameters:
-        """The stdio part of a process's parameters (its command comes from the spec)."""
+    def _stdio(
+        pipes: tuple[bool, bool, bool], terminal: bool, size: oci.Box | None = None
+    ) -> ProcessParameters:
+        """The stdio part of a process's parameters (its command comes from the spec).
+
+        A terminal gets the spec's console size: runc copies the size of its own
+        terminal (the guest agent's pty) to the container's, at the start and on
+        each ``SIGWINCH``.
+        """
         return ProcessParameters(
             command_args=["runc"],
             emulate_console=terminal,
+            console_size=(size.height, size.width) if terminal and size is not None else (0, 0),
             create_stdin_pipe=pipes[0],
             create_stdout_pipe=pipes[1],
             create_stderr_pipe=pipes[2],
@@ -659,7 +667,7 @@ class VMContainer:
                 guest = self.vm.gcs.start_container(
                     ctx,
                     self._id,
-                    self._stdio(pipes, terminal),
+                    self._stdio(pipes, terminal, self.spec.process.console_size),
                     output_file=self.log_path if to_log else "",
                     timeout=self.vm.options.request_timeout,
                 )
@@ -691,6 +699,6 @@ class VMContainer:
             ctx,
             self._id,
             msgspec.to_builtins(process),
-            self._stdio(pipes, bool(process.terminal)),
+            self._stdio(pipes, bool(process.terminal), process.console_size),
         )
         return VMContainerProcess(self, guest)
