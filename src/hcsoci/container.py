@@ -34,6 +34,15 @@ caller's descriptor offered for the process's stdio (``stdio_fds``, see
 process, unless it is a terminal: a process outside the terminal's foreground
 group would be stopped by reading it or changing its modes.
 
+An exec's exit: ``runc exec`` in the foreground waits, after its process
+exited, until the process's stdout and stderr reach end of file, which a
+background child of the process can put off indefinitely.  So runc runs exec
+with ``--debug``, whose log records the exit status the moment runc reaps the
+process; ``ContainerProcess.wait()`` returns then, and ``close()`` kills a
+runc that only waits for output nobody will read any more.  The ends of the
+process's stdio we keep are :class:`hcsoci.pipes.PipeEnd` objects, so
+``close()`` also cuts a relay blocked on them (``copy_after_exit_timeout``).
+
 Terminals: runc in the foreground relays the container's pty to its own stdio,
 so we give it the slave side of a pty of ours and keep the master; a resize
 sets the master's window size and sends runc ``SIGWINCH``, which runc copies to
