@@ -34,6 +34,15 @@ caller's descriptor offered for the process's stdio (``stdio_fds``, see
 process, unless it is a terminal: a process outside the terminal's foreground
 group would be stopped by reading it or changing its modes.
 
+An exec's exit: ``runc exec`` in the foreground waits, after its process
+exited, until the process's stdout and stderr reach end of file, which a
+background child of the process can put off indefinitely.  So runc runs exec
+with ``--debug``, whose log records the exit status the moment runc reaps the
+process; ``ContainerProcess.wait()`` returns then, and ``close()`` kills a
+runc that only waits for output nobody will read any more.  The ends of the
+process's stdio we keep are :class:`hcsoci.pipes.PipeEnd` objects, so
+``close()`` also cuts a relay blocked on them (``copy_after_exit_timeout``).
+
 Terminals: runc in the foreground relays the container's pty to its own stdio,
 so we give it the slave side of a pty of ours and keep the master; a resize
 sets the master's window size and sends runc ``SIGWINCH``, which runc copies to
@@ -43,9 +52,7 @@ the container's pty.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
-import io
 import logging
 import os
 import select
@@ -57,7 +64,7 @@ import threading
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import msgspec
 
@@ -73,13 +80,17 @@ from hcsoci.errors import (
 )
 from hcsoci.lifecycle import ContainerLifecycle, Pipes
 from hcsoci.paths import check_id, write_private_file
+from hcsoci.pipes import PipeEnd
 from hcsoci.runtime import OCIRuntimeError, Runtime
-from hcsoci.runtime.runc import read_runtime_log, wait_for_pid_file
+from hcsoci.runtime.runc import read_exit_status, read_runtime_log, wait_for_pid_file
 from hcsoci.store import Store, open_store
 
 __all__ = ["Container", "ContainerProcess", "ContainerProperties", "open_container"]
 
 log = logging.getLogger(__name__)
+
+_LOG_POLL_MS = 10
+"""How often an exited exec's runtime log is read for its status until runc writes it."""
 
 _VEOF = b"\x04"  # what "closing stdin" means for a terminal: the line discipline's EOF
 
@@ -105,32 +116,6 @@ class ContainerProperties:
         return asdict(self)
 
 
-class _TerminalReader(io.FileIO):
-    """A pty master to read the container's terminal from: EIO (no slave left) is end of file."""
-
-    def readinto(self, buffer: Any) -> int:
-        try:
-            return super().readinto(buffer) or 0
-        except OSError as err:
-            if err.errno == errno.EIO:
-                return 0
-            raise
-
-    def read(self, size: int | None = -1) -> bytes:
-        try:
-            return super().read(size) or b""
-        except OSError as err:
-            if err.errno == errno.EIO:
-                return b""
-            raise
-
-    def readall(self) -> bytes:
-        chunks = []
-        while chunk := self.read(1 << 16):
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-
 class _ProcessStdio:
     """The fds handed to the runtime and the file objects we keep.
 
@@ -142,6 +127,11 @@ class _ProcessStdio:
     writes its own failure to start there ("runc run failed: ...") -- through a
     pipe it is never shown, the relay starting only once the process runs, and
     the failure is raised once, read from the runtime's log.
+
+    The ends we keep are :class:`hcsoci.pipes.PipeEnd` objects, so that
+    ``ContainerProcess.close()`` cuts a relay blocked on them from any thread
+    (a grandchild holding the process's stdout open would otherwise keep it
+    waiting); a terminal's master reads ``EIO`` as end of file.
     """
 
     def __init__(
@@ -176,10 +166,11 @@ class _ProcessStdio:
             )
         self.child_fds = [slave, slave, slave]
         # stdin and stdout are both the master; stdout is always kept so the output is
-        # drained (an unread terminal would stop the process).
-        self.files[1] = _TerminalReader(master, "rb")
+        # drained (an unread terminal would stop the process).  The master itself
+        # stays ours, for resizing, until close().
+        self.files[1] = _end(os.dup(master), writable=False, name="stdout", eio_is_eof=True)
         if pipes[0]:
-            self.files[0] = open(os.dup(master), "wb", buffering=0)  # noqa: SIM115
+            self.files[0] = _end(os.dup(master), writable=True, name="stdin")
 
     def _open_pipes(self, pipes: tuple[bool, bool, bool], fds: StdioFds) -> None:
         null = -1
@@ -197,14 +188,15 @@ class _ProcessStdio:
                 self.child_fds.append(null)
                 continue
             read_end, write_end = os.pipe2(os.O_CLOEXEC)
+            name = ("stdin", "stdout", "stderr")[index]
             if index == 0:
                 self.child_fds.append(read_end)
                 self._to_close.append(read_end)
-                self.files[0] = open(write_end, "wb", buffering=0)  # noqa: SIM115
+                self.files[0] = _end(write_end, writable=True, name=name)
             else:
                 self.child_fds.append(write_end)
                 self._to_close.append(write_end)
-                self.files[index] = open(read_end, "rb", buffering=0)  # noqa: SIM115
+                self.files[index] = _end(read_end, writable=False, name=name)
 
     def close_child_ends(self) -> None:
         """Close our copies of what the runtime got (after spawning it)."""
@@ -214,11 +206,24 @@ class _ProcessStdio:
         self._to_close = []
 
     def close(self) -> None:
+        """Close the ends we keep, cutting any relay blocked on them."""
         for index, file in enumerate(self.files):
             if file is not None:
                 with contextlib.suppress(OSError):
                     file.close()
                 self.files[index] = None
+        if self.master is not None:
+            os.close(self.master)
+            self.master = None
+
+
+def _end(fd: int, **options: Any) -> IO[bytes]:
+    """``fd`` as a :class:`PipeEnd` (closed again if that fails)."""
+    try:
+        return cast("IO[bytes]", PipeEnd(fd, **options))
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 class ContainerProcess:
@@ -248,6 +253,7 @@ class ContainerProcess:
         self._is_init = is_init
         self._pid = 0
         self._pidfd: int | None = None
+        self._logged_status: int | None = None  # an exec's status, read from runc's log
         self._lock = threading.Lock()
         self._closed = False
 
@@ -298,6 +304,8 @@ class ContainerProcess:
 
     def resize_console(self, ctx: Context, width: int, height: int) -> None:
         """Set the terminal's size (raises :class:`StateError` without a terminal)."""
+        if self._closed:
+            raise StateError(f"{self!r} is closed")
         if self._stdio.master is None:
             raise StateError(f"{self!r}: the process has no terminal to resize")
         if width <= 0 or height <= 0 or width > 0xFFFF or height > 0xFFFF:
@@ -328,20 +336,44 @@ class ContainerProcess:
             return True
 
     def wait(self) -> None:
-        """Block until the process (and its runtime) exited."""
-        self._popen.wait()
+        """Block until the process exited.
+
+        For the init, until its runtime exited (the init's end ends every
+        process of its pid namespace, and with them its output).  For an extra
+        process, until the runtime reaped it: ``runc exec`` itself waits for
+        the process's stdout and stderr to reach end of file, which a
+        background child of the process can put off for as long as it lives,
+        but it logs the status first (see :func:`read_exit_status`).
+        """
+        if not self._is_init:
+            self._wait_reaped()
+        if self._logged_status is None:
+            self._popen.wait()
         self._exited()
 
     def exit_code(self) -> int:
         """The exit code; raises :class:`StateError` while the process runs."""
+        if self._logged_status is not None:
+            return self._logged_status
         code = self._popen.poll()
         if code is None:
+            if not self._is_init and self._container_exited():
+                self._logged_status = read_exit_status(self._runtime_log, self._pid)
+                if self._logged_status is not None:
+                    return self._logged_status
             raise StateError(f"{self!r} is still running")
         self._exited()
         return code if code >= 0 else 128 - code
 
     def close(self) -> None:
-        """Release our handles; the process keeps running if it still does."""
+        """Release our handles, cutting any relay of the process's stdio.
+
+        The process keeps running if it still does.  An extra process that has
+        exited while its runtime still waits for the end of its output (a
+        background child holds it open) has that runtime killed: the child
+        then writes into a pipe nobody reads, as it would on this machine
+        once the caller closed its end.
+        """
         with self._lock:
             if self._closed:
                 return
@@ -349,9 +381,58 @@ class ContainerProcess:
             if self._pidfd is not None:
                 os.close(self._pidfd)
                 self._pidfd = None
+        if self._logged_status is not None and self._popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._popen.kill()
+            self._popen.wait()
         self._stdio.close()
         if self._popen.returncode is not None:
             self._remove_scratch_files()
+
+    def _container_exited(self) -> bool:
+        """Whether the container process is known to have exited (its pidfd is readable)."""
+        with self._lock:
+            if self._pidfd is None:
+                return True
+            poller = select.poll()
+            poller.register(self._pidfd, select.POLLIN)
+            return bool(poller.poll(0))
+
+    def _wait_reaped(self) -> None:
+        """Block until runc reaped the container process and logged its status, or exited."""
+        if self._popen.poll() is not None:
+            return
+        with self._lock:
+            pidfd = None if self._pidfd is None else os.dup(self._pidfd)
+        try:
+            runtime = os.pidfd_open(self._popen.pid)  # our unreaped child: not recycled
+        except ProcessLookupError:
+            if pidfd is not None:
+                os.close(pidfd)
+            return
+        try:
+            poller = select.poll()
+            poller.register(runtime, select.POLLIN)
+            if pidfd is not None:
+                poller.register(pidfd, select.POLLIN)
+            gone = pidfd is None
+            while True:
+                if gone:
+                    status = read_exit_status(self._runtime_log, self._pid)
+                    if status is not None:
+                        self._logged_status = status
+                        return
+                # Between the exit and runc's log record lie microseconds: poll briefly.
+                for fd, _ in poller.poll(_LOG_POLL_MS if gone else None):
+                    if fd == runtime:
+                        return
+                    if fd == pidfd and not gone:
+                        gone = True
+                        poller.unregister(pidfd)
+        finally:
+            os.close(runtime)
+            if pidfd is not None:
+                os.close(pidfd)
 
     def _exited(self) -> None:
         with self._lock:

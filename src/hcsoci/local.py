@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import io
 import logging
 import os
 import select
@@ -48,6 +47,7 @@ from hcsoci.errors import (
     StateError,
 )
 from hcsoci.gcs import users
+from hcsoci.pipes import PipeEnd
 from hcsoci.spawn import spawn
 
 __all__ = ["LocalHost", "LocalProcess", "resolve_user"]
@@ -120,9 +120,9 @@ class _Start:
         self.env = env
         self.cwd = cwd
         self.identity = identity
-        self.fds: list[int] = []  # descriptors not (yet) owned by a _PipeEnd
+        self.fds: list[int] = []  # descriptors not (yet) owned by a PipeEnd
         self.child_fds: list[int] = []  # the child's ends: closed once it started
-        self.ends: list[_PipeEnd] = []
+        self.ends: list[PipeEnd] = []
 
     def run(self) -> LocalProcess:
         try:
@@ -188,17 +188,17 @@ class _Start:
             log.debug("started process %d", pid, extra={"command_args": config.command_args})
         return LocalProcess(pid, pidfd, (stdin, stdout, stderr), console)
 
-    def _end(self, fd: int, **options: Any) -> _PipeEnd:
+    def _end(self, fd: int, **options: Any) -> PipeEnd:
         if fd not in self.fds:
             self.fds.append(fd)
-        end = _PipeEnd(fd, **options)
+        end = PipeEnd(fd, **options)
         self.fds.remove(fd)
         self.ends.append(end)
         return end
 
     def _stream(
         self, given: int | None, wanted: bool, name: str
-    ) -> tuple[int | None, _PipeEnd | None]:
+    ) -> tuple[int | None, PipeEnd | None]:
         """The child's descriptor for one stream and our end of its pipe (if any).
 
         A descriptor the caller gave is taken as it is (a private copy, 3 or
@@ -211,7 +211,7 @@ class _Start:
         self.child_fds.append(copy)
         return copy, None
 
-    def _pipe(self, wanted: bool, name: str) -> tuple[int | None, _PipeEnd | None]:
+    def _pipe(self, wanted: bool, name: str) -> tuple[int | None, PipeEnd | None]:
         if not wanted:
             return None, None
         read_end, write_end = os.pipe()
@@ -253,7 +253,7 @@ class LocalProcess:
         self,
         pid: int,
         pidfd: int | None,
-        stdio: tuple[_PipeEnd | None, _PipeEnd | None, _PipeEnd | None],
+        stdio: tuple[PipeEnd | None, PipeEnd | None, PipeEnd | None],
         console: int | None,
     ) -> None:
         self._pid = pid
@@ -401,111 +401,6 @@ class LocalProcess:
 
     def __repr__(self) -> str:
         return f"<LocalProcess pid={self._pid} status={self._status}>"
-
-
-class _PipeEnd(io.RawIOBase):
-    """Our end of a child's stdio pipe (or of its terminal).
-
-    The descriptor is non-blocking and every wait also polls an eventfd that
-    :meth:`close` signals, so ``close()`` from another thread cuts a blocked
-    read or write (it raises ``ValueError``, like any I/O on a closed file).
-    The descriptor itself is closed once no call is using it any more.
-    """
-
-    def __init__(self, fd: int, *, writable: bool, name: str, eio_is_eof: bool = False) -> None:
-        super().__init__()
-        os.set_blocking(fd, False)
-        self._fd = fd
-        self._writable = writable
-        self._eio_is_eof = eio_is_eof  # a terminal's master reads EIO once the child is gone
-        self._events = select.POLLOUT if writable else select.POLLIN
-        self._cancel = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        self._lock = threading.Lock()
-        self._users = 0
-        self._closing = False
-        self.name = name
-
-    def fileno(self) -> int:
-        if self._closing:
-            raise ValueError(f"I/O operation on closed {self.name} pipe")
-        return self._fd
-
-    def readable(self) -> bool:
-        return not self._writable
-
-    def writable(self) -> bool:
-        return self._writable
-
-    def readinto(self, buffer: Any) -> int:
-        self._enter()
-        try:
-            while True:
-                try:
-                    return os.readv(self._fd, [buffer])
-                except BlockingIOError:
-                    self._wait()
-                except OSError as err:
-                    if err.errno == errno.EIO and self._eio_is_eof:
-                        return 0
-                    raise
-        finally:
-            self._exit()
-
-    def write(self, data: Any) -> int:
-        self._enter()
-        try:
-            while True:
-                try:
-                    return os.write(self._fd, data)
-                except BlockingIOError:
-                    self._wait()
-        finally:
-            self._exit()
-
-    def wait_ready(self) -> None:
-        """Block until the pipe can be read (or written); ValueError once closed."""
-        self._enter()
-        try:
-            self._wait()
-        finally:
-            self._exit()
-
-    def close(self) -> None:
-        with self._lock:
-            if self._closing:
-                return
-            self._closing = True
-            os.eventfd_write(self._cancel, 1)
-            last = self._users == 0
-        if last:
-            self._release()
-        super().close()
-
-    def _enter(self) -> None:
-        with self._lock:
-            if self._closing:
-                raise ValueError(f"I/O operation on closed {self.name} pipe")
-            self._users += 1
-
-    def _exit(self) -> None:
-        with self._lock:
-            self._users -= 1
-            last = self._closing and self._users == 0
-        if last:
-            self._release()
-
-    def _release(self) -> None:
-        os.close(self._fd)
-        os.close(self._cancel)
-
-    def _wait(self) -> None:
-        poller = select.poll()
-        poller.register(self._fd, self._events)
-        poller.register(self._cancel, select.POLLIN)
-        for fd, _ in poller.poll():
-            if fd == self._cancel:
-                raise ValueError(f"I/O operation on closed {self.name} pipe")
-        # POLLHUP / POLLERR count as ready: the next read or write reports them.
 
 
 def resolve_user(user: str) -> tuple[int, int, list[int]] | None:

@@ -77,6 +77,8 @@ class GuestProcess:
         self.console: int = -1  # pty master, for resize
         self.container = ""  # the container whose init (runc run) this is
         self.pid_file = ""  # runc's pid file of the container process it runs
+        self.runc_log = ""  # for a runc exec: its --debug JSON log (says the exit status)
+        self.exit_sent = False  # the exit went to the host before runc's own (see _watch_exec)
 
 
 class Agent:
@@ -96,6 +98,7 @@ class Agent:
         self.processes: dict[int, GuestProcess] = {}
         self.handlers: dict[int, tuple[GuestProcess, int]] = {}  # fd -> (process, role)
         self.completions: deque[bytes] = deque()
+        self.early_exits: deque[tuple[GuestProcess, int]] = deque()
         self.version = 0
         self.ops: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "create_process": self.op_create_process,
@@ -150,6 +153,8 @@ class Agent:
                     os.eventfd_read(self.wakeup)
                     while self.completions:
                         self._send(self.completions.popleft())
+                    while self.early_exits:
+                        self._send_early_exit(*self.early_exits.popleft())
                 else:
                     self._on_fd(fd, events)
             if disconnected and self._host_back():
@@ -469,10 +474,70 @@ class Agent:
         _ensure_dir(f"{bundle}/exec")
         with open(f"{base}.json", "w") as process_json:
             json.dump(body["process"], process_json)
-        args = ["--log", f"{base}.log", "exec", "--process", f"{base}.json"]
+        log_args = ["--log", f"{base}.log", "--log-format", "json", "--debug"]
+        args = [*log_args, "exec", "--process", f"{base}.json"]
         process = self._runc_process(body, [*args, "--pid-file", f"{base}.pid", container_id])
-        process.pid_file = f"{base}.pid"
+        process.pid_file, process.runc_log = f"{base}.pid", f"{base}.log"
+        import threading
+
+        watched = os.dup(process.pidfd)
+        try:
+            threading.Thread(
+                target=self._watch_exec, args=(process, watched), name="gcs-exec", daemon=True
+            ).start()
+        except BaseException:
+            os.close(watched)
+            raise
         return {"pid": process.pid, "stdin_window": _STDIN_WINDOW}
+
+    def _watch_exec(self, process: GuestProcess, runc_pidfd: int) -> None:
+        """On a thread: report an exec's exit as soon as runc reaped the container process.
+
+        ``runc exec`` exits only once the process's stdout and stderr reached
+        end of file, which a background child of the process can put off for
+        as long as it lives; with ``--debug`` it logs the status first.  Ends
+        when that was handed to the loop, or when runc exited.
+        """
+        try:
+            poller = select.poll()
+            poller.register(runc_pidfd, select.POLLIN)
+            pid = 0
+            while not pid:
+                pid = _read_pid(process.pid_file)
+                if not pid and poller.poll(20):
+                    return  # runc exited: the loop reports it
+            try:
+                target = os.pidfd_open(pid)
+            except OSError:
+                target = -1
+            try:
+                if target >= 0:
+                    poller.register(target, select.POLLIN)
+                    if runc_pidfd in [fd for fd, _ in poller.poll()]:
+                        return
+                    poller.unregister(target)
+                # Between the exit and runc's log record lie microseconds: poll briefly.
+                status = _logged_exit_status(process.runc_log, pid)
+                while status is None:
+                    if poller.poll(10):
+                        return  # runc exited
+                    status = _logged_exit_status(process.runc_log, pid)
+            finally:
+                if target >= 0:
+                    os.close(target)
+            self.early_exits.append((process, status))
+            os.eventfd_write(self.wakeup, 1)
+        except OSError as err:
+            log(f"watching exec {process.key} failed: {err}")
+        finally:
+            os.close(runc_pidfd)
+
+    def _send_early_exit(self, process: GuestProcess, status: int) -> None:
+        if self.processes.get(process.key) is not process or process.status is not None:
+            return  # dropped meanwhile, or runc exited and said so itself
+        process.exit_sent = True
+        body = {"event": "exit", "key": process.key, "status": status}
+        self._send(protocol.message_frame(protocol.NOTIFY, 0, body))
 
     def op_signal_container_process(self, body: dict[str, Any]) -> dict[str, Any]:
         """On a worker thread: signal the container process of a runc (not runc itself)."""
@@ -643,7 +708,8 @@ class Agent:
             os.close(process.console)
             process.console = -1
         body = {"event": "exit", "key": process.key, "status": process.status}
-        self._send(protocol.message_frame(protocol.NOTIFY, 0, body))
+        if not process.exit_sent:
+            self._send(protocol.message_frame(protocol.NOTIFY, 0, body))
         if process.container:
             body = {**body, "event": "container_exit", "id": process.container}
             self._send(protocol.message_frame(protocol.NOTIFY, 0, body))
@@ -656,6 +722,13 @@ class Agent:
         if process.console >= 0:
             os.close(process.console)
             process.console = -1
+        if process.pidfd >= 0 and process.exit_sent:
+            # A runc exec whose process exited, waiting for the end of output that a
+            # background child holds open: nobody reads it any more.
+            try:  # noqa: SIM105 - see the imports
+                os.kill(process.pid, 9)
+            except ProcessLookupError:
+                pass
         if process.pidfd >= 0:
             # Still running: it keeps running, but is no longer tracked; reap it
             # later through PID 1 adoption is impossible, so leave the pidfd to
@@ -751,6 +824,27 @@ def _cgroup_usage(pid: int) -> tuple[int | None, int | None]:
     except (OSError, ValueError):
         pass
     return memory, cpu
+
+
+def _logged_exit_status(log_file: str, pid: int) -> int | None:
+    """The status runc's --debug JSON log gives for ``pid`` ("process exited"), or None yet."""
+    import json
+
+    try:
+        with open(log_file, errors="replace") as runc_log:
+            lines = [line for line in runc_log if '"process exited"' in line]
+    except OSError:
+        return None
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("pid") == pid:
+            status = record.get("status")
+            if isinstance(status, int):
+                return status
+    return None
 
 
 def _reap_later(pid: int, pidfd: int) -> None:

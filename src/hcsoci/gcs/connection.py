@@ -557,16 +557,20 @@ class GuestConnection:
 class GuestStreamReader(io.RawIOBase):
     """A process's stdout or stderr, as a binary file without ``fileno()``.
 
-    Reads block until data arrives; they return ``b""`` at the stream's end or
-    once the process handle was closed.
+    Reads block until data arrives and return ``b""`` at the stream's end (or
+    once the bridge is gone).  Closing the reader, or the process handle, from
+    another thread cuts a blocked read: it raises ``ValueError``, like any I/O
+    on a closed file, as the pipe ends of the hosts on this machine do.
     """
 
-    def __init__(self, return_credit: Callable[[int], None], window: int) -> None:
+    def __init__(self, return_credit: Callable[[int], None], window: int, name: str = "") -> None:
         super().__init__()
         self._cond = threading.Condition()
         self._chunks: deque[bytearray] = deque()
         self._offset = 0
         self._eof = False
+        self._cut = False
+        self.name = name or "output"
         self._return_credit = return_credit
         self._window = window
         self._consumed = 0
@@ -584,10 +588,23 @@ class GuestStreamReader(io.RawIOBase):
             self._eof = True
             self._cond.notify_all()
 
+    def _cut_reads(self) -> None:
+        with self._cond:
+            self._cut = True
+            self._chunks.clear()
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Close the stream; a read blocked in another thread raises ``ValueError``."""
+        self._cut_reads()
+        super().close()
+
     def _take(self, limit: int) -> bytes:
         with self._cond:
-            while not self._chunks and not self._eof:
+            while not self._chunks and not self._eof and not self._cut:
                 self._cond.wait()
+            if self._cut:
+                raise ValueError(f"I/O operation on closed {self.name} stream")
             if not self._chunks:
                 return b""
             head = self._chunks[0]
@@ -641,6 +658,7 @@ class GuestStreamWriter(io.RawIOBase):
         self._cond = threading.Condition()
         self._credit = window
         self._failed: BaseException | None = None
+        self._closing = False
         self._eof_sent = False
 
     def writable(self) -> bool:
@@ -663,8 +681,10 @@ class GuestStreamWriter(io.RawIOBase):
         total = len(view)
         while view:
             with self._cond:
-                while self._credit <= 0 and self._failed is None:
+                while self._credit <= 0 and self._failed is None and not self._closing:
                     self._cond.wait()
+                if self._closing:
+                    raise ValueError("write to a closed stdin")
                 if self._failed is not None:
                     raise BrokenPipeError(errno_module.EPIPE, str(self._failed))
                 n = min(self._credit, len(view), protocol.MAX_DATA_FRAME)
@@ -675,8 +695,12 @@ class GuestStreamWriter(io.RawIOBase):
         return total
 
     def close(self) -> None:
+        """Send end-of-file; a write waiting for room in another thread raises ``ValueError``."""
         if self.closed:
             return
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
         super().close()
         if not self._eof_sent:
             self._eof_sent = True
@@ -698,12 +722,12 @@ class GuestProcess:
         self._has_console = params.emulate_console
         send_credit = self._credit_sender
         self._stdout = (
-            GuestStreamReader(send_credit(protocol.STDOUT), protocol.DEFAULT_WINDOW)
+            GuestStreamReader(send_credit(protocol.STDOUT), protocol.DEFAULT_WINDOW, "stdout")
             if params.create_stdout_pipe
             else None
         )
         self._stderr = (
-            GuestStreamReader(send_credit(protocol.STDERR), protocol.DEFAULT_WINDOW)
+            GuestStreamReader(send_credit(protocol.STDERR), protocol.DEFAULT_WINDOW, "stderr")
             if params.create_stderr_pipe and not params.emulate_console
             else None
         )
@@ -811,13 +835,17 @@ class GuestProcess:
         return self._exit_status
 
     def close(self) -> None:
-        """Drop the stdio relays and the agent's record; the process keeps running."""
+        """Drop the stdio relays and the agent's record; the process keeps running.
+
+        A relay blocked on the process's stdout or stderr is cut (its read
+        raises ``ValueError``), one blocked on stdin gets ``BrokenPipeError``.
+        """
         if self._closed:
             return
         self._closed = True
         for reader in (self._stdout, self._stderr):
             if reader is not None:
-                reader._finish()
+                reader._cut_reads()
         if self._stdin is not None:
             self._stdin._fail(StateError("process handle closed"))
         self._connection._forget(self._key)

@@ -38,6 +38,7 @@ __all__ = [
     "OCIRuntimeError",
     "Runtime",
     "RuntimeState",
+    "read_exit_status",
     "read_runtime_log",
     "runtime_name",
     "wait_for_pid_file",
@@ -95,10 +96,12 @@ class Runtime:
     def __repr__(self) -> str:
         return f"<Runtime {self.name} root={self.root}>"
 
-    def _command(self, *args: str, log_file: Path | None = None) -> list[str]:
+    def _command(self, *args: str, log_file: Path | None = None, debug: bool = False) -> list[str]:
         command = [self.binary, "--root", str(self.root)]
         if log_file is not None:
             command += ["--log", str(log_file), "--log-format", "json"]
+        if debug and self.name == "runc":
+            command.append("--debug")
         return [*command, *args]
 
     # --- long-lived operations: the runtime stays the parent of the process ---
@@ -132,10 +135,16 @@ class Runtime:
         stdout: int,
         stderr: int,
     ) -> subprocess.Popen[bytes]:
-        """Start ``runtime exec --process FILE`` (foreground) in a running container."""
+        """Start ``runtime exec --process FILE`` (foreground) in a running container.
+
+        runc runs with ``--debug``, so that its log says the process's exit
+        status as soon as runc reaped it (:func:`read_exit_status`): runc itself
+        exits only once the process's stdout and stderr reached end of file,
+        which a background child of the process can put off indefinitely.
+        """
         command = self._command(
             "exec", "--process", str(process_file), "--pid-file", str(pid_file), "--", container_id,
-            log_file=log_file,
+            log_file=log_file, debug=True,
         )  # fmt: skip
         return self._spawn(command, process_file.parent, stdin, stdout, stderr)
 
@@ -244,6 +253,32 @@ def read_runtime_log(log_file: Path) -> str:
         if isinstance(record, dict) and record.get("level") in ("error", "fatal"):
             messages.append(str(record.get("msg", "")))
     return "; ".join(dict.fromkeys(m for m in messages if m))
+
+
+def read_exit_status(log_file: Path, pid: int) -> int | None:
+    """The exit status a runtime with ``--debug`` logged for ``pid`` once it reaped it, or None.
+
+    runc logs ``process exited`` with the pid and the status (``128 + N`` for
+    a signal N) the moment it reaps its container process, before it waits for
+    the process's output to end; None until then, and for a runtime that logs
+    no such record.
+    """
+    try:
+        text = log_file.read_text(errors="replace")
+    except FileNotFoundError:
+        return None
+    for line in text.splitlines():
+        if '"process exited"' not in line:
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("pid") == pid:
+            status = record.get("status")
+            if isinstance(status, int):
+                return status
+    return None
 
 
 _IN_CLOEXEC = os.O_CLOEXEC

@@ -619,11 +619,12 @@ class VMContainer(ContainerLifecycle[VMContainerProcess]):
         self.vm.gcs.signal_container(ctx, self._id, sig)
 
     @staticmethod
-    def _stdio(pipes: Pipes, terminal: bool) -> ProcessParameters:
+    def _stdio(pipes: Pipes, terminal: bool, size: oci.Box | None) -> ProcessParameters:
         """The stdio part of a process's parameters (its command comes from the spec)."""
         return ProcessParameters(
             command_args=["runc"],
             emulate_console=terminal,
+            console_size=(size.height, size.width) if terminal and size is not None else (0, 0),
             create_stdin_pipe=pipes[0],
             create_stdout_pipe=pipes[1],
             create_stderr_pipe=pipes[2],
@@ -637,7 +638,9 @@ class VMContainer(ContainerLifecycle[VMContainerProcess]):
             guest = self.vm.gcs.start_container(
                 ctx,
                 self._id,
-                self._stdio(pipes, bool(self.spec.process.terminal)),
+                self._stdio(
+                    pipes, bool(self.spec.process.terminal), self.spec.process.console_size
+                ),
                 output_file=self.log_path if to_log else "",
                 timeout=self.vm.options.request_timeout,
             )
@@ -656,6 +659,6 @@ class VMContainer(ContainerLifecycle[VMContainerProcess]):
             ctx,
             self._id,
             msgspec.to_builtins(process),
-            self._stdio(pipes, bool(process.terminal)),
+            self._stdio(pipes, bool(process.terminal), process.console_size),
         )
         return VMContainerProcess(self, guest)
