@@ -144,3 +144,32 @@ def test_controller_identity_guards_pid_reuse() -> None:
     assert controller_alive(me, start)
     assert not controller_alive(me, start + 1)  # same pid, another process
     assert controller_alive(0, 0)  # handed over to the user: never garbage
+
+
+def test_every_resource_kind_is_registered_in_a_fresh_process() -> None:
+    """hcsoci.resource_kinds lists every module that defines a kind: none is found only by luck."""
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import hcsoci
+
+    defined = set()
+    for path in Path(hcsoci.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                for item in node.body:
+                    if (
+                        isinstance(item, ast.Assign)
+                        and any(isinstance(t, ast.Name) and t.id == "kind" for t in item.targets)
+                        and isinstance(item.value, ast.Constant)
+                        and item.value.value
+                    ):
+                        defined.add(item.value.value)
+    probe = (
+        "from hcsoci import resource_kinds, resources; "
+        "print(' '.join(sorted(resources.resource_kinds())))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert set(done.stdout.split()) == defined

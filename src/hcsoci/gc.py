@@ -12,7 +12,6 @@ the user by the CLI (controller pid 0) are left for ``hcsoci delete``.
 
 from __future__ import annotations
 
-import importlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -28,28 +27,6 @@ from hcsoci.store import Store, open_store
 __all__ = ["ContainerRecordInfo", "collect", "orphans", "release_container"]
 
 log = logging.getLogger(__name__)
-
-# Modules that define Resource kinds a container may hold: importing them registers
-# the kinds, so records written by any of them can be loaded back.  Parts that are
-# not built yet simply do not register anything.
-_RESOURCE_MODULES = (
-    "hcsoci.create",
-    "hcsoci.layers",
-    "hcsoci.mounts",
-    "hcsoci.network",
-    "hcsoci.hns",
-    "hcsoci.uvm",
-    "hcsoci.uvm.container",
-)
-
-
-def _register_resource_kinds() -> None:
-    for name in _RESOURCE_MODULES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name != name:
-                raise
 
 
 @dataclass(frozen=True)
@@ -71,7 +48,8 @@ def release_container(ctx: Context, container_id: str, store: Store | None = Non
     """
     check_id(container_id, "container id")
     store = store or open_store()
-    _register_resource_kinds()
+    from hcsoci import resource_kinds  # noqa: F401 - registers every kind, for load_resources
+
     row = container_table.get(store, container_id)
     held = store.query("SELECT 1 FROM resources WHERE owner_id = ? LIMIT 1", (container_id,))
     if row is None and not held:
@@ -93,7 +71,8 @@ def _open_host_vm(ctx: Context, vm_id: str) -> Any:
     Released without a VM, a VM container's in-guest records are no-ops (the
     guest went with its VM); with a VM still running, they are undone in it.
     """
-    uvm = importlib.import_module("hcsoci.uvm")
+    from hcsoci import uvm  # only when a VM container is released
+
     try:
         return uvm.open_vm(ctx, vm_id)
     except NotFoundError:
