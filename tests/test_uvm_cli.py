@@ -39,6 +39,7 @@ def test_create_list_exec_rm(cli_vm_id: str) -> None:
     created = hcsoci("uvm", "create", "--id", cli_vm_id)
     assert created.returncode == 0, created.stderr.decode()
     assert created.stdout.decode().strip() == cli_vm_id
+    assert b"booting" not in created.stderr  # not a terminal: quiet
     assert len(qemu_processes(cli_vm_id)) == 1  # it outlived the command
 
     listed = hcsoci("uvm", "list")
@@ -52,6 +53,25 @@ def test_create_list_exec_rm(cli_vm_id: str) -> None:
     assert removed.returncode == 0, removed.stderr.decode()
     assert qemu_processes(cli_vm_id) == []
     assert hcsoci("uvm", "rm", cli_vm_id).returncode == 1  # unknown id: a clear error
+
+
+def test_create_on_a_terminal_says_what_it_waits_for(cli_vm_id: str) -> None:
+    """On a terminal the boot is visible: what is booting, then when its agent answered."""
+    import os
+    import shlex
+    import sys
+
+    line = shlex.join([sys.executable, "-m", "hcsoci.cli.main", "uvm", "create", "--id", cli_vm_id])
+    done = subprocess.run(
+        ["script", "-qec", line, "/dev/null"], capture_output=True, timeout=300, env=os.environ
+    )
+    try:
+        assert done.returncode == 0, done.stdout
+        text = done.stdout.decode(errors="replace")
+        assert f"hcsoci: booting utility VM {cli_vm_id} ..." in text
+        assert f"hcsoci: utility VM {cli_vm_id} ready (" in text and "answered after" in text
+    finally:
+        hcsoci("uvm", "rm", cli_vm_id)
 
 
 def test_exec_in_unknown_vm_is_a_clear_error() -> None:

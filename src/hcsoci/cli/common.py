@@ -1,14 +1,20 @@
-"""What the command families share: how a command fails, and removing several objects."""
+"""What the command families share: how a command fails, removing several objects, and
+saying what a long wait is for."""
 
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
 from hcsoci.errors import HcsociError
+
+if TYPE_CHECKING:
+    from hcsoci.context import Context
+    from hcsoci.uvm import UtilityVM
 
 
 def fail(err: Exception) -> NoReturn:
@@ -34,3 +40,26 @@ def remove_each(refs: Sequence[str], remove: Callable[[str], object], echo: bool
                 click.echo(ref)
     if failed:
         sys.exit(1)
+
+
+def start_vm_visibly(ctx: Context, vm: UtilityVM) -> None:
+    """``vm.start(ctx)``, saying on a terminal (stderr) what it waits for; quiet otherwise.
+
+    Under TCG a boot takes seconds: a person at a terminal should see that the
+    command is booting a VM, not hung.
+    """
+    if not sys.stderr.isatty():
+        vm.start(ctx)
+        return
+    started = time.monotonic()
+    click.echo(f"hcsoci: booting utility VM {vm.id()} ...", err=True, nl=False)
+    try:
+        vm.start(ctx)
+    except BaseException:
+        click.echo(" failed", err=True)
+        raise
+    click.echo(
+        f"\rhcsoci: utility VM {vm.id()} ready ({vm.accel}, guest agent answered after "
+        f"{time.monotonic() - started:.1f} s)",
+        err=True,
+    )

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, cast
 import click
 
 from hcsoci import container_table, context, cow, oci
+from hcsoci.cli.common import start_vm_visibly
 from hcsoci.cmd import Cmd, ExitError
 from hcsoci.container import Container, ContainerProcess, open_container
 from hcsoci.create import CreateOptions, create_container
@@ -521,7 +522,7 @@ def _run_in_vm(request: ContainerRequest, interactive: bool, proxy: _SignalProxy
     except HcsociError as err:
         raise _fail(err) from err
     try:
-        vm.start(ctx)
+        start_vm_visibly(ctx, vm)
         container, resources = _create(request, vm)
         try:
             return _run_cmd(Cmd(container, None), interactive, request.terminal, proxy)

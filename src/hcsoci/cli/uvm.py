@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hcsoci import context
-from hcsoci.cli.common import fail, remove_each
+from hcsoci.cli.common import fail, remove_each, start_vm_visibly
 from hcsoci.cmd import ExitError, command
 from hcsoci.errors import HcsociError
 from hcsoci.uvm import (
@@ -67,7 +67,7 @@ def create_command(
     )
     try:
         vm = create(ctx, options)
-        vm.start(ctx)
+        start_vm_visibly(ctx, vm)
         hand_over_vm(vm.id())
         vm.detach()
     except HcsociError as err:
