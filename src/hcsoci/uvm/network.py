@@ -116,8 +116,8 @@ class GuestNetworks:
         self._vm = vm
         self._lock = threading.Lock()
         self._namespaces: dict[str, _Namespace] = {}
-        self._namespace_records = DeviceRecords(vm._store, vm.id(), "netns")
-        self._nic_records = DeviceRecords(vm._store, vm.id(), "nic")
+        self._namespace_records = DeviceRecords(vm.store, vm.id(), "netns")
+        self._nic_records = DeviceRecords(vm.store, vm.id(), "nic")
 
     def load(self) -> None:
         """Take over the namespaces and NICs recorded by the VM's other handles."""
@@ -181,7 +181,7 @@ class GuestNetworks:
             self._nic_records.save(ep.id, dataclasses.asdict(nic))
             _ip("tuntap", "add", "dev", nic.tap, "mode", "tap")
             _ip("link", "set", nic.tap, "master", network.bridge, "up")
-            self._vm._qmp_execute(
+            self._vm.qmp(
                 "netdev_add",
                 {
                     "type": "tap",
@@ -191,7 +191,7 @@ class GuestNetworks:
                     "downscript": "no",
                 },
             )
-            self._vm._device_add(
+            self._vm.device_add(
                 {
                     "driver": "virtio-net-pci",
                     "id": nic.device,
@@ -249,10 +249,10 @@ class GuestNetworks:
             self._nic_records.delete(nic.endpoint_id)
 
     def _remove_nic(self, nic: VMNic) -> None:
-        self._vm._device_del(nic.device)
+        self._vm.device_del(nic.device)
         if self._vm.is_running():
             try:
-                self._vm._qmp_execute("netdev_del", {"id": nic.netdev})
+                self._vm.qmp("netdev_del", {"id": nic.netdev})
             except HcsociError as err:
                 if "not found" not in str(err):
                     raise

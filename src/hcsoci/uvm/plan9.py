@@ -78,7 +78,7 @@ class Plan9Slots:
         self.count = count
         self._lock = threading.Lock()
         self._shares: dict[int, Plan9Share] = {}
-        self._records = DeviceRecords(vm._store, vm.id(), "plan9")
+        self._records = DeviceRecords(vm.store, vm.id(), "plan9")
 
     def load(self) -> None:
         """Take over the shares recorded by the VM's other handles."""
@@ -165,7 +165,7 @@ class Plan9Slots:
         try:
             self._records.save(str(slot), dataclasses.asdict(share))
             self._bind(share)
-            self._vm._device_add(
+            self._vm.device_add(
                 {
                     "driver": "virtio-9p-pci",
                     "id": f"p9dev{slot}",
@@ -225,7 +225,7 @@ class Plan9Slots:
                 self._vm.gcs_request(
                     ctx, "unmount", {"target": share.uvm_path, "remove_dir": False}
                 )
-            self._vm._device_del(f"p9dev{share.slot}")
+            self._vm.device_del(f"p9dev{share.slot}")
         finally:
             self.unbind(share.slot)
             with self._lock:

@@ -73,7 +73,7 @@ class SCSIController:
         self.capacity = capacity
         self._lock = threading.RLock()
         self._by_path: dict[str, SCSIAttachment] = {}
-        self._records = DeviceRecords(vm._store, vm.id(), "scsi")
+        self._records = DeviceRecords(vm.store, vm.id(), "scsi")
 
     def load(self) -> None:
         """Take over the attachments recorded by the VM's other handles."""
@@ -142,7 +142,7 @@ class SCSIController:
 
     def _plug(self, ctx: Context, attachment: SCSIAttachment) -> None:
         node = f"scsi-node{attachment.target}"
-        self._vm._qmp_execute(
+        self._vm.qmp(
             "blockdev-add",
             {
                 "driver": "raw",
@@ -155,7 +155,7 @@ class SCSIController:
                 },
             },
         )
-        self._vm._device_add(
+        self._vm.device_add(
             {
                 "driver": "scsi-hd",
                 "id": f"scsi-dev{attachment.target}",
@@ -209,8 +209,8 @@ class SCSIController:
             self._vm.gcs_request(
                 ctx, "remove_scsi_device", {"target": attachment.target, "lun": attachment.lun}
             )
-        if self._vm._device_del(f"scsi-dev{attachment.target}"):
-            self._vm._blockdev_del(f"scsi-node{attachment.target}")
+        if self._vm.device_del(f"scsi-dev{attachment.target}"):
+            self._vm.blockdev_del(f"scsi-node{attachment.target}")
 
     def clear(self) -> None:
         """Forget every attachment (the VM is gone)."""

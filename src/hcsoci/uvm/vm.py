@@ -479,16 +479,24 @@ class UtilityVM:
             raise HcsociError(f"VM {self.id()} is not running")
         return self._qmp.execute(command, arguments)
 
+    # -- the device surface: what plan9.py, scsi.py and network.py plug through --
+
+    @property
+    def store(self) -> Store:
+        """The state store the VM and its device registry are recorded in."""
+        return self._store
+
     def qmp(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
-        """Run one QMP command on the VM's monitor and return its result (diagnostics)."""
+        """Run one QMP command on the VM's monitor and return its result."""
         return self._qmp_execute(command, arguments or {})
 
-    def _device_add(self, arguments: dict[str, Any]) -> None:
+    def device_add(self, arguments: dict[str, Any]) -> None:
+        """QMP ``device_add``; a later :meth:`device_del` of the same id waits for its unplug."""
         with self._deleted_lock:
             self._deleted.pop(str(arguments["id"]), None)
         self._qmp_execute("device_add", arguments)
 
-    def _device_del(self, device: str, timeout: float = 30.0) -> bool:
+    def device_del(self, device: str, timeout: float = 30.0) -> bool:
         """Unplug ``device``; whether it is gone (False: a dead guest could not let it go)."""
         if self._qmp is None or self._exited.is_set():
             return True
@@ -515,7 +523,8 @@ class UtilityVM:
             return False
         raise HcsociError(f"VM {self.id()}: device {device} was not unplugged in {timeout} s")
 
-    def _blockdev_del(self, node: str) -> None:
+    def blockdev_del(self, node: str) -> None:
+        """QMP ``blockdev-del``; a node that is gone, or a QEMU that died, is fine."""
         if self._qmp is None or self._exited.is_set():
             return
         try:
