@@ -341,10 +341,11 @@ def test_gc_reclaims_every_kind_of_orphaned_record(hcsoci: CLI) -> None:
 
 
 def test_a_container_gets_its_own_etc_files(
-    created: Created, container_spec: SpecFactory, lab: HnsLab
+    lab: HnsLab, created: Created, container_spec: SpecFactory
 ) -> None:
+    """(``lab`` first: its network is deleted after ``created`` released the container.)"""
     network = hns.create_network(
-        f"dns{lab.token}", free_subnet(), "bridge", dns_servers=["192.0.2.53"]
+        f"{lab.network_prefix}dns", free_subnet(), "bridge", dns_servers=["192.0.2.53"]
     )
     lab.networks.append(network)
     script = "cat /etc/hostname; echo --; cat /etc/hosts; echo --; cat /etc/resolv.conf"

@@ -265,7 +265,9 @@ class ImageStore:
 
     def _write_index(self, index: _Index) -> None:
         temporary = self._index_path.with_name(f"index.json.{os.getpid()}")
-        with open(temporary, "wb") as file:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as file:
+            os.fchmod(fd, 0o600)  # an older store's index may have been 0644
             file.write(msgspec.json.encode(index))
             file.flush()
             os.fsync(file.fileno())
@@ -399,7 +401,8 @@ class ImageStore:
                     f"content has digest {digest}"
                 )
             target = self.layer_dir(layer.diff_id)
-            make_private_dir(target.parent)
+            make_private_dir(target.parent.parent)  # layers/
+            make_private_dir(target.parent)  # layers/sha256/
             os.rename(staging, target)
             return size
         finally:
