@@ -31,10 +31,11 @@ if TYPE_CHECKING:
     from typing import Any
 
 if __package__:
-    from hcsoci.gcs import protocol, users
+    from hcsoci.gcs import protocol, runclog, users
 else:
     sys.path.append(os.path.dirname(os.path.abspath(__file__)))
     import protocol  # type: ignore[import-not-found,no-redef]
+    import runclog  # type: ignore[import-not-found,no-redef]
     import users  # type: ignore[import-not-found,no-redef]
 
 _READ_CHUNK = 1024 * 1024
@@ -517,11 +518,11 @@ class Agent:
                         return
                     poller.unregister(target)
                 # Between the exit and runc's log record lie microseconds: poll briefly.
-                status = _logged_exit_status(process.runc_log, pid)
+                status = runclog.logged_exit_status(process.runc_log, pid)
                 while status is None:
                     if poller.poll(10):
                         return  # runc exited
-                    status = _logged_exit_status(process.runc_log, pid)
+                    status = runclog.logged_exit_status(process.runc_log, pid)
             finally:
                 if target >= 0:
                     os.close(target)
@@ -824,27 +825,6 @@ def _cgroup_usage(pid: int) -> tuple[int | None, int | None]:
     except (OSError, ValueError):
         pass
     return memory, cpu
-
-
-def _logged_exit_status(log_file: str, pid: int) -> int | None:
-    """The status runc's --debug JSON log gives for ``pid`` ("process exited"), or None yet."""
-    import json
-
-    try:
-        with open(log_file, errors="replace") as runc_log:
-            lines = [line for line in runc_log if '"process exited"' in line]
-    except OSError:
-        return None
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and record.get("pid") == pid:
-            status = record.get("status")
-            if isinstance(status, int):
-                return status
-    return None
 
 
 def _reap_later(pid: int, pidfd: int) -> None:

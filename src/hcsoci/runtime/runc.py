@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hcsoci.errors import HcsociError, InvalidArgumentError, NotFoundError
+from hcsoci.gcs.runclog import logged_exit_status
 from hcsoci.paths import make_private_dir
 from hcsoci.store import state_root
 
@@ -258,27 +259,10 @@ def read_runtime_log(log_file: Path) -> str:
 def read_exit_status(log_file: Path, pid: int) -> int | None:
     """The exit status a runtime with ``--debug`` logged for ``pid`` once it reaped it, or None.
 
-    runc logs ``process exited`` with the pid and the status (``128 + N`` for
-    a signal N) the moment it reaps its container process, before it waits for
-    the process's output to end; None until then, and for a runtime that logs
-    no such record.
+    See :mod:`hcsoci.gcs.runclog` (the guest agent reads runc's log the same way);
+    None too for a runtime that logs no such record.
     """
-    try:
-        text = log_file.read_text(errors="replace")
-    except FileNotFoundError:
-        return None
-    for line in text.splitlines():
-        if '"process exited"' not in line:
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and record.get("pid") == pid:
-            status = record.get("status")
-            if isinstance(status, int):
-                return status
-    return None
+    return logged_exit_status(str(log_file), pid)
 
 
 _IN_CLOEXEC = os.O_CLOEXEC

@@ -265,7 +265,7 @@ def agent_path() -> Path:
 
 def _agent_sources() -> list[Path]:
     gcs = agent_path().parent
-    return [gcs / "agent.py", gcs / "protocol.py", gcs / "users.py"]
+    return [gcs / "agent.py", gcs / "protocol.py", gcs / "runclog.py", gcs / "users.py"]
 
 
 def _bytecode(source: Path, scratch: Path) -> bytes:
