@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import logging
 import os
 import select
 import signal
+import struct
+import termios
 import threading
 import time
 from pathlib import Path
@@ -266,6 +269,44 @@ def test_exec_terminal_and_resize(created: Created, container_spec: SpecFactory)
         plain.wait()
     finally:
         plain.close()
+
+
+def test_a_resize_is_complete_when_resize_console_returns(
+    created: Created, container_spec: SpecFactory
+) -> None:
+    """The container's own pty has the new size at once, not when runc gets round to it."""
+    container = started(created, container_spec)
+    process = container.create_process(
+        CTX,
+        oci.Process(
+            args=["sh", "-c", "read line"],
+            env=PATH_ENV,
+            terminal=True,
+            console_size=oci.Box(height=24, width=80),
+        ),
+    )
+    try:
+        stdin, _, _ = process.stdio()
+        assert stdin is not None
+        wait_until_running(process.pid(), b"sh")
+        runtime = int(Path(f"/proc/{process.pid()}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        assert Path(f"/proc/{runtime}/comm").read_text().strip() == "runc"
+        os.kill(runtime, signal.SIGSTOP)  # runc cannot copy the size inward now
+        try:
+            process.resize_console(CTX, 132, 50)
+            inner = os.open(f"/proc/{process.pid()}/fd/0", os.O_RDONLY | os.O_NOCTTY)
+            try:
+                size = fcntl.ioctl(inner, termios.TIOCGWINSZ, bytes(8))
+            finally:
+                os.close(inner)
+            assert struct.unpack("HHHH", size)[:2] == (50, 132)
+        finally:
+            os.kill(runtime, signal.SIGCONT)
+        stdin.write(b"\n")
+        process.wait()
+        assert process.exit_code() == 0
+    finally:
+        process.close()
 
 
 def read_until(stream: IO[bytes], marker: bytes, timeout: float = 10.0) -> bytes:

@@ -45,21 +45,19 @@ process's stdio we keep are :class:`hcsoci.pipes.PipeEnd` objects, so
 
 Terminals: runc in the foreground relays the container's pty to its own stdio,
 so we give it the slave side of a pty of ours and keep the master; a resize
-sets the master's window size and sends runc ``SIGWINCH``, which runc copies to
-the container's pty.
+sets the master's window size and the container process's own terminal (see
+:mod:`hcsoci.gcs.terminal`: runc's copy on ``SIGWINCH`` alone races with the
+keys typed next), and sends runc ``SIGWINCH``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import select
 import signal
-import struct
 import subprocess
-import termios
 import threading
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -78,6 +76,7 @@ from hcsoci.errors import (
     NotFoundError,
     StateError,
 )
+from hcsoci.gcs.terminal import resize_held_terminal, set_window_size
 from hcsoci.lifecycle import ContainerLifecycle, Pipes
 from hcsoci.paths import check_id, write_private_file
 from hcsoci.pipes import PipeEnd
@@ -161,9 +160,7 @@ class _ProcessStdio:
         self.master = master
         self._to_close.append(slave)
         if size is not None and size.height and size.width:
-            fcntl.ioctl(
-                slave, termios.TIOCSWINSZ, struct.pack("HHHH", size.height, size.width, 0, 0)
-            )
+            set_window_size(slave, size.width, size.height)
         self.child_fds = [slave, slave, slave]
         # stdin and stdout are both the master; stdout is always kept so the output is
         # drained (an unread terminal would stop the process).  The master itself
@@ -311,14 +308,15 @@ class ContainerProcess:
         if width <= 0 or height <= 0 or width > 0xFFFF or height > 0xFFFF:
             raise InvalidArgumentError(f"console size: {width}x{height} is not a valid size")
         try:
-            fcntl.ioctl(
-                self._stdio.master, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0)
-            )
+            set_window_size(self._stdio.master, width, height)
         except OSError as err:
             raise StateError(f"{self!r}: resize failed: {err.strerror}") from err
+        with self._lock:
+            if self._pidfd is not None and self._popen.returncode is None:
+                resize_held_terminal(self._pidfd, self._pid, width, height)
         if self._popen.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                self._popen.send_signal(signal.SIGWINCH)  # runc copies the size inward
+                self._popen.send_signal(signal.SIGWINCH)  # runc copies the size inward too
 
     def kill(self, ctx: Context) -> bool:
         """SIGKILL the container process; False when it was already gone."""

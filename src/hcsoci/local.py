@@ -31,8 +31,6 @@ import os
 import select
 import shutil
 import signal
-import struct
-import termios
 import threading
 from typing import IO, Any, cast
 
@@ -47,6 +45,7 @@ from hcsoci.errors import (
     StateError,
 )
 from hcsoci.gcs import users
+from hcsoci.gcs.terminal import set_window_size
 from hcsoci.pipes import PipeEnd
 from hcsoci.spawn import spawn
 
@@ -162,7 +161,7 @@ class _Start:
             terminal = os.ttyname(slave)
             height, width = config.console_size
             if height and width:
-                _set_window_size(slave, width, height)
+                set_window_size(slave, width, height)
             if config.create_stdin_pipe:
                 stdin = self._end(os.dup(console), writable=True, name="stdin")
             if config.create_stdout_pipe:
@@ -301,7 +300,7 @@ class LocalProcess:
                 raise StateError(f"process {self._pid} has no console to resize")
             if self._closed:
                 raise StateError(f"process {self._pid} is closed")
-            _set_window_size(self._console, width, height)
+            set_window_size(self._console, width, height)
 
     def kill(self, ctx: Context) -> bool:
         """SIGKILL the process; False when it had exited already."""
@@ -460,10 +459,6 @@ def _setpriv() -> str:
             raise NotFoundError("user: running as another user needs setpriv(1) (util-linux)")
         _setpriv_path = found
     return _setpriv_path
-
-
-def _set_window_size(fd: int, width: int, height: int) -> None:
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
 
 
 def _readable(fd: int) -> bool:

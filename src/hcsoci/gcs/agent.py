@@ -17,7 +17,6 @@ import errno
 import fcntl
 import os
 import select
-import struct
 import sys
 import termios
 import time
@@ -31,11 +30,12 @@ if TYPE_CHECKING:
     from typing import Any
 
 if __package__:
-    from hcsoci.gcs import protocol, runclog, users
+    from hcsoci.gcs import protocol, runclog, terminal, users
 else:
     sys.path.append(os.path.dirname(os.path.abspath(__file__)))
     import protocol  # type: ignore[import-not-found,no-redef]
     import runclog  # type: ignore[import-not-found,no-redef]
+    import terminal  # type: ignore[import-not-found,no-redef]
     import users  # type: ignore[import-not-found,no-redef]
 
 _READ_CHUNK = 1024 * 1024
@@ -306,11 +306,11 @@ class Agent:
         if not args:
             raise RequestError("args: empty command line", errno.EINVAL)
         window = int(body.get("window") or protocol.DEFAULT_WINDOW)
-        terminal = bool(body.get("terminal"))
+        with_terminal = bool(body.get("terminal"))
         parent_fds: dict[int, int] = {}
         child_fds: list[int] = []
         try:
-            if terminal:
+            if with_terminal:
                 master, slave = os.openpty()
                 os.set_inheritable(master, False)
                 child_stdio = [slave, slave, slave]
@@ -322,7 +322,7 @@ class Agent:
                 parent_fds[-1] = master
                 rows, cols = body.get("console_size") or (0, 0)
                 if rows and cols:
-                    _set_winsize(master, int(cols), int(rows))
+                    terminal.set_window_size(master, int(cols), int(rows))
             else:
                 null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
                 child_fds.append(null)
@@ -345,7 +345,7 @@ class Agent:
                         else:
                             child_stdio[fd], parent_fds[fd] = write_end, read_end
                             child_fds.append(write_end)
-            pid = _spawn(body, args, child_stdio, terminal)
+            pid = _spawn(body, args, child_stdio, with_terminal)
         except BaseException:
             for fd in (*parent_fds.values(), *child_fds):
                 os.close(fd)
@@ -389,7 +389,18 @@ class Agent:
         process = self._process(body)
         if process.console < 0:
             raise RequestError(f"process {process.pid} has no console", errno.ENOTTY)
-        _set_winsize(process.console, int(body["width"]), int(body["height"]))
+        width, height = int(body["width"]), int(body["height"])
+        terminal.set_window_size(process.console, width, height)
+        pid = _read_pid(process.pid_file) if process.pid_file and process.status is None else 0
+        if pid:  # runc in the foreground: the container's own pty too (see terminal.py)
+            try:
+                pidfd = os.pidfd_open(pid)
+            except OSError:
+                return {}
+            try:
+                terminal.resize_held_terminal(pidfd, pid, width, height)
+            finally:
+                os.close(pidfd)
         return {}
 
     # -- containers (protocol version 2): runc in the guest ---------------------
@@ -851,10 +862,6 @@ def _response(request_id: int, call: Callable[[], dict[str, Any]]) -> bytes:
 
 def _unknown(op: object) -> dict[str, Any]:
     raise RequestError(f"unknown operation {op!r}", errno.EOPNOTSUPP)
-
-
-def _set_winsize(fd: int, width: int, height: int) -> None:
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
 
 
 def _spawn(body: dict[str, Any], args: list[str], stdio: list[int], terminal: bool) -> int:

@@ -265,7 +265,8 @@ def agent_path() -> Path:
 
 def _agent_sources() -> list[Path]:
     gcs = agent_path().parent
-    return [gcs / "agent.py", gcs / "protocol.py", gcs / "runclog.py", gcs / "users.py"]
+    names = ("agent.py", "protocol.py", "runclog.py", "terminal.py", "users.py")
+    return [gcs / name for name in names]
 
 
 def _bytecode(source: Path, scratch: Path) -> bytes:
