@@ -141,11 +141,14 @@ def test_root_path_without_layers(created: Created, busybox_image: object) -> No
     from hcsoci import images
 
     assert isinstance(busybox_image, images.Image)
-    spec = oci.default_spec(["sh", "-c", "echo from root.path"])
+    spec = oci.default_spec(["sh", "-c", "echo from root.path; cat /etc/hostname"])
     spec.root = oci.Root(path=busybox_image.layer_folders[0], readonly=True)
     container, resources = created(spec, id="root-path-test", owner="tests")
     assert container.id() == "root-path-test"
-    assert run_init(container) == (0, b"from root.path\n")
+    assert run_init(container) == (0, b"from root.path\nhcsoci\n")
+    # The caller's own root is used as it is: its /etc/hostname is bound over, but
+    # no mount point is made in it for the /etc files it does not have.
+    assert not (Path(busybox_image.layer_folders[0]) / "etc" / "resolv.conf").exists()
     assert [item.kind for item in resources.items()] == [
         "container-record", "bundle-dir", "runtime-container",
     ]  # fmt: skip

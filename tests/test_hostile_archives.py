@@ -23,7 +23,7 @@ import pytest
 from hcsoci import images
 from hcsoci.errors import HcsociError, InvalidArgumentError
 from hcsoci.paths import remove_tree
-from hcsoci.uvm.container import layer_image
+from hcsoci.uvm.layer_images import layer_image
 
 HCSOCI = str(Path(sys.executable).with_name("hcsoci"))
 MTIME = 1_600_000_000

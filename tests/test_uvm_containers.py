@@ -37,7 +37,8 @@ from hcsoci.gcs.connection import GuestError, GuestNotFoundError
 from hcsoci.resources import Resources
 from hcsoci.store import open_store, state_root
 from hcsoci.uvm import BootAssets, UtilityVM, UVMOptions, VMPlan9Share, VMSCSIDisk, create
-from hcsoci.uvm.container import GUEST_ROOT, VMContainer
+from hcsoci.uvm.container import VMContainer
+from hcsoci.uvm.placement import GUEST_ROOT
 
 SpecFactory = Callable[..., oci.Spec]
 

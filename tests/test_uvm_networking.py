@@ -38,8 +38,9 @@ from hcsoci.network import CreatedNamespace
 from hcsoci.resources import load_resources
 from hcsoci.store import open_store
 from hcsoci.uvm import BootAssets, UtilityVM, UVMOptions, create, open_vm, remove_vm
-from hcsoci.uvm.container import GUEST_ROOT, VMContainer
+from hcsoci.uvm.container import VMContainer
 from hcsoci.uvm.network import VMNetEndpoint, VMNetNamespace, tap_prefix
+from hcsoci.uvm.placement import GUEST_ROOT
 
 CTX = context.background()
 SERVER = (

@@ -83,7 +83,7 @@ class CreateOptions:
 
     ``id`` defaults to a new uuid and ``owner`` to the program's name.  ``spec``
     is required.  ``hosting_system`` (a utility VM) creates the container inside
-    that VM (see :mod:`hcsoci.uvm.container`).
+    that VM (see :mod:`hcsoci.uvm.placement`).
     ``network_namespace`` names an existing namespace to join.  With
     ``do_not_release_resources_on_failure`` a failed create leaves its
     allocations in place (and recorded) for debugging; release them with
@@ -235,7 +235,7 @@ def _placement(options: CreateOptions, container_id: str) -> Placement:
     if options.hosting_system is None:
         return _OnHost(options, container_id)
     # Hypervisor isolation: the LCOW flow, imported only when a VM is given.
-    vm_flow = importlib.import_module("hcsoci.uvm.container")
+    vm_flow = importlib.import_module("hcsoci.uvm.placement")
     placement: Placement = vm_flow.InUtilityVM(options, container_id)
     return placement
 
@@ -288,8 +288,10 @@ def _allocate(
         network_module = importlib.import_module("hcsoci.network")
         network_module.setup_container_network(ctx, resources, spec, options.network_namespace)
 
+    layered = bool(spec.windows is not None and spec.windows.layer_folders)
     spec.root = _resolve_root(spec, resources, bundle)
-    add_etc_files(spec, bundle / "etc", resources.owner_id, _endpoints(network))
+    given_root = None if layered else spec.root.path
+    add_etc_files(spec, bundle / "etc", resources.owner_id, _endpoints(network), given_root)
     spec.mounts = _resolve_mounts(spec.mounts or [], resources, bundle)
     _pause_for_test("mounted")
     ctx.check()

@@ -14,12 +14,13 @@ matches its network and never the host's:
 
 A spec that mounts any of these destinations itself (as docker and podman do)
 keeps its own for that file.  A container in a utility VM gets the same files,
-written by the guest into its own directory there (see hcsoci.uvm.container).
+written by the guest into its own directory there (see hcsoci.uvm.placement).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -102,10 +103,20 @@ def _host_resolvers(path: Path) -> list[str]:
     return kept if any(line.startswith("nameserver ") for line in kept) else []
 
 
-def wanted_etc_files(spec: oci.Spec) -> list[str]:
-    """The names of :data:`ETC_FILES` whose ``/etc`` path the spec does not mount itself."""
+def wanted_etc_files(spec: oci.Spec, given_root: str | None = None) -> list[str]:
+    """The names of :data:`ETC_FILES` whose ``/etc`` path the spec does not mount itself.
+
+    ``given_root`` is the caller's own root directory (``spec.root.path`` without
+    layers), used as it is: then only the files it already has are bound, since
+    the runtime would otherwise create the missing mount points in the caller's
+    directory (or fail on a read-only one).  A layered root has a scratch to
+    take them.
+    """
     taken = {mount.destination.rstrip("/") for mount in spec.mounts or []}
-    return [name for name in ETC_FILES if f"/etc/{name}" not in taken]
+    wanted = [name for name in ETC_FILES if f"/etc/{name}" not in taken]
+    if given_root is None:
+        return wanted
+    return [name for name in wanted if os.path.lexists(os.path.join(given_root, "etc", name))]
 
 
 def etc_file_mount(name: str, source: str) -> oci.Mount:
@@ -119,14 +130,18 @@ def etc_file_mount(name: str, source: str) -> oci.Mount:
 
 
 def add_etc_files(
-    spec: oci.Spec, directory: Path, container_id: str, endpoints: Sequence[Addressed]
+    spec: oci.Spec,
+    directory: Path,
+    container_id: str,
+    endpoints: Sequence[Addressed],
+    given_root: str | None = None,
 ) -> list[oci.Mount]:
     """Write the files into ``directory`` (created, private) and bind them into ``spec``.
 
     Returns the mounts added to ``spec.mounts`` (none for a destination the spec
-    already mounts).
+    already mounts; see :func:`wanted_etc_files` for ``given_root``).
     """
-    wanted = wanted_etc_files(spec)
+    wanted = wanted_etc_files(spec, given_root)
     if not wanted:
         return []
     hostname = spec.hostname or container_id[:12]
