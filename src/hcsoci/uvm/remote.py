@@ -60,6 +60,7 @@ __all__ = [
     "RemoteContainer",
     "RemoteProcess",
     "create_container",
+    "delete_container",
     "open_remote_container",
     "start_controller",
 ]
