@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from fixtures_uvm import qemu_processes
-from hcsoci import ExitError, command, context, images, oci
+from hcsoci import ExitError, command, context, cow, images, oci
 from hcsoci.container import open_container
 from hcsoci.controller import process_alive, process_start_time
 from hcsoci.errors import InvalidArgumentError, NotFoundError, StateError
@@ -179,7 +179,7 @@ def test_cli_create_start_exec_state_kill_delete(cli: CLI, served: Served) -> No
 
 def test_open_container_gives_a_proxy_commands_run_on(served: Served) -> None:
     container = open_container(served.keeper)
-    assert isinstance(container, RemoteContainer)
+    assert isinstance(container, RemoteContainer) and isinstance(container, cow.Container)
     assert container.vm_id == served.vm_id
     assert container.properties(CTX).state == "running"
     before = _fd_count(served.pid)
@@ -218,7 +218,7 @@ def test_signals_and_kill_through_the_proxy(served: Served) -> None:
         cmd.stdout = sink
         cmd.start()
         process = cmd.process
-        assert isinstance(process, RemoteProcess)
+        assert isinstance(process, RemoteProcess) and isinstance(process, cow.Process)
         assert out.read(6) == b"ready\n"
         assert process.signal(CTX, signal.SIGTERM) is True
         with pytest.raises(ExitError) as raised:
