@@ -57,8 +57,7 @@ def release_container(ctx: Context, container_id: str, store: Store | None = Non
     held = store.query("SELECT 1 FROM resources WHERE owner_id = ? LIMIT 1", (container_id,))
     if row is None and not held:
         raise NotFoundError(f"container id: {container_id!r} does not exist")
-    served = row is not None and row.host and row.controller_pid > 0
-    if row is not None and served and controller_alive(row.controller_pid, row.controller_start):
+    if row is not None and row.host and _served(row.controller_pid, row.controller_start):
         # A VM container whose controller process lives: it holds the VM, it releases.
         from hcsoci.uvm.remote import delete_container
 
@@ -73,6 +72,11 @@ def release_container(ctx: Context, container_id: str, store: Store | None = Non
         if vm is not None:
             vm.detach()
     container_table.delete(store, container_id)
+
+
+def _served(controller_pid: int, controller_start: int) -> bool:
+    """Whether a live process (not the user: pid 0) controls the row."""
+    return controller_pid > 0 and controller_alive(controller_pid, controller_start)
 
 
 def _open_host_vm(ctx: Context, vm_id: str) -> Any:

@@ -646,11 +646,11 @@ def exec_(
 def ps(container_id: str) -> None:
     """List the host pids of the processes in a container."""
     container = _open(container_id)
-    props = container.properties(context.background())
     if not isinstance(container, Container):
         from hcsoci.cli import vm_containers
 
         return vm_containers.print_processes(container)
+    props = container.properties(context.background())
     from rich.console import Console
     from rich.table import Table
 
