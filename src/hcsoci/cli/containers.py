@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 
@@ -50,6 +50,7 @@ from hcsoci.store import open_store, state_root
 
 if TYPE_CHECKING:
     from hcsoci.uvm import UtilityVM
+    from hcsoci.uvm.remote import RemoteContainer
 
 __all__ = ["register"]
 
@@ -197,7 +198,16 @@ def _create(
     Endpoints made for ``--network`` are the container's own resources (see
     ``CreateOptions.networks``): its release, or gc, deletes them.
     """
-    ctx = context.background()
+    return _creating(request, functools.partial(create_container, context.background()), vm)
+
+
+_Made = TypeVar("_Made")
+
+
+def _creating(
+    request: ContainerRequest, make: Callable[[CreateOptions], _Made], vm: UtilityVM | None = None
+) -> _Made:
+    """Build the spec and options of ``request`` and ``make`` the container from them."""
     container_id = request.container_id
     try:
         open_store()  # a damaged store is refused before anything is made
@@ -212,7 +222,7 @@ def _create(
             hosting_system=vm,
             networks=request.networks,
         )
-        return create_container(ctx, options)
+        return make(options)
     except BaseException as err:
         if request.made_scratch:
             _remove_scratch(container_id)
@@ -540,13 +550,27 @@ def _run_in_vm(request: ContainerRequest, interactive: bool, proxy: _SignalProxy
 
 
 @click.command()
+@click.option(
+    "--vm",
+    "vm_id",
+    callback=_checked_id,
+    help="With --isolation vm: a running utility VM to put it in (default: a new one).",
+)
 @_container_options
-def create(request: ContainerRequest) -> None:
-    """Create a container (not started); prints its id."""
-    if request.isolation != "process":
-        raise click.UsageError("--isolation vm: only `run` makes a VM container (for its run)")
+def create(request: ContainerRequest, vm_id: str | None) -> None:
+    """Create a container (not started); prints its id.
+
+    ``--isolation vm`` puts it in a utility VM served by a controller process,
+    which later commands reach; a new VM ends with its last container.
+    """
     if request.terminal:
         raise click.UsageError("-t: a created container's init logs to a file; use `run -t`")
+    if request.isolation == "vm" or vm_id:
+        from hcsoci.cli import vm_containers
+
+        _creating(request, vm_containers.creator(vm_id or "")).close()
+        click.echo(request.container_id)
+        return
     container, resources = _create(request)
     _hand_over(request.container_id)
     resources.hand_over()
@@ -554,7 +578,7 @@ def create(request: ContainerRequest) -> None:
     click.echo(request.container_id)
 
 
-def _open(container_id: str) -> Container:
+def _open(container_id: str) -> Container | RemoteContainer:
     try:
         return open_container(container_id)
     except HcsociError as err:
@@ -622,6 +646,10 @@ def exec_(
 def ps(container_id: str) -> None:
     """List the host pids of the processes in a container."""
     container = _open(container_id)
+    if not isinstance(container, Container):
+        from hcsoci.cli import vm_containers
+
+        return vm_containers.print_processes(container)
     props = container.properties(context.background())
     from rich.console import Console
     from rich.table import Table
@@ -639,7 +667,7 @@ def ps(container_id: str) -> None:
 def list_(as_json: bool) -> None:
     """List the containers in the state store."""
     found: list[dict[str, Any]] = []
-    for row in container_table.list_rows(open_store(), host=""):
+    for row in container_table.list_rows(open_store()):
         state = row.state
         if state not in ("creating",):
             with contextlib.suppress(HcsociError):
@@ -695,7 +723,10 @@ def kill(container_id: str, sig: str) -> None:
         number = _parse_signal(sig)
         if container.properties(context.background()).state not in ("running", "paused"):
             raise StateError(f"container {container_id}: not running")
-        container.runtime.kill(container_id, number)
+        if isinstance(container, Container):
+            container.runtime.kill(container_id, number)
+        else:
+            container.signal(context.background(), number)
     except HcsociError as err:
         raise _fail(err) from err
 
