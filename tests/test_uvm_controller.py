@@ -203,10 +203,11 @@ def test_open_container_gives_a_proxy_commands_run_on(served: Served) -> None:
     finally:
         os.close(writer)
     # Every session gives its descriptors back (its connection closes just after the exit).
+    # (At most as many as before: an earlier test's session may still have been closing.)
     deadline = time.monotonic() + 30
-    while _fd_count(served.pid) != before and time.monotonic() < deadline:
+    while _fd_count(served.pid) > before and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _fd_count(served.pid) == before
+    assert _fd_count(served.pid) <= before
 
 
 def test_signals_and_kill_through_the_proxy(served: Served) -> None:
