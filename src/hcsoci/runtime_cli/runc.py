@@ -1,0 +1,88 @@
+"""The real ``runc`` under hcsoci-runc: found on ``PATH``, exec'd or spawned and waited for.
+
+Commands that change nothing hcsoci records (``start``, ``kill``, ``exec``,
+``state``, ``ps``...) *become* runc (``execv``): the engine's shim then
+talks to runc itself, with its stdio, signals and exit status, at no cost but
+this program's start-up.  ``create``, ``run`` and ``delete`` spawn runc and wait
+for it, to record or release the container around it.  Descriptors are
+inherited exactly as runc would have inherited them from the engine
+(``--preserve-fds`` counts on that; runc closes the rest before the container
+runs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+
+__all__ = ["RuncCommand", "find_runc"]
+
+_FALLBACK = ("/usr/sbin/runc", "/usr/bin/runc", "/sbin/runc", "/bin/runc")
+
+
+def find_runc() -> str:
+    """``$HCSOCI_RUNC``, else ``runc`` on ``PATH`` (never this program under that name)."""
+    chosen = os.environ.get("HCSOCI_RUNC", "")
+    if chosen:
+        return chosen
+    ourselves = os.path.realpath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    directories = os.environ.get("PATH", "").split(os.pathsep)
+    for path in [os.path.join(d, "runc") for d in directories if d] + list(_FALLBACK):
+        if os.access(path, os.X_OK) and os.path.realpath(path) != ourselves:
+            return path
+    raise FileNotFoundError("runc is not installed (not found in PATH): install the runc package")
+
+
+_FORWARDED = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGWINCH,
+)
+
+
+class RuncCommand:
+    """runc with the global flags of this call (``--root`` is runc's root under hcsoci's)."""
+
+    def __init__(self, binary: str, global_args: list[str]) -> None:
+        self.binary = binary
+        self.global_args = global_args
+
+    def argv(self, command: str, args: list[str]) -> list[str]:
+        """runc's argv for ``command`` with ``args`` (the engine's tokens, as given)."""
+        return [self.binary, *self.global_args, command, *args]
+
+    def become(self, command: str, args: list[str]) -> None:
+        """Replace this process with runc (never returns)."""
+        sys.stdout.flush()
+        os.execv(self.binary, self.argv(command, args))
+
+    def call(self, command: str, args: list[str], forward_signals: bool = False) -> int:
+        """Run runc to completion with this process's descriptors; its exit status.
+
+        With ``forward_signals`` (a foreground ``run``), SIGINT, SIGTERM, SIGHUP,
+        SIGQUIT, SIGUSR1/2 and SIGWINCH reaching this process go to runc, which
+        hands them to the container.
+        """
+        pid = os.posix_spawn(self.binary, self.argv(command, args), os.environ)
+        previous: dict[signal.Signals, object] = {}
+        if forward_signals:
+            for sig in _FORWARDED:
+                previous[sig] = signal.signal(sig, lambda number, _frame: _forward(pid, number))
+        try:
+            _, status = os.waitpid(pid, 0)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)  # type: ignore[arg-type]
+        code = os.waitstatus_to_exitcode(status)
+        return 128 - code if code < 0 else code
+
+
+def _forward(pid: int, number: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, number)
