@@ -1,205 +1,102 @@
 """Each runc command, as hcsoci-runc carries it out (process isolation).
 
-Every command checks the container id with :func:`hcsoci.paths.check_id`.
-``create`` and ``run`` record the container in hcsoci's store before runc
-makes anything and undo everything when runc fails; ``delete`` releases the
-records once runc let go of the container.  The rest become runc.
+Every command checks the container id with :func:`hcsoci.ids.check_id` (the
+rule :mod:`hcsoci.paths` applies).  ``create``, ``run`` and ``delete`` change
+what hcsoci records, and live in :mod:`hcsoci.runtime_cli.containers`; the
+rest *become* runc once their input is checked.  Only this module, the flag
+parser and the runc launcher are imported on the way to ``start``, ``kill``,
+``exec``, ``state``, ``ps`` and a ``delete`` of a container already gone.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from collections.abc import Callable
-from pathlib import Path
 
-from hcsoci.errors import AlreadyExistsError
-from hcsoci.paths import check_id, make_private_dir
-from hcsoci.runtime_cli import records
+from hcsoci.ids import check_id
 from hcsoci.runtime_cli.argv import CommandLine, UsageError
 from hcsoci.runtime_cli.runc import RuncCommand
 
-TYPE_CHECKING = False  # typing costs milliseconds at start-up; only type checkers need it
+TYPE_CHECKING = False  # collections.abc and typing cost milliseconds at every engine call
 if TYPE_CHECKING:
-    from hcsoci.store import Store
+    from collections.abc import Callable
 
-Handler = Callable[["Invocation", CommandLine], int]
+    Handler = Callable[["Invocation", CommandLine], int]
 
-__all__ = ["COMMANDS", "ISOLATION_ANNOTATION", "CommandError", "Invocation", "run_command"]
+__all__ = [
+    "COMMANDS",
+    "ISOLATION_ANNOTATION",
+    "CommandError",
+    "Invocation",
+    "check_parent",
+    "container_id",
+    "run_command",
+    "vm_refused",
+]
 
 ISOLATION_ANNOTATION = "io.hcsoci.isolation"
-ISOLATIONS = ("process", "vm")
+"""The bundle annotation that chooses the isolation (``process`` or ``vm``)."""
 
 
 class CommandError(Exception):
     """The command failed for a reason of hcsoci-runc's own; the message is one line."""
 
 
+def vm_refused() -> CommandError:
+    """The error for VM isolation, which hcsoci-runc does not provide yet."""
+    return CommandError(
+        "isolation vm: not available through hcsoci-runc yet (it needs the VM controller "
+        "process, still to come); use --isolation process, or hcsoci run --isolation vm"
+    )
+
+
 class Invocation:
     """One call of the runtime: hcsoci's state root, runc, and the chosen isolation."""
 
-    def __init__(self, root: Path, runc: RuncCommand, isolation: str, program: str) -> None:
+    def __init__(self, root: str, runc: RuncCommand, isolation: str) -> None:
         self.root = root
-        self.runc_root = root / "runc"
+        """hcsoci's state root for this call (``--root``)."""
+        self.runc_root = os.path.join(root, "runc")
+        """runc's own root under it."""
         self.runc = runc
         self.isolation = isolation
-        """'process', 'vm', or '' (not chosen by flag or name: the annotation decides)."""
-        self.program = program
+        """'process', or '' when neither flag nor name chose (the annotation decides)."""
 
-    def store(self) -> Store:
-        """The state store under :attr:`root` (opened on first use)."""
-        from hcsoci.store import open_store
-
-        return open_store(self.root)
+    def held_by_runc(self, container_id: str) -> bool:
+        """Whether runc holds state for the (checked) id."""
+        return os.path.isdir(os.path.join(self.runc_root, container_id))
 
 
-def _container_id(line: CommandLine, command: str) -> str:
+def container_id(line: CommandLine, command: str) -> str:
+    """The command's container id argument, checked."""
     if not line.args:
         raise UsageError(f'"{command}" requires a container id')
     return check_id(line.args[0], "container id")
 
 
-def _config(bundle: Path) -> dict[str, object]:
-    path = bundle / "config.json"
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise CommandError(f"bundle {str(bundle)!r}: config.json does not exist") from None
-    except OSError as err:
-        raise CommandError(f"bundle {str(bundle)!r}: config.json: {err.strerror}") from None
-    try:
-        config = json.loads(data)
-    except ValueError as err:
-        raise CommandError(
-            f"bundle {str(bundle)!r}: config.json is not valid JSON: {err}"
-        ) from None
-    if not isinstance(config, dict):
-        raise CommandError(f"bundle {str(bundle)!r}: config.json is not a JSON object")
-    return config
-
-
-def _isolation(invocation: Invocation, config: dict[str, object]) -> str:
-    annotations = config.get("annotations")
-    chosen = invocation.isolation
-    if not chosen and isinstance(annotations, dict):
-        chosen = str(annotations.get(ISOLATION_ANNOTATION, ""))
-        if chosen and chosen not in ISOLATIONS:
-            raise CommandError(
-                f"annotation {ISOLATION_ANNOTATION}: {chosen!r} is not an isolation "
-                "(use process or vm)"
-            )
-    chosen = chosen or "process"
-    if chosen == "vm":
-        raise CommandError(
-            "isolation vm: not available through hcsoci-runc yet (the VM controller "
-            "process is still to come); use --isolation process, or hcsoci run --isolation vm"
-        )
-    return chosen
-
-
-def _check_parent(path: str, field: str) -> None:
-    if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-        raise CommandError(
-            f"{field} {path!r}: directory {os.path.dirname(os.path.abspath(path))!r} does not exist"
-        )
-
-
-def _read_pid(path: str) -> int:
-    try:
-        with open(path, "rb") as file:
-            return int(file.read().strip() or 0)
-    except (OSError, ValueError):
-        return 0
-
-
-def _create(invocation: Invocation, command: str, line: CommandLine) -> int:
-    """``create`` (and ``run``): record, let runc create, undo everything on failure."""
-    container_id = _container_id(line, command)
-    bundle = Path(os.path.abspath(line.value("bundle") or os.getcwd()))
-    config = _config(bundle)
-    _isolation(invocation, config)
-    pid_file = line.value("pid-file")
-    _check_parent(pid_file, "pid file")
-    if (invocation.runc_root / container_id).exists():
-        raise CommandError(f"container with id exists: {container_id}")
-    store = invocation.store()
-    make_private_dir(invocation.runc_root)
-    try:
-        records.record(store, invocation.root, container_id, bundle, invocation.runc_root)
-    except AlreadyExistsError as err:
-        raise CommandError(str(err)) from None
-    except BaseException:
-        records.forget(store, invocation.root, container_id)  # what was recorded of it
-        raise
-    keep = False
-    try:
-        foreground = command == "run" and not line.is_set("detach")
-        code = invocation.runc.call(command, line.raw, forward_signals=foreground)
-        if code == 0 and not foreground:
-            init_pid = _read_pid(pid_file) if pid_file else 0
-            state = "running" if command == "run" else "created"
-            records.set_created(store, container_id, init_pid, state)
-            keep = True
-        elif foreground and line.is_set("keep"):
-            keep = True
-        return code
-    finally:
-        if not keep:
-            _undo(invocation, store, container_id)
-
-
-def _undo(invocation: Invocation, store: Store, container_id: str) -> None:
-    """After a failed create (or a foreground run's end): nothing of it may stay."""
-    if (invocation.runc_root / container_id).exists():
-        quiet = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
-        saved = os.dup(2)
-        os.dup2(quiet, 2)
-        try:
-            invocation.runc.call("delete", ["--force", container_id])
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            os.close(quiet)
-    records.forget(store, invocation.root, container_id)
-
-
-def _delete(invocation: Invocation, line: CommandLine) -> int:
-    container_id = _container_id(line, "delete")
-    held_by_runc = (invocation.runc_root / container_id).exists()
-    if not held_by_runc and not records.has_marker(invocation.root, container_id):
-        if line.is_set("force"):
-            return 0  # as runc: forcing the delete of nothing succeeds
-        raise CommandError(f"container does not exist: {container_id}")
-    if held_by_runc:
-        code = invocation.runc.call("delete", line.raw)
-        if code != 0:
-            return code
-    records.forget(invocation.store(), invocation.root, container_id)
-    return 0
-
-
-def _start(invocation: Invocation, line: CommandLine) -> int:
-    _container_id(line, "start")
-    invocation.runc.become("start", line.raw)
-    return 1  # not reached
+def check_parent(path: str, field: str) -> None:
+    """Refuse a file to be written (a pid file) whose directory does not exist."""
+    if path:
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise CommandError(f"{field} {path!r}: directory {directory!r} does not exist")
 
 
 def _exec(invocation: Invocation, line: CommandLine) -> int:
-    _container_id(line, "exec")
-    _check_parent(line.value("pid-file"), "pid file")
+    container_id(line, "exec")
+    check_parent(line.value("pid-file"), "pid file")
     process = line.value("process")
     if process and not os.path.isfile(process):
         raise CommandError(f"process file {process!r} does not exist")
     invocation.runc.become("exec", line.raw)
-    return 1
+    return 1  # not reached
 
 
 def _by_id(command: str) -> Handler:
     def become(invocation: Invocation, line: CommandLine) -> int:
-        _container_id(line, command)
+        container_id(line, command)
         invocation.runc.become(command, line.raw)
-        return 1
+        return 1  # not reached
 
     return become
 
@@ -207,17 +104,45 @@ def _by_id(command: str) -> Handler:
 def _plain(command: str) -> Handler:
     def become(invocation: Invocation, line: CommandLine) -> int:
         invocation.runc.become(command, line.raw)
-        return 1
+        return 1  # not reached
 
     return become
 
 
+def _recorded(command: str) -> Handler:
+    def handle(invocation: Invocation, line: CommandLine) -> int:
+        if command == "delete":
+            gone = _delete_of_nothing(invocation, line)
+            if gone is not None:
+                return gone
+        from hcsoci.runtime_cli import containers
+
+        return containers.HANDLERS[command](invocation, line)
+
+    return handle
+
+
+def _delete_of_nothing(invocation: Invocation, line: CommandLine) -> int | None:
+    """``delete`` of a container neither runc nor hcsoci-runc holds, answered at once.
+
+    containerd's shim always follows a ``delete`` with a ``delete --force``.
+    """
+    wanted = container_id(line, "delete")
+    if invocation.held_by_runc(wanted) or os.path.lexists(
+        os.path.join(invocation.root, "hcsoci-runc", wanted)
+    ):
+        return None
+    if line.is_set("force"):
+        return 0  # as runc: forcing the delete of nothing succeeds
+    raise CommandError(f"container does not exist: {wanted}")
+
+
 _COMMANDS: dict[str, Handler] = {
-    "create": lambda invocation, line: _create(invocation, "create", line),
-    "run": lambda invocation, line: _create(invocation, "run", line),
-    "start": _start,
+    "create": _recorded("create"),
+    "run": _recorded("run"),
+    "delete": _recorded("delete"),
+    "start": _by_id("start"),
     "exec": _exec,
-    "delete": _delete,
     "kill": _by_id("kill"),
     "state": _by_id("state"),
     "ps": _by_id("ps"),
@@ -229,7 +154,6 @@ _COMMANDS: dict[str, Handler] = {
     "features": _plain("features"),
     "spec": _plain("spec"),
 }
-
 
 COMMANDS = frozenset(_COMMANDS)
 """Every command hcsoci-runc knows."""

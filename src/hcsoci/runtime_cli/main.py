@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 from hcsoci.runtime_cli.argv import UsageError, parse_command, parse_global
 from hcsoci.runtime_cli.report import LogTarget, report_error
@@ -44,8 +43,8 @@ def _version() -> str:
     return f"{PROGRAM} version {ours}\ncommit: hcsoci-{ours}\nspec: {SPEC_VERSION}\n"
 
 
-def _runc_globals(flags: dict[str, list[str]], runc_root: Path) -> list[str]:
-    args = ["--root", str(runc_root)]
+def _runc_globals(flags: dict[str, list[str]], runc_root: str) -> list[str]:
+    args = ["--root", runc_root]
     for name in ("log", "log-format", "criu", "rootless"):
         if name in flags:
             args.append(f"--{name}={flags[name][-1]}")
@@ -91,9 +90,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(
     flags: dict[str, list[str]], isolation: str, program: str, command: str, rest: list[str]
 ) -> int:
-    from hcsoci.runtime_cli.commands import COMMANDS, Invocation, run_command
+    from hcsoci.runtime_cli.commands import COMMANDS, Invocation, run_command, vm_refused
     from hcsoci.runtime_cli.runc import RuncCommand, find_runc
-    from hcsoci.store import state_root
 
     if command not in COMMANDS:
         raise UsageError(f"no such command: {command}")
@@ -102,19 +100,19 @@ def _run(
     if not isolation and program.endswith("-vm"):
         isolation = "vm"
     if isolation == "vm":
-        from hcsoci.runtime_cli.commands import CommandError
-
-        raise CommandError(
-            "isolation vm: not available through hcsoci-runc yet (the VM controller "
-            "process is still to come); use --isolation process, or hcsoci run --isolation vm"
-        )
-    root = Path(os.path.abspath(flags["root"][-1])) if "root" in flags else state_root()
+        raise vm_refused()
+    root = os.path.abspath(flags["root"][-1]) if "root" in flags else _default_root()
     line = parse_command(command, rest)
     if line.is_set("help"):
         sys.stdout.write(_USAGE)
         return 0
-    runc = RuncCommand(find_runc(), _runc_globals(flags, root / "runc"))
-    return run_command(Invocation(root, runc, isolation, program), command, line)
+    runc = RuncCommand(find_runc(), _runc_globals(flags, os.path.join(root, "runc")))
+    return run_command(Invocation(root, runc, isolation), command, line)
+
+
+def _default_root() -> str:
+    """hcsoci's state root (as :func:`hcsoci.store.state_root`, without importing the store)."""
+    return os.environ.get("HCSOCI_ROOT") or "/run/hcsoci"
 
 
 def _message(err: BaseException) -> str:

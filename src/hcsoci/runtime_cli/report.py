@@ -9,7 +9,6 @@ same for every error of its own; runc's errors reach both places from runc.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -33,6 +32,8 @@ def _timestamp() -> str:
 
 
 def _record(message: str, format: str) -> str:
+    import json  # only on the way out with an error
+
     if format == "json":
         return json.dumps(
             {"level": "error", "msg": message, "time": _timestamp()}, separators=(",", ":")

@@ -12,9 +12,7 @@ runs).
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import sys
 
 __all__ = ["RuncCommand", "find_runc"]
@@ -33,17 +31,6 @@ def find_runc() -> str:
         if os.access(path, os.X_OK) and os.path.realpath(path) != ourselves:
             return path
     raise FileNotFoundError("runc is not installed (not found in PATH): install the runc package")
-
-
-_FORWARDED = (
-    signal.SIGINT,
-    signal.SIGTERM,
-    signal.SIGHUP,
-    signal.SIGQUIT,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-    signal.SIGWINCH,
-)
 
 
 class RuncCommand:
@@ -70,19 +57,29 @@ class RuncCommand:
         hands them to the container.
         """
         pid = os.posix_spawn(self.binary, self.argv(command, args), os.environ)
-        previous: dict[signal.Signals, object] = {}
+        previous: dict[int, object] = {}
         if forward_signals:
+            import signal  # only a foreground run forwards: enum and signal cost milliseconds
+
             for sig in _FORWARDED:
                 previous[sig] = signal.signal(sig, lambda number, _frame: _forward(pid, number))
         try:
             _, status = os.waitpid(pid, 0)
         finally:
             for sig, handler in previous.items():
+                import signal
+
                 signal.signal(sig, handler)  # type: ignore[arg-type]
         code = os.waitstatus_to_exitcode(status)
         return 128 - code if code < 0 else code
 
 
+_FORWARDED = (2, 15, 1, 3, 10, 12, 28)
+"""SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH (Linux numbers)."""
+
+
 def _forward(pid: int, number: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
+    try:
         os.kill(pid, number)
+    except ProcessLookupError:
+        return  # runc is gone already
