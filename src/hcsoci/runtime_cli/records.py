@@ -73,23 +73,24 @@ def record(store: Store, root: Path, container_id: str, bundle: Path, runc_root:
 
     The marker is made exclusively, so of two creates of one id only one
     records; the other gets :class:`~hcsoci.errors.AlreadyExistsError` and
-    leaves nothing (and touches nothing of the first).
+    touches nothing of the first.  A marker without a row is stale (``hcsoci
+    gc`` released the container) and is taken over.
     """
     make_private_dir(root / "hcsoci-runc")
     path = marker(root, container_id)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        fd = os.open(
-            path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-        )
+        fd = os.open(path, flags, 0o600)
     except FileExistsError:
-        raise AlreadyExistsError(f"container with id exists: {container_id}") from None
+        if container_table.get(store, container_id) is not None:
+            raise AlreadyExistsError(f"container with id exists: {container_id}") from None
+        fd = os.open(path, flags & ~os.O_EXCL, 0o600)  # stale: hcsoci gc released it
     os.close(fd)
     try:
         container_table.insert(
             store, container_id, OWNER, "", bundle, RUNTIME, controller=caller_identity()
         )
-    except AlreadyExistsError:
-        os.unlink(path)
+    except AlreadyExistsError:  # the row decides; a marker left by the loser is stale
         raise AlreadyExistsError(f"container with id exists: {container_id}") from None
     journal = [
         (_CONTAINER_RECORD, {"container_id": container_id}),
