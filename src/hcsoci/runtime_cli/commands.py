@@ -14,6 +14,7 @@ import os
 import sys
 
 from hcsoci.ids import check_id
+from hcsoci.runtime_cli import markers
 from hcsoci.runtime_cli.argv import CommandLine, UsageError
 from hcsoci.runtime_cli.runc import RuncCommand
 
@@ -128,9 +129,7 @@ def _delete_of_nothing(invocation: Invocation, line: CommandLine) -> int | None:
     containerd's shim always follows a ``delete`` with a ``delete --force``.
     """
     wanted = container_id(line, "delete")
-    if invocation.held_by_runc(wanted) or os.path.lexists(
-        os.path.join(invocation.root, "hcsoci-runc", wanted)
-    ):
+    if invocation.held_by_runc(wanted) or markers.exists(invocation.root, wanted):
         return None
     if line.is_set("force"):
         return 0  # as runc: forcing the delete of nothing succeeds

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from hcsoci.errors import AlreadyExistsError
 from hcsoci.paths import make_private_dir
-from hcsoci.runtime_cli import records
+from hcsoci.runtime_cli import markers, records
 from hcsoci.runtime_cli.argv import CommandLine
 from hcsoci.runtime_cli.commands import (
     ISOLATION_ANNOTATION,
@@ -36,22 +36,20 @@ if TYPE_CHECKING:
 __all__ = ["HANDLERS"]
 
 
-def _config(bundle: Path) -> dict[str, object]:
-    path = bundle / "config.json"
+def _config(bundle: str) -> dict[str, object]:
     try:
-        data = path.read_bytes()
+        with open(os.path.join(bundle, "config.json"), "rb") as file:
+            data = file.read()
     except FileNotFoundError:
-        raise CommandError(f"bundle {str(bundle)!r}: config.json does not exist") from None
+        raise CommandError(f"bundle {bundle!r}: config.json does not exist") from None
     except OSError as err:
-        raise CommandError(f"bundle {str(bundle)!r}: config.json: {err.strerror}") from None
+        raise CommandError(f"bundle {bundle!r}: config.json: {err.strerror}") from None
     try:
         config = json.loads(data)
     except ValueError as err:
-        raise CommandError(
-            f"bundle {str(bundle)!r}: config.json is not valid JSON: {err}"
-        ) from None
+        raise CommandError(f"bundle {bundle!r}: config.json is not valid JSON: {err}") from None
     if not isinstance(config, dict):
-        raise CommandError(f"bundle {str(bundle)!r}: config.json is not a JSON object")
+        raise CommandError(f"bundle {bundle!r}: config.json is not a JSON object")
     return config
 
 
@@ -79,41 +77,63 @@ def _read_pid(path: str) -> int:
 
 def _create(invocation: Invocation, command: str, line: CommandLine) -> int:
     wanted = container_id(line, command)
-    bundle = Path(os.path.abspath(line.value("bundle") or os.getcwd()))
+    bundle = os.path.abspath(line.value("bundle") or os.getcwd())
     _check_isolation(invocation, _config(bundle))
     pid_file = line.value("pid-file")
     check_parent(pid_file, "pid file")
     if invocation.held_by_runc(wanted):
         raise CommandError(f"container with id exists: {wanted}")
-    root = Path(invocation.root)
-    store = open_store(root)
-    make_private_dir(invocation.runc_root)
+    if not markers.make(invocation.root, wanted):
+        _take_over_stale_marker(invocation, wanted)
+    os.makedirs(invocation.runc_root, mode=0o700, exist_ok=True)
+    foreground = command == "run" and not line.is_set("detach")
     try:
-        records.record(store, root, wanted, bundle, Path(invocation.runc_root))
-    except AlreadyExistsError as err:
-        raise CommandError(str(err)) from None
+        pid = invocation.runc.spawn(command, line.raw)
     except BaseException:
-        records.forget(store, root, wanted)  # what was recorded of it
+        markers.remove(invocation.root, wanted)
         raise
+    # The store is opened and written while runc creates: the engine waits for neither.
+    store: Store | None = None
+    failure: BaseException | None = None
+    try:
+        store = _open_store(invocation)
+        records.record(store, wanted, Path(bundle), Path(invocation.runc_root))
+    except BaseException as err:
+        failure = err
+    code = invocation.runc.wait(pid, forward_signals=foreground)
     keep = False
     try:
-        foreground = command == "run" and not line.is_set("detach")
-        code = invocation.runc.call(command, line.raw, forward_signals=foreground)
+        if failure is not None:
+            if isinstance(failure, AlreadyExistsError):
+                raise CommandError(str(failure))
+            raise failure
+        assert store is not None
         if code == 0 and not foreground:
             init_pid = _read_pid(pid_file) if pid_file else 0
-            records.set_created(
-                store, wanted, init_pid, "running" if command == "run" else "created"
-            )
+            state = "running" if command == "run" else "created"
+            records.set_created(store, wanted, init_pid, state)
             keep = True
         elif foreground and line.is_set("keep"):
             keep = True
         return code
     finally:
         if not keep:
-            _undo(invocation, store, wanted)
+            _undo(invocation, store, wanted, recorded=not isinstance(failure, AlreadyExistsError))
 
 
-def _undo(invocation: Invocation, store: Store, wanted: str) -> None:
+def _open_store(invocation: Invocation) -> Store:
+    make_private_dir(invocation.root)
+    return open_store(invocation.root)
+
+
+def _take_over_stale_marker(invocation: Invocation, wanted: str) -> None:
+    """The id has a marker: another create's (refuse), or stale after ``hcsoci gc``."""
+    if records.is_recorded(_open_store(invocation), wanted):
+        raise CommandError(f"container with id exists: {wanted}")
+    markers.make(invocation.root, wanted, take_over=True)
+
+
+def _undo(invocation: Invocation, store: Store | None, wanted: str, recorded: bool) -> None:
     """After a failed create (or a foreground run's end): nothing of it may stay."""
     if invocation.held_by_runc(wanted):
         quiet = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
@@ -125,16 +145,20 @@ def _undo(invocation: Invocation, store: Store, wanted: str) -> None:
             os.dup2(saved, 2)
             os.close(saved)
             os.close(quiet)
-    records.forget(store, Path(invocation.root), wanted)
+    if store is not None and recorded:
+        records.forget(store, Path(invocation.root), wanted)
+    else:
+        markers.remove(invocation.root, wanted)
 
 
 def _delete(invocation: Invocation, line: CommandLine) -> int:
     wanted = container_id(line, "delete")
-    if invocation.held_by_runc(wanted):
-        code = invocation.runc.call("delete", line.raw)
-        if code != 0:
-            return code
-    records.forget(open_store(invocation.root), Path(invocation.root), wanted)
+    pid = invocation.runc.spawn("delete", line.raw) if invocation.held_by_runc(wanted) else 0
+    store = _open_store(invocation)  # while runc deletes
+    code = invocation.runc.wait(pid) if pid else 0
+    if code != 0:
+        return code  # runc said why (a running container without --force)
+    records.forget(store, Path(invocation.root), wanted)
     return 0
 
 

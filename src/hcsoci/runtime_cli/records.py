@@ -1,7 +1,7 @@
 """What hcsoci records for a container an engine made through hcsoci-runc.
 
-Before runc is asked to create anything, the container gets, as every hcsoci
-container does, its row in the ``containers`` table and its resource journal
+While runc creates it, the container gets, as every hcsoci container does,
+its row in the ``containers`` table and its resource journal
 (see :mod:`hcsoci.resources`): ``container-record`` (the row) and
 ``runtime-container`` (runc's state under hcsoci's root, undone with
 ``runc delete --force``).  So ``hcsoci list`` shows it, ``hcsoci delete``
@@ -16,14 +16,14 @@ The two journal records are written here as the JSON that
 :class:`hcsoci.create.ContainerRecord` and :class:`hcsoci.create.RuntimeContainer`
 decode from, because importing msgspec and the create flow would cost each
 engine call tens of milliseconds; ``tests/test_runtime_cli.py`` proves
-``hcsoci.gc`` releases what is written here.  A marker file per container
-(``<root>/hcsoci-runc/<id>``) lets ``delete`` of a container that is already
-gone answer without opening the store.
+``hcsoci.gc`` releases what is written here.  What is made *before* runc
+starts is the container's marker (:mod:`hcsoci.runtime_cli.markers`), so a
+runtime killed in between leaves a marker that ``hcsoci-runc delete`` (which
+every engine sends after a failed create) acts on.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from pathlib import Path
@@ -31,7 +31,7 @@ from pathlib import Path
 from hcsoci import container_table
 from hcsoci.controller import process_start_time
 from hcsoci.errors import AlreadyExistsError
-from hcsoci.paths import child, make_private_dir
+from hcsoci.runtime_cli import markers
 from hcsoci.store import Store
 
 __all__ = [
@@ -39,8 +39,7 @@ __all__ = [
     "RUNTIME",
     "caller_identity",
     "forget",
-    "has_marker",
-    "marker",
+    "is_recorded",
     "record",
     "set_created",
 ]
@@ -52,45 +51,23 @@ _RUNTIME_CONTAINER = "runtime-container"
 _OWN_KINDS = frozenset((_CONTAINER_RECORD, _RUNTIME_CONTAINER))
 
 
-def marker(root: Path, container_id: str) -> Path:
-    """The marker file of ``container_id`` under the state root ``root``."""
-    return child(root / "hcsoci-runc", container_id, "container id")
-
-
-def has_marker(root: Path, container_id: str) -> bool:
-    """Whether hcsoci-runc recorded ``container_id`` and has not forgotten it yet."""
-    return os.path.lexists(marker(root, container_id))
-
-
 def caller_identity() -> tuple[int, int]:
     """(pid, start time) of the process that called this runtime: the container's controller."""
     parent = os.getppid()
     return parent, process_start_time(parent) or 0
 
 
-def record(store: Store, root: Path, container_id: str, bundle: Path, runc_root: Path) -> None:
-    """Record the container before runc creates it: marker, row, journal.
+def record(store: Store, container_id: str, bundle: Path, runc_root: Path) -> None:
+    """Record the container: its row (the caller as controller), then its journal.
 
-    The marker is made exclusively, so of two creates of one id only one
-    records; the other gets :class:`~hcsoci.errors.AlreadyExistsError` and
-    touches nothing of the first.  A marker without a row is stale (``hcsoci
-    gc`` released the container) and is taken over.
+    Raises :class:`~hcsoci.errors.AlreadyExistsError` when the id has a row
+    already (another hcsoci container), having written nothing.
     """
-    make_private_dir(root / "hcsoci-runc")
-    path = marker(root, container_id)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        fd = os.open(path, flags, 0o600)
-    except FileExistsError:
-        if container_table.get(store, container_id) is not None:
-            raise AlreadyExistsError(f"container with id exists: {container_id}") from None
-        fd = os.open(path, flags & ~os.O_EXCL, 0o600)  # stale: hcsoci gc released it
-    os.close(fd)
     try:
         container_table.insert(
             store, container_id, OWNER, "", bundle, RUNTIME, controller=caller_identity()
         )
-    except AlreadyExistsError:  # the row decides; a marker left by the loser is stale
+    except AlreadyExistsError:
         raise AlreadyExistsError(f"container with id exists: {container_id}") from None
     journal = [
         (_CONTAINER_RECORD, {"container_id": container_id}),
@@ -105,6 +82,11 @@ def record(store: Store, root: Path, container_id: str, bundle: Path, runc_root:
                 "INSERT INTO resources (owner_id, kind, data) VALUES (?, ?, ?)",
                 (container_id, kind, json.dumps(data).encode()),
             )
+
+
+def is_recorded(store: Store, container_id: str) -> bool:
+    """Whether the id has a row (a marker without one is stale: gc released it)."""
+    return container_table.get(store, container_id) is not None
 
 
 def set_created(store: Store, container_id: str, init_pid: int, state: str = "created") -> None:
@@ -131,5 +113,4 @@ def forget(store: Store, root: Path, container_id: str) -> None:
         from hcsoci.gc import release_container
 
         release_container(background(), container_id, store)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(marker(root, container_id))
+    markers.remove(str(root), container_id)

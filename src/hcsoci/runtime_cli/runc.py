@@ -49,14 +49,17 @@ class RuncCommand:
         sys.stdout.flush()
         os.execv(self.binary, self.argv(command, args))
 
-    def call(self, command: str, args: list[str], forward_signals: bool = False) -> int:
-        """Run runc to completion with this process's descriptors; its exit status.
+    def spawn(self, command: str, args: list[str]) -> int:
+        """Start runc with this process's descriptors; its pid (see :meth:`wait`)."""
+        return os.posix_spawn(self.binary, self.argv(command, args), os.environ)
+
+    def wait(self, pid: int, forward_signals: bool = False) -> int:
+        """Wait for the runc :meth:`spawn` started; its exit status (128 + N for signal N).
 
         With ``forward_signals`` (a foreground ``run``), SIGINT, SIGTERM, SIGHUP,
         SIGQUIT, SIGUSR1/2 and SIGWINCH reaching this process go to runc, which
         hands them to the container.
         """
-        pid = os.posix_spawn(self.binary, self.argv(command, args), os.environ)
         previous: dict[int, object] = {}
         if forward_signals:
             import signal  # only a foreground run forwards: enum and signal cost milliseconds
@@ -72,6 +75,10 @@ class RuncCommand:
                 signal.signal(sig, handler)  # type: ignore[arg-type]
         code = os.waitstatus_to_exitcode(status)
         return 128 - code if code < 0 else code
+
+    def call(self, command: str, args: list[str], forward_signals: bool = False) -> int:
+        """Run runc to completion with this process's descriptors; its exit status."""
+        return self.wait(self.spawn(command, args), forward_signals)
 
 
 _FORWARDED = (2, 15, 1, 3, 10, 12, 28)
