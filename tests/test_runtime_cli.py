@@ -25,11 +25,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fixtures_engines import RUNTIME, runtime_leftovers
 from hcsoci import container_table, context
+from hcsoci.errors import InvalidArgumentError
 from hcsoci.gc import collect
+from hcsoci.ids import check_id, is_valid_id
 from hcsoci.images.default import build_layer
+from hcsoci.paths import ID_PATTERN
 from hcsoci.store import Store
 
 pytestmark = pytest.mark.timeout(120)
@@ -446,3 +451,12 @@ def test_no_runc_under_our_name(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[:2] == [b"ID", b"PID"]
     shutil.rmtree(tmp_path / "state", ignore_errors=True)
+
+
+@given(st.text(max_size=140) | st.from_regex(ID_PATTERN, fullmatch=True))
+def test_the_id_rule_without_re_is_the_pattern(value: str) -> None:
+    """hcsoci.ids checks without ``re`` (for start-up); it must accept exactly ID_PATTERN."""
+    assert is_valid_id(value) == bool(ID_PATTERN.fullmatch(value))
+    if not is_valid_id(value):
+        with pytest.raises(InvalidArgumentError):
+            check_id(value, "container id")
