@@ -97,6 +97,10 @@ class Driver:
     def exec(self, container_id: str, args: list[str], user: str = "") -> str:
         return self.engine.check("exec", *(["--user", user] if user else []), container_id, *args)
 
+    def exec_tty_argv(self, container_id: str, args: list[str]) -> list[str]:
+        """The client command line of an exec with a terminal."""
+        return [*self.engine.client, "exec", "--tty", container_id, *args]
+
     def host_pids(self, container_id: str) -> list[int]:
         """The container's processes, as the engine's ``ps``/``top`` got them from the runtime."""
         output = self.engine.check("top", container_id, "-o", "pid")
@@ -191,6 +195,11 @@ class CtrDriver(Driver):
 
     def runtime_id(self, container_id: str) -> str:
         return container_id
+
+    def exec_tty_argv(self, container_id: str, args: list[str]) -> list[str]:
+        exec_id = f"e{uuid.uuid4().hex[:8]}"
+        return [*self.engine.client, "task", "exec", "--tty", "--exec-id", exec_id, container_id,
+                *args]  # fmt: skip
 
     def host_pids(self, container_id: str) -> list[int]:
         output = self.engine.check("task", "ps", container_id)
@@ -337,6 +346,15 @@ def test_detached_exec_ps_kill(gone_after: Driver) -> None:
     assert all(runtime_id in Path(f"/proc/{pid}/cgroup").read_text() for pid in pids)
     gone_after.kill(container_id, "SIGKILL")
     assert gone_after.wait(container_id) == 137
+
+
+def test_exec_with_a_terminal(gone_after: Driver) -> None:
+    container_id = gone_after.run_detached(["sleep", "300"])
+    code, output = run_in_pty(gone_after.exec_tty_argv(container_id, ["sh", "-c", "tty; exit 6"]))
+    assert code == 6, output
+    assert b"/dev/pts/" in output, output
+    gone_after.kill(container_id, "SIGKILL")
+    gone_after.wait(container_id)
 
 
 def test_stop_term_then_kill(gone_after: Driver) -> None:

@@ -187,6 +187,8 @@ def test_lifecycle(root: Path, rootfs: Path, tmp_path: Path) -> None:
 
     update = runtime(root, "update", "--resources", "-", "c1", input=b'{"pids": {"limit": 99}}')
     assert update.returncode == 0, update.stderr
+    events = runtime(root, "events", "--stats", "c1")
+    assert json.loads(events.stdout)["type"] == "stats"
 
     refused = runtime(root, "delete", "c1")  # running: runc refuses, nothing is dropped
     assert refused.returncode == 1
@@ -207,6 +209,29 @@ def test_run_foreground_exit_status(root: Path, rootfs: Path, tmp_path: Path) ->
     bundle = make_bundle(tmp_path / "bundle", rootfs, ["sh", "-c", "echo hello; exit 3"])
     result = runtime(root, "run", "--bundle", str(bundle), "r1")
     assert (result.returncode, result.stdout) == (3, b"hello\n")
+
+
+_AS_FD_3 = "import os, sys; os.dup2(int(sys.argv[1]), 3); os.execv(sys.argv[2], sys.argv[2:])"
+"""Run argv[2:] with the descriptor argv[1] as its fd 3 (as an engine passing one extra fd)."""
+
+
+def test_preserve_fds_reach_the_container(root: Path, rootfs: Path, tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path / "bundle", rootfs, ["sh", "-c", "cat <&3"])
+    reader, writer = os.pipe()
+    os.write(writer, b"through fd 3")
+    os.close(writer)
+    run = [RUNTIME, "--root", str(root), "run", "--preserve-fds", "1", "--bundle", str(bundle)]
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", _AS_FD_3, str(reader), *run, "p1"],
+            pass_fds=(reader,),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(reader)
+    assert (result.returncode, result.stdout) == (0, b"through fd 3"), result.stderr
 
 
 def test_console_socket_gets_the_pty(root: Path, rootfs: Path, tmp_path: Path) -> None:
