@@ -399,10 +399,18 @@ def test_gc_releases_a_container_whose_engine_died(
     while running(init) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not running(init)
-    # the same id can be created again, and deleted (the stale marker is taken over)
+    # the marker gc did not know of is stale: a fresh one is refused (it could be a
+    # create in flight), an old one taken over, and a forced delete clears it.
+    assert_one_line_error(runtime(root, "create", "--bundle", str(bundle), "g1"), "exists")
+    old = time.time() - 60
+    os.utime(root / "hcsoci-runc" / "g1", (old, old))
     again = runtime(root, "create", "--bundle", str(bundle), "g1")
     assert again.returncode == 0, again.stderr
     assert runtime(root, "delete", "--force", "g1").returncode == 0
+    subprocess.run(["sh", "-c", f'"$0" --root {root} create --bundle {bundle} g2', RUNTIME])
+    assert collect(context.background(), store) == ["g2"]
+    assert runtime(root, "delete", "--force", "g2").returncode == 0
+    assert not (root / "hcsoci-runc" / "g2").exists()
 
 
 def test_spec_and_features(tmp_path: Path) -> None:

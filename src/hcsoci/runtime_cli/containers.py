@@ -88,7 +88,7 @@ def _create(invocation: Invocation, command: str, line: CommandLine) -> int:
     os.makedirs(invocation.runc_root, mode=0o700, exist_ok=True)
     foreground = command == "run" and not line.is_set("detach")
     try:
-        pid = invocation.runc.spawn(command, line.raw)
+        pid = invocation.runc.spawn(command, line.raw, forward_signals=foreground)
     except BaseException:
         markers.remove(invocation.root, wanted)
         raise
@@ -100,7 +100,7 @@ def _create(invocation: Invocation, command: str, line: CommandLine) -> int:
         records.record(store, wanted, Path(bundle), Path(invocation.runc_root))
     except BaseException as err:
         failure = err
-    code = invocation.runc.wait(pid, forward_signals=foreground)
+    code = invocation.runc.wait(pid)
     keep = False
     try:
         if failure is not None:
@@ -127,10 +127,21 @@ def _open_store(invocation: Invocation) -> Store:
 
 
 def _take_over_stale_marker(invocation: Invocation, wanted: str) -> None:
-    """The id has a marker: another create's (refuse), or stale after ``hcsoci gc``."""
-    if records.is_recorded(_open_store(invocation), wanted):
+    """The id has a marker: another create's (refuse), or stale after ``hcsoci gc``.
+
+    A create writes its rows while runc works, so a marker younger than
+    :data:`_FRESH` without a row may be a create in flight: refused too
+    (``hcsoci-runc delete --force ID`` clears a stale one at once).
+    """
+    if markers.age(invocation.root, wanted) < _FRESH or records.is_recorded(
+        _open_store(invocation), wanted
+    ):
         raise CommandError(f"container with id exists: {wanted}")
     markers.make(invocation.root, wanted, take_over=True)
+
+
+_FRESH = 10.0
+"""Seconds within which a marker without a row is taken for a create in flight."""
 
 
 def _undo(invocation: Invocation, store: Store | None, wanted: str, recorded: bool) -> None:

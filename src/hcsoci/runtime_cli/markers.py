@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["exists", "make", "path", "remove"]
+__all__ = ["age", "exists", "make", "path", "remove"]
 
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -26,6 +26,16 @@ def path(root: str, container_id: str) -> str:
 def exists(root: str, container_id: str) -> bool:
     """Whether ``container_id`` has a marker."""
     return os.path.lexists(path(root, container_id))
+
+
+def age(root: str, container_id: str) -> float:
+    """Seconds since the marker was made (infinite when there is none)."""
+    import time
+
+    try:
+        return time.time() - os.lstat(path(root, container_id)).st_mtime
+    except FileNotFoundError:
+        return float("inf")
 
 
 def make(root: str, container_id: str, *, take_over: bool = False) -> bool:

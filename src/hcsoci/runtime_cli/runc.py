@@ -39,6 +39,7 @@ class RuncCommand:
     def __init__(self, binary: str, global_args: list[str]) -> None:
         self.binary = binary
         self.global_args = global_args
+        self._previous: dict[int, object] = {}
 
     def argv(self, command: str, args: list[str]) -> list[str]:
         """runc's argv for ``command`` with ``args`` (the engine's tokens, as given)."""
@@ -49,36 +50,50 @@ class RuncCommand:
         sys.stdout.flush()
         os.execv(self.binary, self.argv(command, args))
 
-    def spawn(self, command: str, args: list[str]) -> int:
-        """Start runc with this process's descriptors; its pid (see :meth:`wait`)."""
-        return os.posix_spawn(self.binary, self.argv(command, args), os.environ)
+    def spawn(self, command: str, args: list[str], forward_signals: bool = False) -> int:
+        """Start runc with this process's descriptors; its pid (see :meth:`wait`).
 
-    def wait(self, pid: int, forward_signals: bool = False) -> int:
-        """Wait for the runc :meth:`spawn` started; its exit status (128 + N for signal N).
-
-        With ``forward_signals`` (a foreground ``run``), SIGINT, SIGTERM, SIGHUP,
-        SIGQUIT, SIGUSR1/2 and SIGWINCH reaching this process go to runc, which
-        hands them to the container.
+        With ``forward_signals`` (a foreground ``run``), from now until
+        :meth:`wait` returns, SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1/2 and
+        SIGWINCH reaching this process go to runc, which hands them to the
+        container.
         """
-        previous: dict[int, object] = {}
+        target: list[int] = []  # runc's pid, once there: a signal before it is held back
+        held: list[int] = []
         if forward_signals:
             import signal  # only a foreground run forwards: enum and signal cost milliseconds
 
+            def forward(number: int, _frame: object) -> None:
+                if target:
+                    _forward(target[0], number)
+                else:
+                    held.append(number)
+
             for sig in _FORWARDED:
-                previous[sig] = signal.signal(sig, lambda number, _frame: _forward(pid, number))
+                self._previous[sig] = signal.signal(sig, forward)
+        pid = os.posix_spawn(self.binary, self.argv(command, args), os.environ)
+        target.append(pid)
+        for number in held:
+            _forward(pid, number)
+        return pid
+
+    def wait(self, pid: int) -> int:
+        """Wait for the runc :meth:`spawn` started; its exit status (128 + N for signal N)."""
         try:
             _, status = os.waitpid(pid, 0)
         finally:
-            for sig, handler in previous.items():
+            if self._previous:
                 import signal
 
-                signal.signal(sig, handler)  # type: ignore[arg-type]
+                for sig, handler in self._previous.items():
+                    signal.signal(sig, handler)  # type: ignore[arg-type]
+                self._previous.clear()
         code = os.waitstatus_to_exitcode(status)
         return 128 - code if code < 0 else code
 
-    def call(self, command: str, args: list[str], forward_signals: bool = False) -> int:
+    def call(self, command: str, args: list[str]) -> int:
         """Run runc to completion with this process's descriptors; its exit status."""
-        return self.wait(self.spawn(command, args), forward_signals)
+        return self.wait(self.spawn(command, args))
 
 
 _FORWARDED = (2, 15, 1, 3, 10, 12, 28)
