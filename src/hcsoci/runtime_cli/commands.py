@@ -110,36 +110,84 @@ def _plain(command: str) -> Handler:
     return become
 
 
-def _recorded(command: str) -> Handler:
+def _read_config(bundle: str) -> bytes:
+    """The bundle's config.json, as bytes; it must at least look like a JSON object.
+
+    Parsing it (``json`` costs the call ~10 ms of imports) waits until runc
+    runs, unless it names the isolation annotation; runc itself reports a
+    spec it cannot parse.
+    """
+    try:
+        with open(os.path.join(bundle, "config.json"), "rb") as file:
+            data = file.read()
+    except FileNotFoundError:
+        raise CommandError(f"bundle {bundle!r}: config.json does not exist") from None
+    except OSError as err:
+        raise CommandError(f"bundle {bundle!r}: config.json: {err.strerror}") from None
+    if not data.lstrip().startswith(b"{"):
+        raise CommandError(f"bundle {bundle!r}: config.json is not a JSON object")
+    return data
+
+
+def _create(command: str) -> Handler:
+    """``create`` / ``run``: check, make the marker, start runc; then record while it works."""
+
     def handle(invocation: Invocation, line: CommandLine) -> int:
-        if command == "delete":
-            gone = _delete_of_nothing(invocation, line)
-            if gone is not None:
-                return gone
+        wanted = container_id(line, command)
+        bundle = os.path.abspath(line.value("bundle") or os.getcwd())
+        config = _read_config(bundle)
+        if invocation.isolation == "vm":
+            raise vm_refused()
+        if not invocation.isolation and ISOLATION_ANNOTATION.encode() in config:
+            from hcsoci.runtime_cli import containers
+
+            containers.check_isolation_annotation(bundle, config)
+        check_parent(line.value("pid-file"), "pid file")
+        if invocation.held_by_runc(wanted):
+            raise CommandError(f"container with id exists: {wanted}")
+        if not markers.make(invocation.root, wanted):
+            from hcsoci.runtime_cli import containers
+
+            containers.take_over_stale_marker(invocation, wanted)
+        if not os.path.exists(os.path.join(invocation.root, "state.db")):
+            # A new root: the store must exist before runc's state does (it refuses to
+            # start empty beside runc state it does not know).
+            from hcsoci.runtime_cli import containers
+
+            containers.open_root_store(invocation)
+        os.makedirs(invocation.runc_root, mode=0o700, exist_ok=True)
+        foreground = command == "run" and not line.is_set("detach")
+        try:
+            pid = invocation.runc.spawn(command, line.raw, forward_signals=foreground)
+        except BaseException:
+            markers.remove(invocation.root, wanted)
+            raise
         from hcsoci.runtime_cli import containers
 
-        return containers.HANDLERS[command](invocation, line)
+        return containers.finish_create(invocation, command, line, wanted, bundle, pid)
 
     return handle
 
 
-def _delete_of_nothing(invocation: Invocation, line: CommandLine) -> int | None:
-    """``delete`` of a container neither runc nor hcsoci-runc holds, answered at once.
-
-    containerd's shim always follows a ``delete`` with a ``delete --force``.
-    """
+def _delete(invocation: Invocation, line: CommandLine) -> int:
+    """``delete``: runc deletes (started first), the records go after."""
     wanted = container_id(line, "delete")
-    if invocation.held_by_runc(wanted) or markers.exists(invocation.root, wanted):
-        return None
-    if line.is_set("force"):
-        return 0  # as runc: forcing the delete of nothing succeeds
-    raise CommandError(f"container does not exist: {wanted}")
+    held = invocation.held_by_runc(wanted)
+    if not held and not markers.exists(invocation.root, wanted):
+        # containerd's shim always follows a delete with a forced one: answered at once.
+        if line.is_set("force"):
+            return 0  # as runc: forcing the delete of nothing succeeds
+        raise CommandError(f"container does not exist: {wanted}")
+    pid = invocation.runc.spawn("delete", line.raw) if held else 0
+    from hcsoci.runtime_cli import containers
+
+    return containers.finish_delete(invocation, wanted, pid)
 
 
 _COMMANDS: dict[str, Handler] = {
-    "create": _recorded("create"),
-    "run": _recorded("run"),
-    "delete": _recorded("delete"),
+    "create": _create("create"),
+    "run": _create("run"),
+    "delete": _delete,
     "start": _by_id("start"),
     "exec": _exec,
     "kill": _by_id("kill"),

@@ -1,12 +1,13 @@
-"""``create``, ``run`` and ``delete``: the commands that change what hcsoci records.
+"""What ``create``, ``run`` and ``delete`` do once runc is running: record, release, undo.
 
-``create`` reads the engine's bundle (``config.json`` must be a JSON object;
-its ``io.hcsoci.isolation`` annotation may choose the isolation), records the
-container (see :mod:`hcsoci.runtime_cli.records`), and lets runc create it
-from the spec as the engine wrote it.  When anything fails -- runc refusing
-the spec, a console socket nobody listens on, a signal -- runc's half-made
-container is deleted and the records dropped, so nothing is left behind.
-``delete`` lets runc delete first and drops the records after.
+:mod:`hcsoci.runtime_cli.commands` checks the call, makes the container's
+marker and starts runc; this module (the store, ``json``, ``pathlib``: ~25 ms
+of imports) is imported only then, so its imports and the store's writes
+happen while runc works.  ``create`` records the container (see
+:mod:`hcsoci.runtime_cli.records`) and, when anything fails -- runc refusing
+the spec, a console socket nobody listens on, a signal -- deletes runc's
+half-made container and drops the records, so nothing is left behind.
+``delete`` drops the records once runc deleted the container.
 """
 
 from __future__ import annotations
@@ -19,50 +20,30 @@ from hcsoci.errors import AlreadyExistsError
 from hcsoci.paths import make_private_dir
 from hcsoci.runtime_cli import markers, records
 from hcsoci.runtime_cli.argv import CommandLine
-from hcsoci.runtime_cli.commands import (
-    ISOLATION_ANNOTATION,
-    CommandError,
-    Invocation,
-    check_parent,
-    container_id,
-    vm_refused,
-)
+from hcsoci.runtime_cli.commands import ISOLATION_ANNOTATION, CommandError, Invocation, vm_refused
 from hcsoci.store import Store, open_store
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from hcsoci.runtime_cli.commands import Handler
+__all__ = [
+    "check_isolation_annotation",
+    "finish_create",
+    "finish_delete",
+    "open_root_store",
+    "take_over_stale_marker",
+]
 
-__all__ = ["HANDLERS"]
 
-
-def _config(bundle: str) -> dict[str, object]:
-    try:
-        with open(os.path.join(bundle, "config.json"), "rb") as file:
-            data = file.read()
-    except FileNotFoundError:
-        raise CommandError(f"bundle {bundle!r}: config.json does not exist") from None
-    except OSError as err:
-        raise CommandError(f"bundle {bundle!r}: config.json: {err.strerror}") from None
+def check_isolation_annotation(bundle: str, data: bytes) -> None:
+    """The spec's ``io.hcsoci.isolation`` annotation: ``process`` or refused."""
     try:
         config = json.loads(data)
     except ValueError as err:
         raise CommandError(f"bundle {bundle!r}: config.json is not valid JSON: {err}") from None
-    if not isinstance(config, dict):
-        raise CommandError(f"bundle {bundle!r}: config.json is not a JSON object")
-    return config
-
-
-def _check_isolation(invocation: Invocation, config: dict[str, object]) -> None:
-    chosen = invocation.isolation
-    annotations = config.get("annotations")
-    if not chosen and isinstance(annotations, dict):
-        chosen = str(annotations.get(ISOLATION_ANNOTATION, ""))
-        if chosen and chosen not in ("process", "vm"):
-            raise CommandError(
-                f"annotation {ISOLATION_ANNOTATION}: {chosen!r} is not an isolation "
-                "(use process or vm)"
-            )
+    annotations = config.get("annotations") if isinstance(config, dict) else None
+    chosen = str(annotations.get(ISOLATION_ANNOTATION, "")) if isinstance(annotations, dict) else ""
+    if chosen and chosen not in ("process", "vm"):
+        raise CommandError(
+            f"annotation {ISOLATION_ANNOTATION}: {chosen!r} is not an isolation (use process or vm)"
+        )
     if chosen == "vm":
         raise vm_refused()
 
@@ -75,28 +56,17 @@ def _read_pid(path: str) -> int:
         return 0
 
 
-def _create(invocation: Invocation, command: str, line: CommandLine) -> int:
-    wanted = container_id(line, command)
-    bundle = os.path.abspath(line.value("bundle") or os.getcwd())
-    _check_isolation(invocation, _config(bundle))
-    pid_file = line.value("pid-file")
-    check_parent(pid_file, "pid file")
-    if invocation.held_by_runc(wanted):
-        raise CommandError(f"container with id exists: {wanted}")
-    if not markers.make(invocation.root, wanted):
-        _take_over_stale_marker(invocation, wanted)
-    os.makedirs(invocation.runc_root, mode=0o700, exist_ok=True)
+def finish_create(
+    invocation: Invocation, command: str, line: CommandLine, wanted: str, bundle: str, pid: int
+) -> int:
+    """Record the container while runc (``pid``) creates it; undo everything on failure."""
     foreground = command == "run" and not line.is_set("detach")
-    try:
-        pid = invocation.runc.spawn(command, line.raw, forward_signals=foreground)
-    except BaseException:
-        markers.remove(invocation.root, wanted)
-        raise
+    pid_file = line.value("pid-file")
     # The store is opened and written while runc creates: the engine waits for neither.
     store: Store | None = None
     failure: BaseException | None = None
     try:
-        store = _open_store(invocation)
+        store = open_root_store(invocation)
         records.record(store, wanted, Path(bundle), Path(invocation.runc_root))
     except BaseException as err:
         failure = err
@@ -121,12 +91,13 @@ def _create(invocation: Invocation, command: str, line: CommandLine) -> int:
             _undo(invocation, store, wanted, recorded=not isinstance(failure, AlreadyExistsError))
 
 
-def _open_store(invocation: Invocation) -> Store:
+def open_root_store(invocation: Invocation) -> Store:
+    """The store under the invocation's root (made private first), opened once per process."""
     make_private_dir(invocation.root)
     return open_store(invocation.root)
 
 
-def _take_over_stale_marker(invocation: Invocation, wanted: str) -> None:
+def take_over_stale_marker(invocation: Invocation, wanted: str) -> None:
     """The id has a marker: another create's (refuse), or stale after ``hcsoci gc``.
 
     A create writes its rows while runc works, so a marker younger than
@@ -134,7 +105,7 @@ def _take_over_stale_marker(invocation: Invocation, wanted: str) -> None:
     (``hcsoci-runc delete --force ID`` clears a stale one at once).
     """
     if markers.age(invocation.root, wanted) < _FRESH or records.is_recorded(
-        _open_store(invocation), wanted
+        open_root_store(invocation), wanted
     ):
         raise CommandError(f"container with id exists: {wanted}")
     markers.make(invocation.root, wanted, take_over=True)
@@ -162,20 +133,11 @@ def _undo(invocation: Invocation, store: Store | None, wanted: str, recorded: bo
         markers.remove(invocation.root, wanted)
 
 
-def _delete(invocation: Invocation, line: CommandLine) -> int:
-    wanted = container_id(line, "delete")
-    pid = invocation.runc.spawn("delete", line.raw) if invocation.held_by_runc(wanted) else 0
-    store = _open_store(invocation)  # while runc deletes
+def finish_delete(invocation: Invocation, wanted: str, pid: int) -> int:
+    """Drop the records once runc (``pid``, 0 when runc held nothing) deleted the container."""
+    store = open_root_store(invocation)  # while runc deletes
     code = invocation.runc.wait(pid) if pid else 0
     if code != 0:
         return code  # runc said why (a running container without --force)
     records.forget(store, Path(invocation.root), wanted)
     return 0
-
-
-HANDLERS: dict[str, Handler] = {
-    "create": lambda invocation, line: _create(invocation, "create", line),
-    "run": lambda invocation, line: _create(invocation, "run", line),
-    "delete": _delete,
-}
-"""The recorded commands, by name."""
