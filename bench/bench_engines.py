@@ -82,12 +82,16 @@ def bench_ctr(stack: contextlib.ExitStack, archive: Path, rounds: int) -> None:
     socket, _ = stack.enter_context(containerd_daemon("bench-containerd"))
     ctr = ["ctr", "--address", str(socket), "--namespace", f"bench-{uuid.uuid4().hex[:6]}"]
     subprocess.run([*ctr, "images", "import", str(archive)], capture_output=True, check=True)
+    # Both runtimes' state in a directory of the benchmark's (not /run/containerd/runc).
+    roots = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-ctr-", dir="/run")))
+    run = [*ctr, "run", "--rm"]
+    image = ["busybox:latest", "{id}", "true"]
     samples = interleaved(
         rounds,
         {
-            "ctr run --rm (runc)": checked([*ctr, "run", "--rm", "busybox:latest", "{id}", "true"]),
+            "ctr run --rm (runc)": checked([*run, "--runc-root", f"{roots}/runc", *image]),
             "ctr run --rm (hcsoci-runc)": checked(
-                [*ctr, "run", "--rm", "--runc-binary", RUNTIME, "busybox:latest", "{id}", "true"]
+                [*run, "--runc-binary", RUNTIME, "--runc-root", f"{roots}/hcsoci", *image]
             ),
         },
     )
