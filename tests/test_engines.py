@@ -31,13 +31,12 @@ from fixtures_engines import (
     memory_limit_of,
     podman_engine,
     processes_in_cgroups_named,
-    requires_engines,
     rootfs_mounts_under,
     run_in_pty,
     runtime_leftovers,
 )
 
-pytestmark = [requires_engines, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.usefixtures("requires_engines"), pytest.mark.timeout(180)]
 
 IMAGE = "busybox:latest"
 
