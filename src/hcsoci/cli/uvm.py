@@ -17,6 +17,7 @@ from hcsoci.uvm import (
     UVMOptions,
     build_assets,
     create,
+    ensure_template,
     hand_over_vm,
     list_vms,
     open_vm,
@@ -33,13 +34,16 @@ def uvm_group() -> None:
 @uvm_group.command("build-assets")
 @click.option("--gzip", "compress", is_flag=True, help="Gzip the initramfs (slower boot).")
 @click.option("--no-probe", is_flag=True, help="Do not probe whether KVM boots here.")
-def build_assets_command(compress: bool, no_probe: bool) -> None:
-    """Build (or reuse) the guest kernel + initramfs in $HCSOCI_ASSETS."""
+@click.option("--no-template", is_flag=True, help="Do not boot and save the default VM template.")
+def build_assets_command(compress: bool, no_probe: bool, no_template: bool) -> None:
+    """Build (or reuse) the guest kernel + initramfs and the default VM template."""
     try:
         assets = build_assets(compress=compress)
         click.echo(f"boot assets: {assets.directory}")
         if not no_probe:
             click.echo(f"accelerator for 'auto': {resolve_accel('auto', assets)}")
+        if not no_template:
+            click.echo(f"template: {ensure_template(context.background())}")
     except HcsociError as err:
         fail(err)
 

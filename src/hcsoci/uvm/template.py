@@ -27,6 +27,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -66,6 +67,7 @@ SAVE_TIMEOUT = 120.0
 """Seconds the migration of a template to its file may take."""
 
 _CHUNK = 4 << 20
+_STATE_NAME = re.compile(r"state-[0-9a-f]{8}\.bin")
 
 # Files besides the QEMU binary whose content ends up in the saved machine
 # (firmware and option ROMs are migrated as RAM blocks of their own size).

@@ -70,6 +70,7 @@ __all__ = [
     "UtilityVM",
     "VMRecord",
     "create",
+    "ensure_template",
     "list_vms",
     "open_vm",
     "reap_dead_vms",
@@ -864,6 +865,33 @@ def create(ctx: Context, options: UVMOptions) -> UtilityVM:
         store.execute("DELETE FROM vms WHERE id = ?", (opts.id,))
         raise
     return UtilityVM(opts, assets, state_dir, store)
+
+
+def ensure_template(ctx: Context, options: UVMOptions | None = None) -> Path:
+    """Make sure a template for ``options`` exists (boot a VM and save it if not); its folder.
+
+    For ``hcsoci uvm build-assets``: the first ``start`` with these options is
+    then a restore.  A stale or damaged template is replaced.
+    """
+    ctx.check()
+    opts = UVMOptions(**vars(options)) if options is not None else UVMOptions()
+    opts.template = "auto"
+    opts.owner = opts.owner or "hcsoci-template"
+    vm = create(ctx, opts)
+    try:
+        accel = resolve_accel(vm.options.accel, vm.assets)
+        command = vm.qemu_command(accel)
+        identity = TemplateIdentity.of(
+            vm.assets, accel, vm.options.memory_mb, vm.options.cpu_count, command
+        )
+        folder = templates_dir(vm.assets)
+        if find_template(identity, folder) is None:
+            vm.start(ctx)
+            if find_template(identity, folder) is None:
+                raise UVMStartError(f"template {identity.name} was not saved (see the log)")
+        return folder / identity.name
+    finally:
+        vm.close()
 
 
 def list_vms(store: Store | None = None) -> list[VMRecord]:
