@@ -354,17 +354,12 @@ class UtilityVM:
             if status != "paused":
                 raise TemplateError(f"QEMU is {status!r} after loading the template, not paused")
         except (HcsociError, OSError) as err:
+            checksum.verify()  # a damaged file says so first
             if self._exited.wait(QEMU_EXIT_GRACE):
                 raise TemplateError(f"QEMU refused the template: {self._qemu_log_tail()}") from err
             raise
-        finally:
-            checksum_error: TemplateError | None = None
-            try:
-                checksum.verify()
-            except TemplateError as err:
-                checksum_error = err
-        if checksum_error is not None:
-            raise checksum_error
+        # The guest has not run a single instruction yet: refuse damaged memory now.
+        checksum.verify()
         self._qmp_execute("cont", {})
         self._connect_agent(ctx, deadline, clone=self._clone_identity())
         self.restored = True
