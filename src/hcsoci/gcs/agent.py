@@ -305,9 +305,12 @@ class Agent:
         if isinstance(clone, dict):
             self._make_own(clone)
         boot = ""
-        # The kernel makes its boot id on first read: a template leaves it unread,
-        # so each clone makes its own from its freshly reseeded random pool.
-        if not body.get("template"):
+        if body.get("template"):
+            # Every clone would pay for these on its first disk or NIC: pay once here.
+            # And the kernel makes its boot id on first read: a template leaves it
+            # unread, so each clone makes its own from its freshly reseeded pool.
+            load_device_modules()
+        else:
             with open("/proc/sys/kernel/random/boot_id") as boot_id:
                 boot = boot_id.read().strip()
         result = {
