@@ -210,10 +210,13 @@ def test_the_agent_sees_the_host_leave_and_come_back(
     while "hcsoci-gcs: host disconnected" not in Path(vm.console_log).read_text():
         assert time.monotonic() < deadline, Path(vm.console_log).read_text()
         time.sleep(0.05)
+    time.sleep(1.0)  # parked: the agent must not spin (nor log) meanwhile
     again = GuestConnection.connect(str(vm.state_dir / "gcs.sock"), CTX, 30.0, vm.id())
     try:
         assert again.boot_id == vm.boot_id
-        assert "hcsoci-gcs: host connected" in Path(vm.console_log).read_text()
+        console = Path(vm.console_log).read_text()
+        assert console.count("hcsoci-gcs: host disconnected") == 1, console
+        assert "hcsoci-gcs: host connected" in console
     finally:
         again.close()
 

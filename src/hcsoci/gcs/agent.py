@@ -146,9 +146,13 @@ class Agent:
         log(f"ready on {self.port_path} (pid {os.getpid()}, {since_boot} s after boot)")
         disconnected = False
         while True:
-            timeout = 0.1 if disconnected else -1
+            # Parked, the port wakes the loop when the host's side opens (edge-triggered);
+            # the timeout is only a safety net.
+            timeout = 1.0 if disconnected else -1
             for fd, events in self.epoll.poll(timeout):
                 if fd == self.port:
+                    if disconnected:
+                        continue  # a change on the parked port: _host_back looks below
                     # A closed host end reads as EOF (EPOLLIN and EPOLLHUP together):
                     # read what is left, then park the port until a host connects.
                     if events & select.EPOLLIN and self._read_port():
@@ -170,7 +174,10 @@ class Agent:
     def _host_gone(self) -> None:
         # The host closed its end: park the port until a host connects again.
         log("host disconnected")
-        self.epoll.modify(self.port, 0)
+        # EPOLLHUP stays set while no host is connected: level-triggered, it would
+        # spin the loop.  Edge-triggered, the port reports only changes, such as
+        # the host's side opening (virtio_console wakes its waiters then).
+        self.epoll.modify(self.port, select.EPOLLOUT | select.EPOLLET)
         self.inbuf.clear()
         self.connected = False
         for process in list(self.processes.values()):
