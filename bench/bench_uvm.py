@@ -13,8 +13,9 @@
 5. Templates, interleaved round by round: the trivial-init boot, a cold boot
    to agent ready (``template="never"``), a restore to agent ready
    (``template="require"``), and ``hcsoci run --isolation vm --rm -- true``
-   end to end with and without a template (``--vm-template``), beside the
-   interpreter's own start with the CLI imported (the floor of any run).
+   end to end with and without a template (``--vm-template``), beside its
+   floors: the interpreter's start with the CLI imported, and the first
+   ``runc run`` of ``true`` in a freshly restored guest.
 
 Prints medians and ratios.  Run: ``python -m bench.bench_uvm`` (``--boots N``,
 ``--execs N``, ``--mib N``, ``--accel auto|kvm|tcg``, ``--gzip``: build and
@@ -26,6 +27,7 @@ just the fifth).
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import shutil
 import statistics
@@ -35,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from hcsoci import CreateOptions, LocalHost, command, context, create_container, images
+from hcsoci import CreateOptions, LocalHost, command, context, create_container, images, oci
 from hcsoci import release_resources as release
 from hcsoci.uvm import UtilityVM, UVMOptions, build_assets, create, ensure_template
 from hcsoci.uvm.accel import resolve_accel
@@ -115,6 +117,38 @@ def cli_run_seconds(template: str) -> float:
     return time.perf_counter() - start
 
 
+def guest_runc_seconds(accel: str) -> float:
+    """Seconds of the first ``runc run`` of ``true`` in a freshly restored guest.
+
+    The floor of any VM container's run under TCG: a new QEMU process starts
+    with an empty translation cache, so runc's code is translated again in
+    every clone.  The bundle (busybox as ``/true``, the default spec) is made
+    in the guest first, untimed; the timed part is one ``runc run``.
+    """
+    ctx = context.background()
+    vm = create(ctx, UVMOptions(owner="bench", accel=accel, template="require"))
+    try:
+        vm.start(ctx)
+        spec = oci.default_spec(["/true"])
+        assert spec.root is not None
+        spec.root.path = "/tmp/floor/rootfs"
+        prepare = command(
+            vm,
+            "sh",
+            "-c",
+            "mkdir -p /tmp/floor/rootfs/proc /tmp/floor/rootfs/dev /tmp/floor/rootfs/sys && "
+            "cp /.hcsoci/busybox /tmp/floor/rootfs/true && cat > /tmp/floor/config.json",
+        )
+        prepare.stdin = io.BytesIO(oci.encode_spec(spec))
+        prepare.run()
+        runc = ["/usr/sbin/runc", "--root", "/run/floor", "run", "-b", "/tmp/floor", "floor"]
+        start = time.perf_counter()
+        command(vm, *runc).run()
+        return time.perf_counter() - start
+    finally:
+        vm.close()
+
+
 def python_start_seconds() -> float:
     """Seconds for the interpreter to start and import hcsoci's CLI: the floor of any run."""
     start = time.perf_counter()
@@ -129,7 +163,7 @@ def _runs(values: list[float]) -> str:
 def template_comparison(accel: str, boots: int) -> None:
     """Cold boot, restore and trivial boot to ready; ``hcsoci run`` with and without a template."""
     ensure_template(context.background(), UVMOptions(owner="bench", accel=accel))
-    trivial, cold, restore, run_tpl, run_cold, py = [], [], [], [], [], []
+    trivial, cold, restore, run_tpl, run_cold, py, runc = [], [], [], [], [], [], []
     for _ in range(boots):
         trivial.append(trivial_boot_seconds(accel))
         cold.append(agent_boot_seconds(accel, "never"))
@@ -137,6 +171,7 @@ def template_comparison(accel: str, boots: int) -> None:
         run_tpl.append(cli_run_seconds("require"))
         run_cold.append(cli_run_seconds("never"))
         py.append(python_start_seconds())
+        runc.append(guest_runc_seconds(accel))
     t, c, r = statistics.median(trivial), statistics.median(cold), statistics.median(restore)
     rt, rc, p = statistics.median(run_tpl), statistics.median(run_cold), statistics.median(py)
     print(f"boot to trivial init        {t:7.2f} s  (runs {_runs(trivial)})")
@@ -147,7 +182,10 @@ def template_comparison(accel: str, boots: int) -> None:
     print(f"run --isolation vm, template    {rt:7.2f} s  (runs {_runs(run_tpl)})")
     print(f"run --isolation vm, no template {rc:7.2f} s  (runs {_runs(run_cold)})")
     print(f"  ratio template/no template    {rt / rc:7.3f}x")
-    print(f"  floor: python -c 'import hcsoci.cli.main' {p:5.2f} s")
+    g = statistics.median(runc)
+    print(f"  floor: python -c 'import hcsoci.cli.main'   {p:5.2f} s")
+    print(f"  floor: first runc run of true, restored guest {g:5.2f} s  (runs {_runs(runc)})")
+    print(f"  floor: restore + runc + interpreter          {r + g + p:5.2f} s")
 
 
 def exec_seconds(host: object, runs: int) -> list[float]:
