@@ -24,6 +24,7 @@ from hcsoci.uvm import (
     remove_vm,
 )
 from hcsoci.uvm.accel import resolve_accel
+from hcsoci.uvm.options import TEMPLATE_MODES
 
 
 @click.group("uvm")
@@ -56,10 +57,17 @@ def build_assets_command(compress: bool, no_probe: bool, no_template: bool) -> N
     "--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto", show_default=True
 )
 @click.option("--boot-timeout", default=120.0, show_default=True, help="Seconds.")
+@click.option(
+    "--template",
+    type=click.Choice(TEMPLATE_MODES),
+    default="auto",
+    show_default=True,
+    help="Restore from the template (auto: when one exists), never, or require it.",
+)
 def create_command(
-    uvm_id: str, memory_mb: int, cpu_count: int, accel: str, boot_timeout: float
+    uvm_id: str, memory_mb: int, cpu_count: int, accel: str, boot_timeout: float, template: str
 ) -> None:
-    """Boot a VM that keeps running after this command; print its id."""
+    """Start (restore or boot) a VM that keeps running after this command; print its id."""
     ctx = context.background()
     options = UVMOptions(
         id=uvm_id,
@@ -68,6 +76,7 @@ def create_command(
         cpu_count=cpu_count,
         accel=accel,
         boot_timeout=boot_timeout,
+        template=template,
     )
     try:
         vm = create(ctx, options)
