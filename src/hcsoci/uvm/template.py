@@ -10,7 +10,7 @@ it (:class:`TemplateIdentity`): the boot assets, the QEMU binary and
 firmware, the accelerator and the device-bearing part of the command line
 (memory, CPUs, devices, kernel arguments).
 
-Templates live in ``$HCSOCI_ASSETS/templates/<name>/`` (0700): ``template.json``
+Templates live in ``$HCSOCI_ASSETS/<asset key>/templates/<name>/`` (0700): ``template.json``
 (the identity, the state file's size and CRC-32) and ``state-<crc>.bin``
 (0600), both readable by root alone.  A template whose identity no longer
 matches (assets rebuilt, QEMU upgraded) is deleted and rebuilt, never
@@ -158,13 +158,14 @@ class Template:
 
 
 def templates_dir(assets: BootAssets) -> Path:
-    """Where templates live: ``templates/`` beside the asset builds they come from.
+    """Where templates live: ``templates/`` in the asset build they were made from.
 
     Not the state root: that is a tmpfs (``/run``) where a template would cost
-    its size in memory and be lost at every reboot; and not inside one asset
-    build, so that a template left from other assets is noticed and replaced.
+    its size in memory and be lost at every reboot.  In the asset build, so
+    that builds used side by side (one asset cache, two checkouts) keep a
+    template each, and a build pruned as stale takes its templates with it.
     """
-    return assets.directory.parent / "templates"
+    return assets.directory / "templates"
 
 
 def find_template(identity: TemplateIdentity, directory: Path) -> Template | None:
@@ -186,6 +187,8 @@ def find_template(identity: TemplateIdentity, directory: Path) -> Template | Non
         discard_template(folder, "stale (" + "; ".join(changed) + ")")
         return None
     try:
+        if not _STATE_NAME.fullmatch(str(meta["state"])):
+            raise ValueError(f"state file name {meta['state']!r}")
         template = Template(
             folder, folder / str(meta["state"]), int(meta["size"]), int(meta["crc32"])
         )
@@ -320,7 +323,7 @@ def save_template(
 
 
 def _prune_stale(directory: Path, identity: TemplateIdentity) -> None:
-    """Delete templates of other assets, another QEMU or format (no VM can use them now)."""
+    """Delete templates of another QEMU or format, or other assets (no VM can use them now)."""
     for meta_path in directory.glob("*/template.json"):
         try:
             recorded = json.loads(meta_path.read_text()).get("identity", {})

@@ -291,8 +291,6 @@ class UtilityVM:
             detail = self._failure_detail()
             self.close()
             if isinstance(err, HcsociError | OSError) and not isinstance(err, InvalidArgumentError):
-                if isinstance(err, UVMStartError) and str(err).startswith(f"VM {self.id()}"):
-                    raise
                 raise UVMStartError(f"VM {self.id()} failed to start: {err}{detail}") from err
             raise
         log.info(
