@@ -244,7 +244,7 @@ def raw_port_mib_s(vm: UtilityVM, mib: int) -> float:
         )  # fmt: skip
     find = (
         "for p in /sys/class/virtio-ports/*; do "
-        '[ "$(cat $p/name 2>/dev/null)" = hcsoci.bench ] && echo /dev/${p##*/}; done'
+        '[ "$(cat $p/name 2>/dev/null)" = hcsoci.bench ] && echo /dev/${p##*/}; done; true'
     )
     device = ""
     for _ in range(200):
