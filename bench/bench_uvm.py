@@ -16,15 +16,12 @@
    end to end with and without a template (``--vm-template``), beside its
    floors: the interpreter's start with the CLI imported, and the first
    ``runc run`` of ``true`` in a freshly restored guest.
-6. Bridge throughput: ``dd`` stdout through the bridge (a Cmd) against ``dd``
-   in the guest into a raw virtio-serial port read on the host (hot-plugged
-   on a controller of its own), interleaved.
 
 Prints medians and ratios.  Run: ``python -m bench.bench_uvm`` (``--boots N``,
 ``--execs N``, ``--mib N``, ``--accel auto|kvm|tcg``, ``--gzip``: build and
 boot a compressed initramfs, best in an ``$HCSOCI_ASSETS`` of its own; ``--only boot`` runs
 just the first, ``--only containers`` just the fourth, ``--only templates``
-just the fifth, ``--only bridge`` just the sixth).
+just the fifth).
 """
 
 from __future__ import annotations
@@ -33,7 +30,6 @@ import argparse
 import io
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -214,79 +210,6 @@ def throughput_mib_s(host: object, mib: int) -> float:
     return mib / elapsed
 
 
-def raw_port_mib_s(vm: UtilityVM, mib: int) -> float:
-    """MiB/s of ``dd`` in the guest into a raw virtio-serial port, read on the host.
-
-    The bridge's baseline: the same guest, the same virtio-serial transport,
-    no protocol, no agent, no Cmd.  The port is hot-plugged on a controller of
-    its own (the VM's own has no free port) the first time.
-    """
-    sock_path = vm.state_dir / "bench-raw.sock"
-    if not sock_path.exists():
-        vm.qmp(
-            "chardev-add",
-            {
-                "id": "benchraw",
-                "backend": {
-                    "type": "socket",
-                    "data": {
-                        "addr": {"type": "unix", "data": {"path": str(sock_path)}},
-                        "server": True,
-                        "wait": False,
-                    },
-                },
-            },
-        )
-        vm.device_add({"driver": "virtio-serial-pci", "id": "benchvser"})
-        vm.device_add(
-            {"driver": "virtserialport", "bus": "benchvser.0", "chardev": "benchraw",
-             "name": "hcsoci.bench", "id": "benchport"}
-        )  # fmt: skip
-    find = (
-        "for p in /sys/class/virtio-ports/*; do "
-        '[ "$(cat $p/name 2>/dev/null)" = hcsoci.bench ] && echo /dev/${p##*/}; done; true'
-    )
-    device = ""
-    for _ in range(200):
-        device = command(vm, "sh", "-c", find).output().decode().strip()
-        if device:
-            break
-        time.sleep(0.05)
-    assert device, "the bench port never appeared in the guest"
-    total = mib * 1024 * 1024
-    received = 0
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.connect(str(sock_path))
-        time.sleep(0.2)  # the guest sees the host side open
-        dd = command(
-            vm, "dd", "if=/dev/zero", f"of={device}", "bs=1M", f"count={mib}", "status=none"
-        )
-        start = time.perf_counter()
-        dd.start()
-        buffer = bytearray(1 << 20)
-        while received < total:
-            n = sock.recv_into(buffer)
-            if n == 0:
-                break
-            received += n
-        elapsed = time.perf_counter() - start
-        dd.wait()
-    assert received == total, received
-    return mib / elapsed
-
-
-def bridge_comparison(vm: UtilityVM, mib: int, rounds: int) -> None:
-    """Stdout through the bridge (a Cmd) against the raw virtio-serial port, interleaved."""
-    bridge, raw = [], []
-    for _ in range(rounds):
-        bridge.append(throughput_mib_s(vm, mib))
-        raw.append(raw_port_mib_s(vm, mib))
-    b, r = statistics.median(bridge), statistics.median(raw)
-    print(f"stdout via the bridge   {b:7.0f} MiB/s  (runs {', '.join(f'{x:.0f}' for x in bridge)})")
-    print(f"raw virtio-serial port  {r:7.0f} MiB/s  (runs {', '.join(f'{x:.0f}' for x in raw)})")
-    print(f"  ratio bridge/raw      {b / r:7.2f}x")
-
-
 def container_exec_comparison(vm: UtilityVM, execs: int, rounds: int) -> None:
     """Median exec latency in a VM container against a host container; prints the ratio."""
     ctx = context.background()
@@ -337,19 +260,11 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--accel", default="auto")
-    parser.add_argument(
-        "--only", choices=["boot", "containers", "templates", "bridge"], default=None
-    )
+    parser.add_argument("--only", choices=["boot", "containers", "templates"], default=None)
     parser.add_argument("--gzip", action="store_true", help="boot a gzip-compressed initramfs")
     args = parser.parse_args()
     accel = resolve_accel(args.accel, build_assets(compress=args.gzip))
     print(f"accelerator: {accel}")
-    if args.only == "bridge":
-        ctx = context.background()
-        with create(ctx, UVMOptions(owner="bench", accel=accel)) as bridge_vm:
-            bridge_vm.start(ctx)
-            bridge_comparison(bridge_vm, args.mib, args.rounds)
-        return
     if args.only == "templates":
         template_comparison(accel, args.boots)
         return
@@ -392,7 +307,6 @@ def main() -> None:
         print(f"stdout from VM         {vt:7.0f} MiB/s  (runs {runs})")
         print(f"stdout from host       {ht:7.0f} MiB/s")
         print(f"  ratio VM/host        {vt / ht:7.2f}x")
-        bridge_comparison(vm, args.mib, args.rounds)
         container_exec_comparison(vm, args.execs, args.rounds)
     finally:
         vm.close()
