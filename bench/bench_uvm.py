@@ -10,27 +10,36 @@
 4. Container exec: ``command(container, "true").run()`` in a container inside
    the VM (busybox image, layers over SCSI) against in a host container (runc
    on this machine), alternating in blocks.
+5. Templates, interleaved round by round: the trivial-init boot, a cold boot
+   to agent ready (``template="never"``), a restore to agent ready
+   (``template="require"``), and ``hcsoci run --isolation vm --rm -- true``
+   end to end with and without a template (``--vm-template``), beside its
+   floors: the interpreter's start with the CLI imported, and the first
+   ``runc run`` of ``true`` in a freshly restored guest.
 
 Prints medians and ratios.  Run: ``python -m bench.bench_uvm`` (``--boots N``,
 ``--execs N``, ``--mib N``, ``--accel auto|kvm|tcg``, ``--gzip``: build and
 boot a compressed initramfs, best in an ``$HCSOCI_ASSETS`` of its own; ``--only boot`` runs
-just the first, ``--only containers`` just the fourth).
+just the first, ``--only containers`` just the fourth, ``--only templates``
+just the fifth).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from hcsoci import CreateOptions, LocalHost, command, context, create_container, images
+from hcsoci import CreateOptions, LocalHost, command, context, create_container, images, oci
 from hcsoci import release_resources as release
-from hcsoci.uvm import UtilityVM, UVMOptions, build_assets, create
+from hcsoci.uvm import UtilityVM, UVMOptions, build_assets, create, ensure_template
 from hcsoci.uvm.accel import resolve_accel
 from hcsoci.uvm.assets import TRIVIAL_INIT_MARKER
 
@@ -72,16 +81,111 @@ def trivial_boot_seconds(accel: str) -> float:
         vm.close()
 
 
-def agent_boot_seconds(accel: str) -> float:
-    """Seconds from QEMU start (in ``start``) to an answering guest agent."""
+def agent_boot_seconds(accel: str, template: str = "never") -> float:
+    """Seconds of ``start`` to an answering guest agent: a cold boot, or (``require``) a restore."""
     ctx = context.background()
-    vm = create(ctx, UVMOptions(owner="bench", accel=accel))
+    vm = create(ctx, UVMOptions(owner="bench", accel=accel, template=template))
     try:
         start = time.perf_counter()
         vm.start(ctx)
+        elapsed = time.perf_counter() - start
+        assert vm.restored == (template == "require")
+        return elapsed
+    finally:
+        vm.close()
+
+
+def cli_run_seconds(template: str) -> float:
+    """Seconds of ``hcsoci run --isolation vm --rm -- true`` end to end (a fresh interpreter)."""
+    start = time.perf_counter()
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hcsoci.cli.main",
+            "run",
+            "--isolation",
+            "vm",
+            "--rm",
+            f"--vm-template={template}",
+            "--",
+            "true",
+        ],
+        check=True,
+        stdin=subprocess.DEVNULL,
+    )
+    return time.perf_counter() - start
+
+
+def guest_runc_seconds(accel: str) -> float:
+    """Seconds of the first ``runc run`` of ``true`` in a freshly restored guest.
+
+    The floor of any VM container's run under TCG: a new QEMU process starts
+    with an empty translation cache, so runc's code is translated again in
+    every clone.  The bundle (busybox as ``/true``, the default spec) is made
+    in the guest first, untimed; the timed part is one ``runc run``.
+    """
+    ctx = context.background()
+    vm = create(ctx, UVMOptions(owner="bench", accel=accel, template="require"))
+    try:
+        vm.start(ctx)
+        spec = oci.default_spec(["/true"])
+        assert spec.root is not None
+        spec.root.path = "/tmp/floor/rootfs"
+        prepare = command(
+            vm,
+            "sh",
+            "-c",
+            "mkdir -p /tmp/floor/rootfs/proc /tmp/floor/rootfs/dev /tmp/floor/rootfs/sys && "
+            "cp /.hcsoci/busybox /tmp/floor/rootfs/true && cat > /tmp/floor/config.json",
+        )
+        prepare.stdin = io.BytesIO(oci.encode_spec(spec))
+        prepare.run()
+        runc = ["/usr/sbin/runc", "--root", "/run/floor", "run", "-b", "/tmp/floor", "floor"]
+        start = time.perf_counter()
+        command(vm, *runc).run()
         return time.perf_counter() - start
     finally:
         vm.close()
+
+
+def python_start_seconds() -> float:
+    """Seconds for the interpreter to start and import hcsoci's CLI: the floor of any run."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import hcsoci.cli.main"], check=True)
+    return time.perf_counter() - start
+
+
+def _runs(values: list[float]) -> str:
+    return ", ".join(f"{x:.2f}" for x in values)
+
+
+def template_comparison(accel: str, boots: int) -> None:
+    """Cold boot, restore and trivial boot to ready; ``hcsoci run`` with and without a template."""
+    ensure_template(context.background(), UVMOptions(owner="bench", accel=accel))
+    trivial, cold, restore, run_tpl, run_cold, py, runc = [], [], [], [], [], [], []
+    for _ in range(boots):
+        trivial.append(trivial_boot_seconds(accel))
+        cold.append(agent_boot_seconds(accel, "never"))
+        restore.append(agent_boot_seconds(accel, "require"))
+        run_tpl.append(cli_run_seconds("require"))
+        run_cold.append(cli_run_seconds("never"))
+        py.append(python_start_seconds())
+        runc.append(guest_runc_seconds(accel))
+    t, c, r = statistics.median(trivial), statistics.median(cold), statistics.median(restore)
+    rt, rc, p = statistics.median(run_tpl), statistics.median(run_cold), statistics.median(py)
+    print(f"boot to trivial init        {t:7.2f} s  (runs {_runs(trivial)})")
+    print(f"cold boot to agent ready    {c:7.2f} s  (runs {_runs(cold)})")
+    print(f"restore to agent ready      {r:7.2f} s  (runs {_runs(restore)})")
+    print(f"  ratio restore/cold boot   {r / c:7.3f}x")
+    print(f"  ratio restore/trivial     {r / t:7.3f}x")
+    print(f"run --isolation vm, template    {rt:7.2f} s  (runs {_runs(run_tpl)})")
+    print(f"run --isolation vm, no template {rc:7.2f} s  (runs {_runs(run_cold)})")
+    print(f"  ratio template/no template    {rt / rc:7.3f}x")
+    g = statistics.median(runc)
+    print(f"  floor: python -c 'import hcsoci.cli.main'   {p:5.2f} s")
+    print(f"  floor: first runc run of true, restored guest {g:5.2f} s  (runs {_runs(runc)})")
+    print(f"  floor: restore + runc + interpreter          {r + g + p:5.2f} s")
 
 
 def exec_seconds(host: object, runs: int) -> list[float]:
@@ -156,11 +260,14 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--accel", default="auto")
-    parser.add_argument("--only", choices=["boot", "containers"], default=None)
+    parser.add_argument("--only", choices=["boot", "containers", "templates"], default=None)
     parser.add_argument("--gzip", action="store_true", help="boot a gzip-compressed initramfs")
     args = parser.parse_args()
     accel = resolve_accel(args.accel, build_assets(compress=args.gzip))
     print(f"accelerator: {accel}")
+    if args.only == "templates":
+        template_comparison(accel, args.boots)
+        return
     if args.only == "containers":
         ctx = context.background()
         with create(ctx, UVMOptions(owner="bench", accel=accel)) as only_vm:
@@ -178,6 +285,7 @@ def main() -> None:
     print(f"  ratio agent/trivial  {a / t:7.2f}x")
     if args.only == "boot":
         return
+    template_comparison(accel, args.boots)
 
     ctx = context.background()
     vm: UtilityVM = create(ctx, UVMOptions(owner="bench", accel=accel))

@@ -4,6 +4,8 @@
 terminates it at the end of the module, then checks that no QEMU process,
 state directory, record or host mount of it is left.  ``make_uvm`` is for
 tests that need a VM of their own (crash tests); it has the same checks.
+Both start with ``UVMOptions.template`` from ``$HCSOCI_TEST_UVM_TEMPLATE``
+(default ``auto``: restored from the template once the first VM saved it).
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ def assert_vm_gone(vm: UtilityVM) -> None:
 
 
 def _boot(assets: BootAssets, **overrides: Any) -> UtilityVM:
+    # The VM test modules run on restored VMs (once a template exists);
+    # HCSOCI_TEST_UVM_TEMPLATE=never runs them on booted ones.
+    overrides.setdefault("template", os.environ.get("HCSOCI_TEST_UVM_TEMPLATE", "auto"))
     options = UVMOptions(id="t-" + secrets.token_hex(4), owner="pytest", **overrides)
     vm = create(context.background(), options)
     vm.start(context.background())

@@ -52,14 +52,19 @@ def start_vm_visibly(ctx: Context, vm: UtilityVM) -> None:
         vm.start(ctx)
         return
     started = time.monotonic()
-    click.echo(f"hcsoci: booting utility VM {vm.id()} ...", err=True, nl=False)
+    vm.on_progress = lambda what: click.echo(
+        f"\rhcsoci: {what} utility VM {vm.id()} ...", err=True, nl=False
+    )
     try:
         vm.start(ctx)
     except BaseException:
         click.echo(" failed", err=True)
         raise
+    finally:
+        vm.on_progress = None
+    how = "restored from its template" if vm.restored else "booted"
     click.echo(
-        f"\rhcsoci: utility VM {vm.id()} ready ({vm.accel}, guest agent answered after "
+        f"\rhcsoci: utility VM {vm.id()} ready ({vm.accel}, {how}, guest agent answered after "
         f"{time.monotonic() - started:.1f} s)",
         err=True,
     )

@@ -484,8 +484,15 @@ def _container_options(function: Callable[..., None]) -> Callable[..., None]:
 @click.command()
 @click.option("--rm", "remove", is_flag=True, help="Delete the container when it exits.")
 @click.option("-i", "--interactive", is_flag=True, help="Relay stdin to the process.")
+@click.option(
+    "--vm-template",
+    type=click.Choice(["auto", "never", "require"]),
+    default="auto",
+    show_default=True,
+    help="--isolation vm: restore the VM from its template (auto: when one exists), or boot it.",
+)
 @_container_options
-def run(request: ContainerRequest, remove: bool, interactive: bool) -> None:
+def run(request: ContainerRequest, remove: bool, interactive: bool, vm_template: str) -> None:
     """Create a container, run its command with this terminal's stdio; exit with its status.
 
     SIGINT, SIGTERM and SIGHUP are forwarded to the container's init, each
@@ -496,7 +503,7 @@ def run(request: ContainerRequest, remove: bool, interactive: bool) -> None:
     with _SignalProxy() as proxy:
         try:
             if request.isolation == "vm":
-                status = _run_in_vm(request, interactive, proxy)
+                status = _run_in_vm(request, interactive, proxy, vm_template)
             else:
                 status = _run_here(request, remove, interactive, proxy)
         except _Interrupted as stop:
@@ -522,13 +529,15 @@ def _run_here(
             _remove_scratch(request.container_id)
 
 
-def _run_in_vm(request: ContainerRequest, interactive: bool, proxy: _SignalProxy) -> int:
+def _run_in_vm(
+    request: ContainerRequest, interactive: bool, proxy: _SignalProxy, template: str = "auto"
+) -> int:
     """``run --isolation vm``: a VM for this command, the container in it, then all released."""
     from hcsoci import uvm
 
     ctx = context.background()
     try:
-        vm = uvm.create(ctx, uvm.UVMOptions(owner="hcsoci"))
+        vm = uvm.create(ctx, uvm.UVMOptions(owner="hcsoci", template=template))
     except HcsociError as err:
         raise _fail(err) from err
     try:

@@ -17,12 +17,14 @@ from hcsoci.uvm import (
     UVMOptions,
     build_assets,
     create,
+    ensure_template,
     hand_over_vm,
     list_vms,
     open_vm,
     remove_vm,
 )
 from hcsoci.uvm.accel import resolve_accel
+from hcsoci.uvm.options import TEMPLATE_MODES
 
 
 @click.group("uvm")
@@ -33,13 +35,16 @@ def uvm_group() -> None:
 @uvm_group.command("build-assets")
 @click.option("--gzip", "compress", is_flag=True, help="Gzip the initramfs (slower boot).")
 @click.option("--no-probe", is_flag=True, help="Do not probe whether KVM boots here.")
-def build_assets_command(compress: bool, no_probe: bool) -> None:
-    """Build (or reuse) the guest kernel + initramfs in $HCSOCI_ASSETS."""
+@click.option("--no-template", is_flag=True, help="Do not boot and save the default VM template.")
+def build_assets_command(compress: bool, no_probe: bool, no_template: bool) -> None:
+    """Build (or reuse) the guest kernel + initramfs and the default VM template."""
     try:
         assets = build_assets(compress=compress)
         click.echo(f"boot assets: {assets.directory}")
         if not no_probe:
             click.echo(f"accelerator for 'auto': {resolve_accel('auto', assets)}")
+        if not no_template:
+            click.echo(f"template: {ensure_template(context.background())}")
     except HcsociError as err:
         fail(err)
 
@@ -52,10 +57,17 @@ def build_assets_command(compress: bool, no_probe: bool) -> None:
     "--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto", show_default=True
 )
 @click.option("--boot-timeout", default=120.0, show_default=True, help="Seconds.")
+@click.option(
+    "--template",
+    type=click.Choice(TEMPLATE_MODES),
+    default="auto",
+    show_default=True,
+    help="Restore from the template (auto: when one exists), never, or require it.",
+)
 def create_command(
-    uvm_id: str, memory_mb: int, cpu_count: int, accel: str, boot_timeout: float
+    uvm_id: str, memory_mb: int, cpu_count: int, accel: str, boot_timeout: float, template: str
 ) -> None:
-    """Boot a VM that keeps running after this command; print its id."""
+    """Start (restore or boot) a VM that keeps running after this command; print its id."""
     ctx = context.background()
     options = UVMOptions(
         id=uvm_id,
@@ -64,6 +76,7 @@ def create_command(
         cpu_count=cpu_count,
         accel=accel,
         boot_timeout=boot_timeout,
+        template=template,
     )
     try:
         vm = create(ctx, options)

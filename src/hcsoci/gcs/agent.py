@@ -47,6 +47,8 @@ _PIPE_SIZE = 1024 * 1024
 # them, QEMU throttles the port and we saw it stall for good under TCG.
 _STDIN_WINDOW = 128 * 1024
 _PORT_CLASS = "/sys/class/virtio-ports"
+_RNDADDENTROPY = 0x40085203  # _IOW('R', 0x03, int[2]): add bytes to the pool and credit them
+_RNDRESEEDCRNG = 0x5207  # _IO('R', 0x07): reseed the CRNG from the pool now
 
 
 def log(message: str) -> None:
@@ -102,6 +104,7 @@ class Agent:
         self.completions: deque[bytes] = deque()
         self.early_exits: deque[tuple[GuestProcess, int]] = deque()
         self.version = 0
+        self.vm_id = ""  # the host's id of this VM (a clone learns it at negotiate)
         self.ops: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "create_process": self.op_create_process,
             "signal_process": self.op_signal_process,
@@ -143,15 +146,20 @@ class Agent:
         log(f"ready on {self.port_path} (pid {os.getpid()}, {since_boot} s after boot)")
         disconnected = False
         while True:
-            timeout = 0.1 if disconnected else -1
+            # Parked, the port wakes the loop when the host's side opens (edge-triggered);
+            # the timeout is only a safety net.
+            timeout = 1.0 if disconnected else -1
             for fd, events in self.epoll.poll(timeout):
                 if fd == self.port:
-                    if events & select.EPOLLHUP and not events & select.EPOLLIN:
+                    if disconnected:
+                        continue  # a change on the parked port: _host_back looks below
+                    # A closed host end reads as EOF (EPOLLIN and EPOLLHUP together):
+                    # read what is left, then park the port until a host connects.
+                    if events & select.EPOLLIN and self._read_port():
+                        continue
+                    if events & (select.EPOLLHUP | select.EPOLLIN):
                         disconnected = True
                         self._host_gone()
-                        continue
-                    if events & select.EPOLLIN:
-                        self._read_port()
                 elif fd == self.wakeup:
                     os.eventfd_read(self.wakeup)
                     while self.completions:
@@ -166,7 +174,10 @@ class Agent:
     def _host_gone(self) -> None:
         # The host closed its end: park the port until a host connects again.
         log("host disconnected")
-        self.epoll.modify(self.port, 0)
+        # EPOLLHUP stays set while no host is connected: level-triggered, it would
+        # spin the loop.  Edge-triggered, the port reports only changes, such as
+        # the host's side opening (virtio_console wakes its waiters then).
+        self.epoll.modify(self.port, select.EPOLLOUT | select.EPOLLET)
         self.inbuf.clear()
         self.connected = False
         for process in list(self.processes.values()):
@@ -182,13 +193,14 @@ class Agent:
         log("host connected")
         return True
 
-    def _read_port(self) -> None:
+    def _read_port(self) -> bool:
+        """Read and dispatch what the host sent; False at end-of-file (the host is gone)."""
         try:
             chunk = os.read(self.port, _READ_CHUNK)
         except BlockingIOError:
-            return
+            return True
         if not chunk:
-            return
+            return False
         self.inbuf += chunk
         buffer = self.inbuf
         offset = 0
@@ -205,6 +217,7 @@ class Agent:
             log(f"protocol error, dropping input: {err}")
             offset = len(buffer)
         del buffer[:offset]
+        return True
 
     def _dispatch(self, frame_type: int, frame_id: int, payload: bytes) -> None:
         if frame_type == protocol.REQUEST:
@@ -295,10 +308,46 @@ class Agent:
             )
             return
         self.version = max(common)
-        with open("/proc/sys/kernel/random/boot_id") as boot_id:
-            boot = boot_id.read().strip()
-        result = {"version": self.version, "pid": os.getpid(), "boot_id": boot}
+        clone = body.get("clone")
+        if isinstance(clone, dict):
+            self._make_own(clone)
+        boot = ""
+        if body.get("template"):
+            # Every clone would pay for these on its first disk or NIC: pay once here.
+            # And the kernel makes its boot id on first read: a template leaves it
+            # unread, so each clone makes its own from its freshly reseeded pool.
+            load_device_modules()
+        else:
+            with open("/proc/sys/kernel/random/boot_id") as boot_id:
+                boot = boot_id.read().strip()
+        result = {
+            "version": self.version,
+            "pid": os.getpid(),
+            "boot_id": boot,
+            "vm_id": self.vm_id,
+        }
         self._send(protocol.message_frame(protocol.RESPONSE, request_id, {"result": result}))
+
+    def _make_own(self, clone: dict[str, Any]) -> None:
+        """Make a guest restored from a template (or saved as one) this VM's own.
+
+        Every clone starts from the same memory: the same random pool, the
+        clock of the moment the template was saved, no id.  The host sends
+        fresh entropy (credited to the pool, then the kernel's CRNG is
+        reseeded, so every later random byte differs between clones), its
+        wall-clock time and the VM's id.
+        """
+        seed = bytes.fromhex(str(clone.get("entropy", "")))
+        if seed:
+            import struct
+
+            with open("/dev/urandom", "wb", buffering=0) as pool:
+                info = struct.pack("ii", len(seed) * 8, len(seed)) + seed
+                fcntl.ioctl(pool.fileno(), _RNDADDENTROPY, info)
+                fcntl.ioctl(pool.fileno(), _RNDRESEEDCRNG)
+        if "time_ns" in clone:
+            time.clock_settime_ns(time.CLOCK_REALTIME, int(clone["time_ns"]))
+        self.vm_id = str(clone.get("id", ""))
 
     def op_create_process(self, body: dict[str, Any]) -> dict[str, Any]:
         key = int(body["key"])

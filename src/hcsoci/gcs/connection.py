@@ -124,6 +124,8 @@ class GuestConnection:
         self.version = 0
         self.agent_pid = 0
         self.boot_id = ""
+        self.vm_id = ""
+        """The VM id the agent was given when its guest was made its own ('' otherwise)."""
         self._last_heard = time.monotonic()
         self._container_waiters = 0
         self._stopped = threading.Event()
@@ -134,11 +136,24 @@ class GuestConnection:
         self._reader.start()
 
     @classmethod
-    def connect(cls, path: str, ctx: Context, timeout: float, name: str = "") -> GuestConnection:
+    def connect(
+        cls,
+        path: str,
+        ctx: Context,
+        timeout: float,
+        name: str = "",
+        *,
+        template: bool = False,
+        clone: dict[str, Any] | None = None,
+    ) -> GuestConnection:
         """Connect to the port's host socket at ``path`` and negotiate a version.
 
         Waits up to ``timeout`` seconds (or ``ctx``) for the agent to answer:
         QEMU holds the request until the agent opens its end of the port.
+        ``template``: the guest is about to be saved as a template, so the
+        agent leaves the kernel's boot id unmade.  ``clone`` (``entropy`` hex,
+        ``time_ns``, ``id``): the guest was restored from a template (or saved
+        as one); the agent makes it its own before it answers.
         """
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
@@ -148,15 +163,19 @@ class GuestConnection:
             raise
         connection = cls(sock, name)
         try:
-            result = connection.request(
-                ctx, "negotiate", {"versions": list(protocol.PROTOCOL_VERSIONS)}, timeout=timeout
-            )
+            args: dict[str, Any] = {"versions": list(protocol.PROTOCOL_VERSIONS)}
+            if template:
+                args["template"] = True
+            if clone is not None:
+                args["clone"] = clone
+            result = connection.request(ctx, "negotiate", args, timeout=timeout)
         except BaseException:
             connection.close()
             raise
         connection.version = int(result["version"])
         connection.agent_pid = int(result["pid"])
         connection.boot_id = str(result["boot_id"])
+        connection.vm_id = str(result.get("vm_id", ""))
         log.debug("guest agent connected", extra={"vm": name, "version": connection.version})
         return connection
 

@@ -8,10 +8,12 @@ from dataclasses import dataclass
 
 from hcsoci.errors import InvalidArgumentError
 
-__all__ = ["ACCELERATORS", "LAYER_DEVICES", "UVMOptions"]
+__all__ = ["ACCELERATORS", "LAYER_DEVICES", "TEMPLATE_MODES", "UVMOptions"]
 
 ACCELERATORS = ("auto", "kvm", "tcg")
 LAYER_DEVICES = ("scsi", "vpmem")
+TEMPLATE_MODES = ("auto", "never", "require")
+"""Values of ``UVMOptions.template``."""
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,47}")
 
 
@@ -52,6 +54,14 @@ class UVMOptions:
     heartbeat_misses: int = 10
     """Pings gone unanswered (``heartbeat_misses * heartbeat_interval`` seconds of silence)
     after which the bridge is declared dead and every waiter gets an error."""
+    template: str = "auto"
+    """Restore from a saved template instead of booting (:mod:`hcsoci.uvm.template`):
+    ``auto`` restores a template matching these options and the assets when one
+    exists and otherwise boots (saving that boot as the template), ``never``
+    always boots, ``require`` restores or fails to start."""
+    restore_timeout: float = 30.0
+    """Seconds a restore may take to a guest agent that answers before it is
+    abandoned for a boot (``auto``) or the start fails (``require``)."""
 
     def validated(self) -> UVMOptions:
         """A copy with defaults filled in; raises InvalidArgumentError naming a bad field."""
@@ -72,6 +82,8 @@ class UVMOptions:
             ("vpmem_slots", self.vpmem_slots, 0 <= self.vpmem_slots <= 64),
             ("heartbeat_interval", self.heartbeat_interval, 0 < self.heartbeat_interval <= 3600),
             ("heartbeat_misses", self.heartbeat_misses, 1 <= self.heartbeat_misses <= 1000),
+            ("template", self.template, self.template in TEMPLATE_MODES),
+            ("restore_timeout", self.restore_timeout, self.restore_timeout > 0),
         ]
         for name, value, ok in checks:
             if not ok:

@@ -90,6 +90,20 @@ class QMPSession:
         except (QMPError, OSError, EOFError) as err:
             raise QMPCommandError(f"QMP {self.name}: {command}: {err}") from err
 
+    def pass_fd(self, fd: int, name: str, timeout: float = 10.0) -> None:
+        """Hand QEMU a copy of descriptor ``fd`` (QMP ``getfd``), to be named ``fd:<name>``."""
+        if self._closed:
+            raise QMPCommandError(f"QMP {self.name}: session closed")
+
+        async def send() -> None:
+            self._client.send_fd_scm(fd)
+            await self._client.execute("getfd", {"fdname": name})
+
+        try:
+            self._call(send(), timeout)
+        except (QMPError, OSError, EOFError, concurrent.futures.TimeoutError) as err:
+            raise QMPCommandError(f"QMP {self.name}: getfd: {err}") from err
+
     def close(self) -> None:
         """Disconnect and stop the session's thread."""
         if self._closed:

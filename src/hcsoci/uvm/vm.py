@@ -53,6 +53,16 @@ from hcsoci.uvm.options import UVMOptions
 from hcsoci.uvm.plan9 import Plan9Share, Plan9Slots
 from hcsoci.uvm.qmp import QMPCommandError, QMPSession
 from hcsoci.uvm.scsi import SCSIAttachment, SCSIController
+from hcsoci.uvm.template import (
+    StateChecksum,
+    Template,
+    TemplateError,
+    TemplateIdentity,
+    discard_template,
+    find_template,
+    save_template,
+    templates_dir,
+)
 from hcsoci.uvm.vpmem import VPMemDevice, VPMemDevices, memory_argument
 
 __all__ = [
@@ -60,6 +70,7 @@ __all__ = [
     "UtilityVM",
     "VMRecord",
     "create",
+    "ensure_template",
     "list_vms",
     "open_vm",
     "reap_dead_vms",
@@ -119,6 +130,10 @@ class UtilityVM:
         self._terminated = False
         self._control_fd: int | None = None
         self.accel = ""
+        self.restored = False
+        """Whether ``start`` restored the VM from a template (False: it booted)."""
+        self.on_progress: Callable[[str], None] | None = None
+        """Called by ``start`` with what it does next: ``"restoring"`` or ``"booting"``."""
         self.plan9 = Plan9Slots(self, state_dir / "plan9", options.plan9_slots)
         self.scsi = SCSIController(self, options.scsi_luns)
         self.vpmem = VPMemDevices(self, self._vpmem_slots())
@@ -222,9 +237,12 @@ class UtilityVM:
         return self.options.vpmem_slots if self.options.layer_device == "vpmem" else 0
 
     def start(self, ctx: Context) -> None:
-        """Boot the VM and wait (``boot_timeout``) until its guest agent answers.
+        """Bring the VM up and wait (``boot_timeout``) until its guest agent answers.
 
-        On failure the VM is terminated and its host resources released.
+        It is restored from a template when ``UVMOptions.template`` allows and a
+        matching one exists (:mod:`hcsoci.uvm.template`), and booted otherwise;
+        a template that cannot be restored is discarded (one log line) and the
+        VM boots.  On failure the VM is terminated and its host resources released.
         """
         ctx.check()
         if self._process is not None or self._terminated:
@@ -233,42 +251,185 @@ class UtilityVM:
         deadline = time.monotonic() + self.options.boot_timeout
         try:
             self.accel = resolve_accel(self.options.accel, self.assets)
-            command = self.qemu_command(self.accel)
             self._mount_log_dir()
-            log_fd = os.open(
-                self.log_dir / "qemu.log",
-                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
-                0o600,
+            mode = self.options.template
+            identity = TemplateIdentity.of(
+                self.assets,
+                self.accel,
+                self.options.memory_mb,
+                self.options.cpu_count,
+                self.qemu_command(self.accel),
             )
-            with open(log_fd, "wb") as qemu_log:
-                self._process = subprocess.Popen(
-                    command,
-                    stdin=subprocess.DEVNULL,
-                    stdout=qemu_log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    umask=0o177,  # its sockets, pid file and console log: 0600
+            folder = templates_dir(self.assets)
+            template = find_template(identity, folder) if mode != "never" else None
+            if template is None and mode == "require":
+                raise UVMStartError(
+                    f"no usable template {identity.name} in {folder} "
+                    "(UVMOptions.template='require'): run `hcsoci uvm build-assets` "
+                    "or start one VM with template='auto'"
                 )
-            self._pid = self._process.pid
-            self._pid_start = process_start_time(self._pid) or 0
-            self._store.execute(
-                "UPDATE vms SET pid = ?, pid_start = ?, state = 'running', accel = ? WHERE id = ?",
-                (self._pid, self._pid_start, self.accel, self.id()),
-            )
-            self._watcher = threading.Thread(
-                target=self._watch_qemu, name=f"uvm-{self.id()}-watch", daemon=True
-            )
-            self._watcher.start()
-            self._connect(ctx, deadline)
+            if template is not None:
+                self._progress("restoring")
+                try:
+                    self._restore(ctx, template, deadline)
+                except (HcsociError, OSError) as err:
+                    if ctx.err() is not None or isinstance(err, InvalidArgumentError):
+                        raise
+                    self._abandon_restore()
+                    discard_template(template.directory, f"restore failed: {_one_line(err)}")
+                    if mode == "require":
+                        raise UVMStartError(f"restoring template {identity.name}: {err}") from err
+                    template = None
+            if template is None:
+                self._progress("booting")
+                self._launch(self.qemu_command(self.accel))
+                self._connect_qmp(deadline)
+                self._connect_agent(ctx, deadline, template=mode == "auto")
+                if mode == "auto":
+                    self._save_as_template(ctx, identity, folder, deadline)
         except BaseException as err:
             detail = self._failure_detail()
             self.close()
             if isinstance(err, HcsociError | OSError) and not isinstance(err, InvalidArgumentError):
                 raise UVMStartError(f"VM {self.id()} failed to start: {err}{detail}") from err
             raise
-        log.info("utility VM started", extra={"vm": self.id(), "accel": self.accel})
+        log.info(
+            "utility VM started",
+            extra={"vm": self.id(), "accel": self.accel, "restored": self.restored},
+        )
 
-    def _connect(self, ctx: Context, deadline: float) -> None:
+    def _progress(self, what: str) -> None:
+        if self.on_progress is not None:
+            self.on_progress(what)
+
+    def _launch(self, command: list[str], pass_fds: tuple[int, ...] = ()) -> None:
+        """Start QEMU with ``command`` (its log in the log tmpfs) and watch it."""
+        log_fd = os.open(
+            self.log_dir / "qemu.log",
+            os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+            0o600,
+        )
+        with open(log_fd, "wb") as qemu_log:
+            self._process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=qemu_log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                pass_fds=pass_fds,
+                umask=0o177,  # its sockets, pid file and console log: 0600
+            )
+        self._pid = self._process.pid
+        self._pid_start = process_start_time(self._pid) or 0
+        self._store.execute(
+            "UPDATE vms SET pid = ?, pid_start = ?, state = 'running', accel = ? WHERE id = ?",
+            (self._pid, self._pid_start, self.accel, self.id()),
+        )
+        self._watcher = threading.Thread(
+            target=self._watch_qemu, name=f"uvm-{self.id()}-watch", daemon=True
+        )
+        self._watcher.start()
+
+    def _restore(self, ctx: Context, template: Template, deadline: float) -> None:
+        """Start QEMU on ``template``'s state, check it, resume it, make the guest its own."""
+        deadline = min(deadline, time.monotonic() + self.options.restore_timeout)
+        fd = os.open(template.state, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            command = [*self.qemu_command(self.accel), "-incoming", f"fd:{fd}", "-S"]
+            self._launch(command, pass_fds=(fd,))
+        finally:
+            os.close(fd)
+        checksum = StateChecksum(template)
+        try:
+            self._connect_qmp(deadline)
+            while True:
+                status = self._qmp_execute("query-status", {}).get("status")
+                if status != "inmigrate":
+                    break
+                if time.monotonic() > deadline:
+                    raise TemplateError("QEMU did not finish loading the template in time")
+                time.sleep(0.005)
+            if status != "paused":
+                raise TemplateError(f"QEMU is {status!r} after loading the template, not paused")
+        except (HcsociError, OSError) as err:
+            checksum.verify()  # a damaged file says so first
+            if self._exited.wait(QEMU_EXIT_GRACE):
+                raise TemplateError(f"QEMU refused the template: {self._qemu_log_tail()}") from err
+            raise
+        # The guest has not run a single instruction yet: refuse damaged memory now.
+        checksum.verify()
+        self._qmp_execute("cont", {})
+        self._connect_agent(ctx, deadline, clone=self._clone_identity())
+        self.restored = True
+
+    def _clone_identity(self) -> dict[str, Any]:
+        """What makes a guest that shares its memory with others its own (``negotiate``)."""
+        return {"entropy": os.urandom(64).hex(), "time_ns": time.time_ns(), "id": self.id()}
+
+    def _save_as_template(
+        self, ctx: Context, identity: TemplateIdentity, folder: Path, deadline: float
+    ) -> None:
+        """Save this freshly booted guest as the template, then make it its own.
+
+        The bridge is dropped first, so the template's agent waits for a host to
+        connect (every restore reconnects); the VM then runs on as if it had
+        been restored itself, so it shares nothing unseeded with its clones.
+        A template that cannot be saved is logged and the VM runs on.
+        """
+        self.gcs.close()
+        self._gcs = None
+        try:
+            self._wait_console(AGENT_PARKED_MARKER, deadline)
+            self._qmp_execute("stop", {})
+            try:
+                assert self._qmp is not None
+                save_template(identity, folder, self._qmp_execute, self._qmp.pass_fd)
+            finally:
+                self._qmp_execute("cont", {})
+        except (HcsociError, OSError) as err:
+            if self._exited.is_set():
+                raise
+            log.warning("utility VM template not saved: %s", _one_line(err))
+        self._connect_agent(ctx, deadline, clone=self._clone_identity())
+
+    def _wait_console(self, marker: str, deadline: float) -> None:
+        """Wait until the guest console's tail shows ``marker``."""
+        while marker not in _read_tail(self.console_log):
+            if self._exited.is_set():
+                raise UVMStartError(f"QEMU exited with status {self._process_status()}")
+            if time.monotonic() > deadline:
+                raise TemplateError(f"the guest console never showed {marker!r}")
+            time.sleep(0.01)
+
+    def _abandon_restore(self) -> None:
+        """Kill the QEMU of a failed restore and forget it, so the VM can boot instead."""
+        if self._gcs is not None:
+            self._gcs.close()
+            self._gcs = None
+        if self._qmp is not None:
+            self._qmp.close()
+            self._qmp = None
+        if self._process is not None and self._process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._process.kill()
+        if self._watcher is not None:
+            self._watcher.join(30.0)
+        self._process, self._watcher, self._pid, self._pid_start = None, None, 0, 0
+        self._exited.clear()
+        for name in ("qmp.sock", "gcs.sock", "qemu.pid"):
+            with contextlib.suppress(FileNotFoundError):
+                (self.state_dir / name).unlink()
+        with contextlib.suppress(OSError):
+            os.truncate(self.console_log, 0)
+
+    def _qemu_log_tail(self) -> str:
+        with contextlib.suppress(OSError):
+            text = (self.log_dir / "qemu.log").read_text(errors="replace").strip()
+            if text:
+                return _one_line(text.splitlines()[-1])
+        return f"QEMU exited with status {self._process_status()}"
+
+    def _connect_qmp(self, deadline: float) -> None:
         qmp_path = self.state_dir / "qmp.sock"
         while not qmp_path.exists():
             if self._exited.is_set():
@@ -280,7 +441,7 @@ class UtilityVM:
             session = QMPSession(self.id())
             session.on_event(self._on_qmp_event)
             try:
-                session.connect(str(qmp_path))
+                session.connect(str(qmp_path), timeout=max(0.1, deadline - time.monotonic()))
                 break
             except QMPCommandError as err:
                 session.close()
@@ -291,6 +452,19 @@ class UtilityVM:
                     raise
                 time.sleep(0.05)
         self._qmp = session
+
+    def _connect(self, ctx: Context, deadline: float) -> None:
+        self._connect_qmp(deadline)
+        self._connect_agent(ctx, deadline)
+
+    def _connect_agent(
+        self,
+        ctx: Context,
+        deadline: float,
+        *,
+        template: bool = False,
+        clone: dict[str, Any] | None = None,
+    ) -> None:
         # Fail fast, not at the deadline, when the agent died while booting.
         boot_ctx, give_up = with_cancel(ctx)
         connected = threading.Event()
@@ -304,6 +478,8 @@ class UtilityVM:
                 boot_ctx,
                 timeout=max(0.1, deadline - time.monotonic()),
                 name=self.id(),
+                template=template,
+                clone=clone,
             )
             self._gcs.start_heartbeat(
                 self.options.heartbeat_interval, self.options.heartbeat_misses
@@ -611,6 +787,12 @@ class UtilityVM:
         return f"<UtilityVM {self.id()} pid={self._pid} accel={self.accel or '?'}>"
 
 
+def _one_line(err: object) -> str:
+    """An error's message on one line (QEMU's and the console's tails cut off)."""
+    text = str(err).split("\n--- ", 1)[0]
+    return " ".join(text.split())
+
+
 def _tail(text: str, lines: int) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
@@ -676,6 +858,33 @@ def create(ctx: Context, options: UVMOptions) -> UtilityVM:
         store.execute("DELETE FROM vms WHERE id = ?", (opts.id,))
         raise
     return UtilityVM(opts, assets, state_dir, store)
+
+
+def ensure_template(ctx: Context, options: UVMOptions | None = None) -> Path:
+    """Make sure a template for ``options`` exists (boot a VM and save it if not); its folder.
+
+    For ``hcsoci uvm build-assets``: the first ``start`` with these options is
+    then a restore.  A stale or damaged template is replaced.
+    """
+    ctx.check()
+    opts = UVMOptions(**vars(options)) if options is not None else UVMOptions()
+    opts.template = "auto"
+    opts.owner = opts.owner or "hcsoci-template"
+    vm = create(ctx, opts)
+    try:
+        accel = resolve_accel(vm.options.accel, vm.assets)
+        command = vm.qemu_command(accel)
+        identity = TemplateIdentity.of(
+            vm.assets, accel, vm.options.memory_mb, vm.options.cpu_count, command
+        )
+        folder = templates_dir(vm.assets)
+        if find_template(identity, folder) is None:
+            vm.start(ctx)
+            if find_template(identity, folder) is None:
+                raise UVMStartError(f"template {identity.name} was not saved (see the log)")
+        return folder / identity.name
+    finally:
+        vm.close()
 
 
 def list_vms(store: Store | None = None) -> list[VMRecord]:
@@ -772,6 +981,9 @@ def reap_dead_vms(store: Store | None = None) -> list[str]:
                 reaped.append(str(record["id"]))
     return reaped
 
+
+AGENT_PARKED_MARKER = "hcsoci-gcs: host disconnected"
+"""What the agent writes to the console once it has seen the host's end of the bridge close."""
 
 AGENT_EXITED_MARKER = "hcsoci-stage2: guest agent exited"
 """What the guest's PID 1 writes to the console when the agent process ends."""
