@@ -59,6 +59,7 @@ import select
 import signal
 import subprocess
 import threading
+import tty
 import uuid
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
@@ -141,6 +142,9 @@ class _ProcessStdio:
         os.set_inheritable(master, False)
         self.master = master
         self._to_close.append(slave)
+        # Raw from the start: runc makes its stdio raw too, but only once it runs,
+        # and output the container writes before that got a second \r per line.
+        tty.setraw(slave)
         if size is not None and size.height and size.width:
             set_window_size(slave, size.width, size.height)
         self.child_fds = [slave, slave, slave]
