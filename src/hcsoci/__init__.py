@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from hcsoci import hns, images
     from hcsoci.create import CreateOptions, create_container
     from hcsoci.network import get_namespace_endpoints
+    from hcsoci.sandbox import RunResult, container, run
 
 # Imported on first use: networking pulls in pyroute2 (~160 ms) and containers the
 # image store, which a process that only runs commands never needs.
@@ -25,6 +26,9 @@ _LAZY = {
     "CreateOptions": ("hcsoci.create", "CreateOptions"),
     "create_container": ("hcsoci.create", "create_container"),
     "get_namespace_endpoints": ("hcsoci.network", "get_namespace_endpoints"),
+    "run": ("hcsoci.sandbox", "run"),
+    "container": ("hcsoci.sandbox", "container"),
+    "RunResult": ("hcsoci.sandbox", "RunResult"),
 }
 
 
@@ -51,8 +55,10 @@ __all__ = [
     "NotFoundError",
     "ProcessParameters",
     "Resources",
+    "RunResult",
     "command",
     "command_context",
+    "container",
     "context",
     "create_container",
     "get_namespace_endpoints",
@@ -60,4 +66,5 @@ __all__ = [
     "images",
     "oci",
     "release_resources",
+    "run",
 ]
