@@ -131,6 +131,8 @@ _CONTAINER_KINDS = (
     "host-mount",
     "loop-device",
     "automanaged-file",
+    "sandbox-scratch",
+    "limit-cgroup",
 )
 
 

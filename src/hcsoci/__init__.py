@@ -3,6 +3,8 @@
 The public API is fixed (see docs/ and DESIGN.md); everything else is internal.
 """
 
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 from hcsoci import context, oci
@@ -27,7 +29,6 @@ _LAZY = {
     "create_container": ("hcsoci.create", "create_container"),
     "get_namespace_endpoints": ("hcsoci.network", "get_namespace_endpoints"),
     "run": ("hcsoci.sandbox", "run"),
-    "container": ("hcsoci.sandbox", "container"),
     "RunResult": ("hcsoci.sandbox", "RunResult"),
 }
 
@@ -43,6 +44,29 @@ def __getattr__(name: str) -> Any:
     globals()[name] = value
     return value
 
+
+class _Package(types.ModuleType):
+    """``hcsoci`` itself: ``hcsoci.container`` is the sandbox function, not the submodule.
+
+    The process-isolated container lives in the submodule ``hcsoci.container``;
+    importing it makes the import system bind the submodule as the package's
+    ``container`` attribute.  This property keeps the public name the function
+    (:func:`hcsoci.sandbox.container`); the submodule stays reachable as
+    ``sys.modules["hcsoci.container"]`` and by ``from hcsoci.container import ...``.
+    """
+
+    @property
+    def container(self) -> Any:
+        from hcsoci.sandbox import container
+
+        return container
+
+    @container.setter
+    def container(self, value: Any) -> None:
+        """The import system binding the submodule: left in ``sys.modules`` only."""
+
+
+sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "ClosedPipeError",

@@ -168,7 +168,9 @@ def parse_volume(value: str, field: str = "--volume") -> MountRequest:
     )
 
 
-_TMPFS_OPTION = re.compile(r"(size=\d+[kmg%]?|mode=[0-7]{3,4}|uid=\d+|gid=\d+|noexec|exec|nr_inodes=\d+)")
+_TMPFS_OPTION = re.compile(
+    r"(size=\d+[kmg%]?|mode=[0-7]{3,4}|uid=\d+|gid=\d+|noexec|exec|nr_inodes=\d+)"
+)
 
 
 def parse_tmpfs(value: str, field: str = "--tmpfs") -> MountRequest:
@@ -204,9 +206,11 @@ def parse_mount(value: str, field: str = "--mount") -> MountRequest:
             setting = "true"
         elif not equals:
             raise InvalidArgumentError(f"{field}: {value!r}: {item!r} is not KEY=VALUE")
-        pairs[{"src": "source", "dst": "target", "destination": "target", "ro": "readonly"}.get(
-            key, key
-        )] = setting
+        pairs[
+            {"src": "source", "dst": "target", "destination": "target", "ro": "readonly"}.get(
+                key, key
+            )
+        ] = setting
     kind = pairs.pop("type", "volume")
     target = pairs.pop("target", "")
     read_only = pairs.pop("readonly", "false").lower() in ("true", "1", "")

@@ -20,6 +20,7 @@ inside it (the LCOW flow), and the VM is left running for the next call.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import uuid
@@ -124,9 +125,9 @@ def _env_entries(env: Mapping[str, str] | Sequence[str] | None) -> list[str]:
         raise InvalidArgumentError(f"env: {env!r}: give a mapping or a list of NAME=VALUE")
     found = []
     for index, entry in enumerate(env):
-        value = pass_through(entry, f"env[{index}]")
-        if value is not None:
-            found.append(value)
+        passed = pass_through(entry, f"env[{index}]")
+        if passed is not None:
+            found.append(passed)
     return found
 
 
@@ -427,10 +428,8 @@ def _run_cmd(
     counter = limit if limit is not None else (sandbox._limit if sandbox is not None else None)
     oom_before = counter.count() if counter is not None else 0
     try:
-        try:
+        with contextlib.suppress(ExitError):  # the code is the result's
             cmd.run()
-        except ExitError:
-            pass
         code = cmd.exit_state.exit_code
         timed_out = (
             cmd.context is not None
