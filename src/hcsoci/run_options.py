@@ -9,6 +9,7 @@ Python API).
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -20,18 +21,29 @@ from hcsoci import oci
 from hcsoci.errors import InvalidArgumentError, NotFoundError
 
 __all__ = [
+    "ALL_CAPABILITIES",
     "CPU_PERIOD",
+    "INIT_BINARY",
+    "INIT_PATH",
     "MountRequest",
+    "add_init",
     "add_mounts",
+    "adjust_capabilities",
     "apply_limits",
+    "make_privileged",
+    "mount_requests",
     "parse_cpus",
+    "parse_dns",
     "parse_env_file",
     "parse_memory",
     "parse_mount",
     "parse_pids",
     "parse_tmpfs",
     "parse_volume",
+    "pass_through",
     "read_only_root",
+    "resolv_conf",
+    "rootfs_user",
 ]
 
 CPU_PERIOD = 100_000
@@ -327,3 +339,124 @@ def pass_through(entry: str, field: str = "--env") -> str | None:
         return entry
     value = os.environ.get(name)
     return None if value is None else f"{name}={value}"
+
+
+_CAPABILITY_NAMES = """
+    CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID SETPCAP
+    LINUX_IMMUTABLE NET_BIND_SERVICE NET_BROADCAST NET_ADMIN NET_RAW IPC_LOCK
+    IPC_OWNER SYS_MODULE SYS_RAWIO SYS_CHROOT SYS_PTRACE SYS_PACCT SYS_ADMIN
+    SYS_BOOT SYS_NICE SYS_RESOURCE SYS_TIME SYS_TTY_CONFIG MKNOD LEASE AUDIT_WRITE
+    AUDIT_CONTROL SETFCAP MAC_OVERRIDE MAC_ADMIN SYSLOG WAKE_ALARM BLOCK_SUSPEND
+    AUDIT_READ PERFMON BPF CHECKPOINT_RESTORE
+"""
+ALL_CAPABILITIES = tuple(f"CAP_{name}" for name in _CAPABILITY_NAMES.split())
+"""Every Linux capability (``capabilities(7)``), as the runtime names them."""
+
+
+def _capability(name: str, field: str) -> list[str]:
+    upper = name.strip().upper()
+    if upper == "ALL":
+        return list(ALL_CAPABILITIES)
+    full = upper if upper.startswith("CAP_") else f"CAP_{upper}"
+    if full not in ALL_CAPABILITIES:
+        raise InvalidArgumentError(f"{field}: {name!r} is not a capability")
+    return [full]
+
+
+def adjust_capabilities(
+    spec: oci.Spec, add: Sequence[str] = (), drop: Sequence[str] = ()
+) -> oci.Spec:
+    """``--cap-add``/``--cap-drop`` (names with or without ``CAP_``, or ``ALL``), as docker:
+    drops apply first, then adds.  Returns the new spec (the default seccomp filter follows)."""
+    added = [cap for name in add for cap in _capability(name, "--cap-add")]
+    dropped = {cap for name in drop for cap in _capability(name, "--cap-drop")}
+    if not added and not dropped:
+        return spec
+    current = (
+        spec.process.capabilities.bounding if spec.process and spec.process.capabilities else []
+    )
+    kept = [cap for cap in current or [] if cap not in dropped]
+    return oci.with_capabilities(spec, list(dict.fromkeys([*kept, *added])))
+
+
+def make_privileged(spec: oci.Spec) -> oci.Spec:
+    """``--privileged``: every capability, no seccomp filter, no masked or read-only
+    kernel paths, every device allowed in the device cgroup, ``/sys`` writable."""
+    spec = oci.with_capabilities(spec, list(ALL_CAPABILITIES))
+    assert spec.linux is not None
+    spec.linux.seccomp = None
+    spec.linux.masked_paths = []
+    spec.linux.readonly_paths = []
+    if spec.linux.resources is not None:
+        spec.linux.resources.devices = [oci.LinuxDeviceCgroup(allow=True, access="rwm")]
+    for mount in spec.mounts or []:
+        if mount.destination in ("/sys", "/sys/fs/cgroup") and mount.options:
+            mount.options = [option for option in mount.options if option != "ro"]
+    return spec
+
+
+INIT_BINARY = "/usr/bin/tini-static"
+"""The init ``--init`` runs as pid 1 (Debian's ``tini``, statically linked: any root)."""
+
+INIT_PATH = "/dev/init"
+"""Where the init is bound in the container: ``/dev`` is a tmpfs, so no mount point
+is made in the root (a caller's read-only root works too)."""
+
+
+def add_init(spec: oci.Spec, binary: str = INIT_BINARY) -> None:
+    """``--init``: a signal-forwarding, zombie-reaping init runs the process as its child."""
+    if not os.path.isfile(binary):
+        raise NotFoundError(f"--init: {binary!r} does not exist (Debian package tini)")
+    assert spec.process is not None
+    spec.mounts = [
+        *(spec.mounts or []),
+        oci.Mount(destination=INIT_PATH, type="bind", source=binary, options=["bind", "ro"]),
+    ]
+    spec.process.args = [INIT_PATH, "--", *(spec.process.args or [])]
+
+
+def parse_dns(servers: Sequence[str], field: str = "--dns") -> list[str]:
+    """IP addresses of name servers."""
+    checked = []
+    for server in servers:
+        try:
+            checked.append(str(ipaddress.ip_address(server)))
+        except ValueError:
+            raise InvalidArgumentError(f"{field}: {server!r} is not an IP address") from None
+    return checked
+
+
+def resolv_conf(servers: Sequence[str]) -> bytes:
+    """A resolv.conf naming ``servers``."""
+    return "".join(f"nameserver {server}\n" for server in servers).encode()
+
+
+def rootfs_user(rootfs: Path, user: str, field: str = "user") -> oci.User:
+    """``uid[:gid]`` or ``name[:group]``, names through the root's /etc/passwd and /etc/group."""
+
+    def table(name: str) -> list[list[str]]:
+        try:
+            text = (rootfs / "etc" / name).read_text(errors="replace")
+        except OSError:
+            return []
+        return [line.split(":") for line in text.splitlines() if line.count(":") >= 3]
+
+    who, _, group = user.partition(":")
+    row = next((r for r in table("passwd") if r[0] == who or r[2] == who), None)
+    if who.isdigit():
+        uid, gid = int(who), int(row[3]) if row and row[3].isdigit() else 0
+    elif row is not None and row[2].isdigit() and row[3].isdigit():
+        uid, gid = int(row[2]), int(row[3])
+    else:
+        raise NotFoundError(f"{field}: {user!r}: {who!r} is not in {rootfs}/etc/passwd")
+    if group:
+        if group.isdigit():
+            gid = int(group)
+        else:
+            found = next((r for r in table("group") if r[0] == group and r[2].isdigit()), None)
+            if found is None:
+                raise NotFoundError(
+                    f"{field}: {user!r}: group {group!r} is not in {rootfs}/etc/group"
+                )
+            gid = int(found[2])
+    return oci.User(uid=uid, gid=gid)

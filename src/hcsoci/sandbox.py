@@ -46,6 +46,7 @@ from hcsoci.run_options import (
     parse_memory,
     parse_pids,
     pass_through,
+    rootfs_user,
 )
 from hcsoci.store import open_store, state_root
 
@@ -131,35 +132,6 @@ def _env_entries(env: Mapping[str, str] | Sequence[str] | None) -> list[str]:
     return found
 
 
-def _rootfs_user(rootfs: Path, user: str) -> oci.User:
-    """``uid[:gid]`` or ``name[:group]`` resolved through the root's /etc/passwd and /etc/group."""
-
-    def table(name: str) -> list[list[str]]:
-        try:
-            text = (rootfs / "etc" / name).read_text(errors="replace")
-        except OSError:
-            return []
-        return [line.split(":") for line in text.splitlines() if line.count(":") >= 2]
-
-    who, _, group = user.partition(":")
-    row = next((r for r in table("passwd") if r[0] == who or r[2:3] == [who]), None)
-    if who.isdigit():
-        uid, gid = int(who), int(row[3]) if row and len(row) > 3 and row[3].isdigit() else 0
-    elif row is not None and len(row) > 3 and row[2].isdigit() and row[3].isdigit():
-        uid, gid = int(row[2]), int(row[3])
-    else:
-        raise NotFoundError(f"user: {user!r}: {who!r} is not in {rootfs}/etc/passwd")
-    if group:
-        if group.isdigit():
-            gid = int(group)
-        else:
-            found = next((r for r in table("group") if r[0] == group and r[2].isdigit()), None)
-            if found is None:
-                raise NotFoundError(f"user: {user!r}: group {group!r} is not in {rootfs}/etc/group")
-            gid = int(found[2])
-    return oci.User(uid=uid, gid=gid)
-
-
 def _base_spec(
     image_or_rootfs: str | os.PathLike[str],
     args: Sequence[str] | None,
@@ -180,7 +152,7 @@ def _base_spec(
         assert spec.process is not None
         spec.process.env = [*(spec.process.env or []), *env]
         if user:
-            spec.process.user = _rootfs_user(rootfs, user)
+            spec.process.user = rootfs_user(rootfs, user)
         if cwd:
             spec.process.cwd = cwd
         return spec, False
