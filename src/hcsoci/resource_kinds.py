@@ -9,7 +9,7 @@ fresh process.  A module that defines a new kind is added here.
 
 from __future__ import annotations
 
-from hcsoci import create, layers, mounts, network, oom_cgroup, sandbox
+from hcsoci import create, layers, mounts, network, oom_cgroup, ports, sandbox
 from hcsoci.uvm import guest_resources, plan9, scsi
 from hcsoci.uvm import network as uvm_network
 
@@ -21,6 +21,7 @@ MODULES = (
     mounts,
     network,
     oom_cgroup,
+    ports,
     sandbox,
     guest_resources,
     uvm_network,
