@@ -9,6 +9,7 @@ Python API).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import math
 import os
@@ -350,7 +351,8 @@ _CAPABILITY_NAMES = """
     AUDIT_READ PERFMON BPF CHECKPOINT_RESTORE
 """
 ALL_CAPABILITIES = tuple(f"CAP_{name}" for name in _CAPABILITY_NAMES.split())
-"""Every Linux capability (``capabilities(7)``), as the runtime names them."""
+"""Every Linux capability (``capabilities(7)``), as the runtime names them; the index
+of each is its number."""
 
 
 def _capability(name: str, field: str) -> list[str]:
@@ -379,10 +381,21 @@ def adjust_capabilities(
     return oci.with_capabilities(spec, list(dict.fromkeys([*kept, *added])))
 
 
+def host_capabilities() -> list[str]:
+    """The capabilities in this process's bounding set (what a privileged container can get)."""
+    bounding = ALL_CAPABILITIES
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        status = Path("/proc/self/status").read_text()
+        line = next(line for line in status.splitlines() if line.startswith("CapBnd:"))
+        bits = int(line.split()[1], 16)
+        return [name for number, name in enumerate(bounding) if bits & (1 << number)]
+    return list(bounding)
+
+
 def make_privileged(spec: oci.Spec) -> oci.Spec:
-    """``--privileged``: every capability, no seccomp filter, no masked or read-only
-    kernel paths, every device allowed in the device cgroup, ``/sys`` writable."""
-    spec = oci.with_capabilities(spec, list(ALL_CAPABILITIES))
+    """``--privileged``: every capability this machine grants, no seccomp filter, no masked
+    or read-only kernel paths, every device allowed in the device cgroup, ``/sys`` writable."""
+    spec = oci.with_capabilities(spec, host_capabilities())
     assert spec.linux is not None
     spec.linux.seccomp = None
     spec.linux.masked_paths = []

@@ -76,11 +76,11 @@ def parse_flags(request: ContainerRequest) -> ParsedFlags:
     if request.publish:
         from hcsoci.ports import parse_publish
 
+        flags.ports = [parse_publish(value) for value in request.publish]
         if not request.networks:
             raise InvalidArgumentError(
                 f"--publish: {request.publish[0]!r} needs --network NAME (a nat network)"
             )
-        flags.ports = [parse_publish(value) for value in request.publish]
     # Names are checked now; the sets are computed on the spec.
     adjust_capabilities(oci.default_spec(["true"]), request.cap_add, request.cap_drop)
     return flags
