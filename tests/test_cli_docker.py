@@ -213,8 +213,10 @@ def test_a_terminal_through_a_pty(hcsoci: CLI, session_image_store: images.Image
     # `script` gives the command a real terminal; -it is then a real tty in the container
     env = {**os.environ, "HCSOCI_IMAGES": str(session_image_store.root)}
     command = f"{sys.executable} -m hcsoci.cli.main run --rm -it busybox sh -c 'tty; exit 5'"
-    done = subprocess.run(["script", "-qec", command, "/dev/null"], env=env,
-                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)  # fmt: skip
+    done = subprocess.run(
+        ["script", "-qec", command, "/dev/null"],
+        env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
     assert done.returncode == 5
     assert "/dev/pts/" in done.stdout
 
