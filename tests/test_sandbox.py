@@ -63,9 +63,10 @@ def test_image_cmd_is_the_default_args(busybox_image: images.Image) -> None:
 
 
 def test_timeout_is_told_from_a_sigkill() -> None:
-    timed = hcsoci.run("busybox", ["sleep", "60"], timeout=0.5)
+    timed = hcsoci.run("busybox", ["sh", "-c", "echo partial; exec sleep 60"], timeout=0.5)
     assert timed.timed_out and not timed.oom_killed
     assert timed.returncode == 137
+    assert timed.stdout == b"partial\n"  # what it wrote before the kill is kept
     # A SIGKILL the container gives itself is neither a timeout nor an OOM kill.
     killed = hcsoci.run("busybox", ["sh", "-c", "sleep 60 & kill -9 $!; wait $!"], timeout=30)
     assert killed.returncode == 137

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,8 +32,8 @@ from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
 
 from hcsoci import context, cow, oci
-from hcsoci.cmd import Cmd, ExitError, ExitState
-from hcsoci.context import Context, DeadlineExceeded
+from hcsoci.cmd import ClosedPipeError, Cmd, ExitError, ExitState
+from hcsoci.context import Context
 from hcsoci.create import CreateOptions, create_container
 from hcsoci.errors import HcsociError, InvalidArgumentError, NotFoundError
 from hcsoci.lifecycle import ContainerLifecycle
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
 __all__ = ["RunResult", "Sandbox", "ScratchFolder", "container", "run"]
 
 SIGKILL_STATUS = 137
+_COPY_AFTER_EXIT = 10.0  # seconds the output relays may run on once the process is gone
 _KEEP_ALIVE = ["sleep", "2147483647"]
 Stdin = bytes | str | IO[bytes] | None
 
@@ -394,23 +396,35 @@ def _run_cmd(
         raise InvalidArgumentError(f"timeout: {timeout!r} must be a positive number of seconds")
     stdout, stderr = io.BytesIO(), io.BytesIO()
     cmd.stdin, cmd.stdout, cmd.stderr = _stdin_stream(stdin), stdout, stderr
-    cancel = None
-    if timeout is not None:
-        cmd.context, cancel = context.with_timeout(context.background(), timeout)
+    cmd.copy_after_exit_timeout = _COPY_AFTER_EXIT
     counter = limit if limit is not None else (sandbox._limit if sandbox is not None else None)
     oom_before = counter.count() if counter is not None else 0
+    # The timeout kills the process rather than ending a context of the Cmd: the relays
+    # then run to the end of what the process wrote, as subprocess.run keeps it.
+    expired = threading.Event()
+    cmd.start()
+    timer = None
+    if timeout is not None:
+        process = cmd.process
+        assert process is not None
+
+        def expire() -> None:
+            expired.set()
+            with contextlib.suppress(HcsociError):  # it ended meanwhile
+                process.kill(context.background())
+
+        timer = threading.Timer(timeout, expire)
+        timer.daemon = True
+        timer.start()
     try:
-        with contextlib.suppress(ExitError):  # the code is the result's
-            cmd.run()
-        code = cmd.exit_state.exit_code
-        timed_out = (
-            cmd.context is not None
-            and isinstance(cmd.context.err(), DeadlineExceeded)
-            and code == SIGKILL_STATUS
-        )
+        with contextlib.suppress(ExitError, ClosedPipeError):  # the code is the result's
+            cmd.wait()
     finally:
-        if cancel is not None:
-            cancel()
+        if timer is not None:
+            timer.cancel()
+            timer.join()
+    code = cmd.exit_state.exit_code
+    timed_out = expired.is_set() and code == SIGKILL_STATUS
     if counter is not None:
         oom = counter.count() > oom_before
     else:
