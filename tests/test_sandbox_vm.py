@@ -56,3 +56,12 @@ def test_container_in_the_vm(uvm: UtilityVM) -> None:
     with hcsoci.container("busybox", vm=uvm, tmpfs=["/w"], read_only=True) as box:
         assert box.run(["sh", "-c", "echo 7 > /w/n; cat /w/n"]).stdout == b"7\n"
         assert box.run(["cat", "/w/n"]).stdout == b"7\n"
+
+
+def test_memory_limit_in_the_vm(uvm: UtilityVM) -> None:
+    hog = "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived"
+    killed = hcsoci.run("busybox", ["sh", "-c", hog], vm=uvm, memory="32m", timeout=120)
+    assert killed.returncode == 137 and b"survived" not in killed.stdout
+    assert killed.oom_killed and not killed.timed_out  # inferred in a VM: see RunResult
+    fits = hcsoci.run("busybox", ["echo", "fits"], vm=uvm, memory="32m")
+    assert (fits.stdout, fits.oom_killed) == (b"fits\n", False)
