@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -206,3 +209,29 @@ def test_bad_input_names_the_option(
 def test_an_unknown_image_is_not_found() -> None:
     with pytest.raises(NotFoundError, match="no-such-image"):
         hcsoci.run("no-such-image", ["true"])
+
+
+def test_gc_reclaims_a_sandbox_whose_controller_was_killed(tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    code = (
+        "import hcsoci; "
+        f"hcsoci.run('busybox', ['sh', '-c', 'touch /out/ready; sleep 300'], memory='32m', "
+        f"mounts=['{tmp_path}:/out'])"
+    )
+    controller = subprocess.Popen([sys.executable, "-c", code], env=os.environ.copy())
+    try:
+        for _ in range(600):  # the container runs once the file is there
+            if ready.exists() or controller.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert ready.exists(), "the sandbox never ran"
+        assert _limit_cgroups(), "no limit cgroup while it runs"
+    finally:
+        controller.kill()
+        controller.wait()
+    done = subprocess.run(
+        [sys.executable, "-m", "hcsoci.cli.main", "gc"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.split()) == 1  # the one container, released with all it held
+    # the sandbox_env fixture then finds no cgroup, scratch folder, mount or record left
