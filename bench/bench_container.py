@@ -8,7 +8,13 @@
 3. N sequential ``true`` containers (crun's README table): hcsoci, runc, crun;
 4. the default seccomp filter: the lifecycle of 1. with ``default_spec``'s
    filter against the same spec with ``linux.seccomp = None`` (runc compiles
-   the filter with libseccomp on every create), under runc and under crun.
+   the filter with libseccomp on every create), under runc and under crun;
+5. output: 512 MiB from ``dd`` in a running container into a tmpfs file and
+   into ``/dev/null`` through a ``Cmd`` (the descriptor is handed over; and,
+   opened non-blocking, relayed) against ``runc exec`` given the same
+   descriptor (runc in the foreground copies it through pipes of its own) and
+   ``runc exec --detach`` (the process inherits the descriptor and writes it
+   itself: the floor).
 
 Prints medians and ratios.  crun refuses this machine's hybrid cgroup layout
 (controllers on the cgroup v2 mount), so the benchmark runs in a private mount
@@ -19,9 +25,11 @@ the same plain cgroup v1 hierarchy.  Must run as root.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import ctypes
 import os
+import select
 import shutil
 import statistics
 import subprocess
@@ -30,6 +38,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -71,15 +80,96 @@ def report(title: str, samples: dict[str, list[float]], baseline: str) -> None:
         print(f"  {name:<28} median {median_ms(values):8.2f} ms   {ratio:5.2f}x {baseline}")
 
 
+def bench_output(
+    container: Any, runc: Path, runc_root: Path, work: Path, mib: int, rounds: int
+) -> None:
+    """``dd`` of ``mib`` MiB in ``container`` into a file and /dev/null: Cmd against runc exec."""
+    from hcsoci import oci
+    from hcsoci.cmd import command
+
+    writer = ["dd", "if=/dev/zero", "bs=1M", f"count={mib}"]
+    process = oci.Process(args=writer, env=["PATH=/bin"], cwd="/")
+    process_file = work / "dd.json"
+    process_file.write_bytes(msgspec.json.encode(process))
+    for into in ("/dev/shm", os.devnull):
+        path = os.path.join(into, f"hcsoci-bench-{os.getpid()}") if into != os.devnull else into
+
+        def raw_exec(target: str = path) -> None:
+            with open(target, "wb") as sink:
+                subprocess.run(
+                    [str(runc), "--root", str(runc_root), "exec", "--process",
+                     str(process_file), container.id()],
+                    stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.DEVNULL, check=True,
+                )  # fmt: skip
+
+        def detached_exec(target: str = path) -> None:
+            """The container process itself writes the descriptor: ``runc exec --detach``."""
+            pid_file = work / "dd.pid"
+            with contextlib.suppress(FileNotFoundError):
+                pid_file.unlink()
+            with open(target, "wb") as sink:
+                subprocess.run(
+                    [str(runc), "--root", str(runc_root), "exec", "--detach", "--pid-file",
+                     str(pid_file), "--process", str(process_file), container.id()],
+                    stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.DEVNULL, check=True,
+                )  # fmt: skip
+            try:
+                pidfd = os.pidfd_open(int(pid_file.read_text()))
+            except ProcessLookupError:
+                return  # done already
+            try:
+                select.select([pidfd], [], [])
+            finally:
+                os.close(pidfd)
+
+        def through_cmd(relayed: bool, target: str = path) -> None:
+            with open(target, "wb") as sink:
+                if relayed:  # never handed over: a non-blocking descriptor goes through the relay
+                    os.set_blocking(sink.fileno(), False)
+                cmd = command(container, *writer)
+                cmd.spec = process
+                cmd.stdout = sink
+                cmd.run()
+
+        try:
+            samples = interleaved(
+                max(rounds, 3),
+                {
+                    "runc exec": raw_exec,
+                    "runc exec --detach": detached_exec,
+                    "Cmd": lambda: through_cmd(False),
+                    "Cmd relayed": lambda: through_cmd(True),
+                },
+            )
+        finally:
+            if path != os.devnull:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+        name = "/dev/null" if path == os.devnull else "a tmpfs file"
+        print(f"\n{mib} MiB from a container into {name} (MiB/s; Cmd target >= 0.95x)")
+        base = median_ms(samples["runc exec"])
+        own = median_ms(samples["runc exec --detach"])
+        for leg, values in samples.items():
+            ms = median_ms(values)
+            print(
+                f"  {leg:<28} {mib / (ms / 1000):8.0f} MiB/s   {base / ms:5.3f}x runc exec"
+                f"   {own / ms:5.3f}x the process writing it itself"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--sequential", type=int, default=100)
     parser.add_argument(
-        "--only", choices=["lifecycle", "exec", "sequential", "seccomp"], help="run one part"
+        "--only",
+        choices=["lifecycle", "exec", "sequential", "seccomp", "output"],
+        help="run one part",
     )
+    parser.add_argument("--mib", type=int, default=512, help="MiB the output part writes")
     args = parser.parse_args()
-    parts = {args.only} if args.only else {"lifecycle", "exec", "sequential", "seccomp"}
+    all_parts = {"lifecycle", "exec", "sequential", "seccomp", "output"}
+    parts = {args.only} if args.only else all_parts
 
     private_mount_namespace_without_unified_cgroup()
     work = Path(tempfile.mkdtemp(prefix="hcsoci-bench-", dir="/run"))
@@ -161,7 +251,7 @@ def main() -> None:
             crun = {name: values for name, values in samples.items() if "crun" in name}
             report("the same under crun", crun, "seccomp=None (crun)")
 
-        if "exec" in parts:
+        if parts & {"exec", "output"}:
             # exec in a running container
             sleeper = oci.default_spec(["sleep", "3600"])
             sleeper.root = oci.Root(path=rootfs, readonly=True)
@@ -186,10 +276,13 @@ def main() -> None:
                     cmd.spec = process
                     cmd.run()
 
-                samples = interleaved(
-                    args.rounds, {"runc exec": raw_exec, "hcsoci Cmd exec": cmd_exec}
-                )
-                report("exec of `true` in a running container", samples, "runc exec")
+                if "exec" in parts:
+                    samples = interleaved(
+                        args.rounds, {"runc exec": raw_exec, "hcsoci Cmd exec": cmd_exec}
+                    )
+                    report("exec of `true` in a running container", samples, "runc exec")
+                if "output" in parts:
+                    bench_output(container, runc, exec_root, work, args.mib, args.rounds // 4)
             finally:
                 container.terminate(ctx)
                 container.wait()

@@ -60,9 +60,8 @@ import signal
 import subprocess
 import threading
 import uuid
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import msgspec
 
@@ -80,9 +79,13 @@ from hcsoci.gcs.terminal import resize_held_terminal, set_window_size
 from hcsoci.lifecycle import ContainerLifecycle, Pipes
 from hcsoci.paths import check_id, write_private_file
 from hcsoci.pipes import PipeEnd
+from hcsoci.properties import ContainerProperties
 from hcsoci.runtime import OCIRuntimeError, Runtime
 from hcsoci.runtime.runc import read_exit_status, read_runtime_log, wait_for_pid_file
 from hcsoci.store import Store, open_store
+
+if TYPE_CHECKING:
+    from hcsoci.uvm.remote import RemoteContainer
 
 __all__ = ["Container", "ContainerProcess", "ContainerProperties", "open_container"]
 
@@ -92,27 +95,6 @@ _LOG_POLL_MS = 10
 """How often an exited exec's runtime log is read for its status until runc writes it."""
 
 _VEOF = b"\x04"  # what "closing stdin" means for a terminal: the line discipline's EOF
-
-
-@dataclass
-class ContainerProperties:
-    """What :meth:`Container.properties` reports."""
-
-    id: str
-    owner: str
-    state: str
-    """``created``, ``running``, ``paused`` or ``stopped``."""
-    init_pid: int
-    processes: list[int] = field(default_factory=list)
-    memory_usage_bytes: int | None = None
-    cpu_usage_ns: int | None = None
-    exit_code: int | None = None
-    bundle: str = ""
-    runtime: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return asdict(self)
 
 
 class _ProcessStdio:
@@ -720,13 +702,21 @@ def _read_int(path: str) -> int | None:
         return None
 
 
-def open_container(container_id: str, store: Store | None = None) -> Container:
-    """A handle on a container recorded in the state store (another process made it)."""
+def open_container(container_id: str, store: Store | None = None) -> Container | RemoteContainer:
+    """A handle on a container recorded in the state store (another process made it).
+
+    A container in a utility VM is reached through its VM's controller process:
+    the handle is a :class:`~hcsoci.uvm.remote.RemoteContainer`.
+    """
     check_id(container_id, "container id")
     store = store or open_store()
     row = container_table.get(store, container_id)
-    if row is None or row.host:  # a VM container has no handle here (yet)
+    if row is None:
         raise NotFoundError(f"container id: {container_id!r} does not exist")
+    if row.host:
+        from hcsoci.uvm.remote import open_remote_container  # only for VM containers
+
+        return open_remote_container(container_id, store)
     if row.state == "creating":
         raise StateError(f"container {container_id}: still being created")
     bundle = Path(row.bundle)

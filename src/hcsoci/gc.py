@@ -42,6 +42,9 @@ class ContainerRecordInfo:
 def release_container(ctx: Context, container_id: str, store: Store | None = None) -> None:
     """Release everything recorded for ``container_id`` and drop its row.
 
+    A container in a utility VM whose controller process still runs is
+    released by that process (:mod:`hcsoci.uvm.service`), asked over its socket.
+
     Raises :class:`~hcsoci.errors.NotFoundError` for an unknown id and
     :class:`~hcsoci.resources.ReleaseError` when something could not be released
     (what failed stays recorded for another try).
@@ -54,6 +57,12 @@ def release_container(ctx: Context, container_id: str, store: Store | None = Non
     held = store.query("SELECT 1 FROM resources WHERE owner_id = ? LIMIT 1", (container_id,))
     if row is None and not held:
         raise NotFoundError(f"container id: {container_id!r} does not exist")
+    if row is not None and row.host and _served(row.controller_pid, row.controller_start):
+        # A VM container whose controller process lives: it holds the VM, it releases.
+        from hcsoci.uvm.remote import delete_container
+
+        delete_container(container_id, force=True, store=store)
+        return
     resources = load_resources(container_id, store)
     host = row.host if row is not None else ""
     vm = _open_host_vm(ctx, host) if host else None
@@ -63,6 +72,11 @@ def release_container(ctx: Context, container_id: str, store: Store | None = Non
         if vm is not None:
             vm.detach()
     container_table.delete(store, container_id)
+
+
+def _served(controller_pid: int, controller_start: int) -> bool:
+    """Whether a live process (not the user: pid 0) controls the row."""
+    return controller_pid > 0 and controller_alive(controller_pid, controller_start)
 
 
 def _open_host_vm(ctx: Context, vm_id: str) -> Any:

@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 
@@ -59,7 +59,9 @@ from hcsoci.resources import Resources, release_resources
 from hcsoci.store import open_store, state_root
 
 if TYPE_CHECKING:
+    from hcsoci.ports import PortMapping
     from hcsoci.uvm import UtilityVM
+    from hcsoci.uvm.remote import RemoteContainer
 
 __all__ = ["register"]
 
@@ -137,6 +139,8 @@ class ContainerRequest:
     cap_drop: tuple[str, ...] = ()
     privileged: bool = False
     dns: tuple[str, ...] = ()
+    ports: list[PortMapping] = field(default_factory=list, init=False)
+    """The checked ``--publish`` values (set once the flags are parsed)."""
     made_scratch: bool = field(default=False, init=False)
     """Set once this request made its scratch folder (only then is it ours to remove)."""
 
@@ -247,6 +251,28 @@ def _create(
     ``CreateOptions.networks``): its release, or gc, deletes them.
     """
     ctx = context.background()
+
+    def make(options: CreateOptions) -> tuple[cow.Container, Resources]:
+        container, resources = create_container(ctx, options)
+        if request.ports:
+            try:
+                _publish(ctx, resources, request.networks[0], request.ports)
+            except BaseException:
+                container.close()
+                release_resources(ctx, resources, vm, True)
+                raise
+        return container, resources
+
+    return _creating(request, make, vm)
+
+
+_Made = TypeVar("_Made")
+
+
+def _creating(
+    request: ContainerRequest, make: Callable[[CreateOptions], _Made], vm: UtilityVM | None = None
+) -> _Made:
+    """Build the spec and options of ``request`` and ``make`` the container from them."""
     container_id = request.container_id
     try:
         open_store()  # a damaged store is refused before anything is made
@@ -262,15 +288,10 @@ def _create(
             hosting_system=vm,
             networks=request.networks,
         )
-        container, resources = create_container(ctx, options)
-        if flags.ports:
-            try:
-                _publish(ctx, resources, request.networks[0], flags)
-            except BaseException:
-                container.close()
-                release_resources(ctx, resources, vm, True)
-                raise
-        return container, resources
+        if flags.ports and request.isolation == "vm":
+            raise InvalidArgumentError("--publish: not with --isolation vm (not supported yet)")
+        request.ports = flags.ports
+        return make(options)
     except BaseException as err:
         if request.made_scratch:
             _remove_scratch(container_id)
@@ -279,7 +300,9 @@ def _create(
         raise
 
 
-def _publish(ctx: context.Context, resources: Resources, network: str, flags: ParsedFlags) -> None:
+def _publish(
+    ctx: context.Context, resources: Resources, network: str, mappings: list[PortMapping]
+) -> None:
     """``--publish``: forward the host ports to the container's endpoint on the first
     ``--network``."""
     from hcsoci import hns, ports
@@ -296,7 +319,7 @@ def _publish(ctx: context.Context, resources: Resources, network: str, flags: Pa
     )
     if endpoint is None:
         raise NotFoundError(f"--publish: the container has no endpoint on network {network!r}")
-    ports.publish(resources, target, endpoint, flags.ports)
+    ports.publish(resources, target, endpoint, mappings)
 
 
 def _list_endpoints(spec: oci.Spec, endpoints: tuple[str, ...]) -> None:
@@ -686,13 +709,27 @@ def _run_detached(request: ContainerRequest, remove: bool, interactive: bool) ->
 
 
 @click.command(cls=ImageFirstCommand)
+@click.option(
+    "--vm",
+    "vm_id",
+    callback=_checked_id,
+    help="With --isolation vm: a running utility VM to put it in (default: a new one).",
+)
 @_container_options
-def create(request: ContainerRequest) -> None:
-    """Create a container (not started); prints its id."""
-    if request.isolation != "process":
-        raise click.UsageError("--isolation vm: only `run` makes a VM container (for its run)")
+def create(request: ContainerRequest, vm_id: str | None) -> None:
+    """Create a container (not started); prints its id.
+
+    ``--isolation vm`` puts it in a utility VM served by a controller process,
+    which later commands reach; a new VM ends with its last container.
+    """
     if request.terminal:
         raise click.UsageError("-t: a created container's init logs to a file; use `run -t`")
+    if request.isolation == "vm" or vm_id:
+        from hcsoci.cli import vm_containers
+
+        _creating(request, vm_containers.creator(vm_id or "")).close()
+        click.echo(request.container_id)
+        return
     container, resources = _create(request)
     _hand_over(request.container_id)
     resources.hand_over()
@@ -700,7 +737,7 @@ def create(request: ContainerRequest) -> None:
     click.echo(request.container_id)
 
 
-def _open(container_id: str) -> Container:
+def _open(container_id: str) -> Container | RemoteContainer:
     try:
         return open_container(container_id)
     except HcsociError as err:
@@ -711,7 +748,16 @@ def _open(container_id: str) -> Container:
 @click.argument("container_id", callback=_checked_id)
 def start(container_id: str) -> None:
     """Start a created container's init (output to `hcsoci logs`), watched by a monitor
-    that keeps its exit code."""
+    that keeps its exit code (a container in a utility VM: by the VM's controller)."""
+    container = _open(container_id)
+    try:
+        if not isinstance(container, Container):
+            container.start(context.background())
+            return
+    except HcsociError as err:
+        raise _fail(err) from err
+    finally:
+        container.close()
     try:
         start_monitored(container_id)
     except HcsociError as err:
@@ -766,7 +812,7 @@ def exec_(
 def list_(as_json: bool) -> None:
     """List the containers in the state store."""
     found: list[dict[str, Any]] = []
-    for row in container_table.list_rows(open_store(), host=""):
+    for row in container_table.list_rows(open_store()):
         state = row.state
         if state not in ("creating",):
             with contextlib.suppress(HcsociError):
@@ -800,7 +846,11 @@ def state(container_id: str) -> None:
     container = _open(container_id)
     try:
         props = container.properties(context.background())
-        if props.exit_code is None and props.state == "stopped":
+        if (
+            props.exit_code is None
+            and props.state == "stopped"
+            and isinstance(container, Container)
+        ):
             props.exit_code = recorded_exit_code(container)
     finally:
         container.close()
@@ -828,7 +878,10 @@ def kill(container_id: str, sig: str) -> None:
         number = _parse_signal(sig)
         if container.properties(context.background()).state not in ("running", "paused"):
             raise StateError(f"container {container_id}: not running")
-        container.runtime.kill(container_id, number)
+        if isinstance(container, Container):
+            container.runtime.kill(container_id, number)
+        else:
+            container.signal(context.background(), number)
     except HcsociError as err:
         raise _fail(err) from err
 

@@ -17,6 +17,7 @@ import errno
 import fcntl
 import os
 import select
+import stat
 import sys
 import termios
 import time
@@ -115,6 +116,7 @@ class Agent:
             "unmount": op_unmount,
             "mount_plan9": op_mount_plan9,
             "mount_scsi": op_mount_scsi,
+            "mount_pmem": op_mount_pmem,
             "remove_scsi_device": op_remove_scsi_device,
             "mount_overlay": op_mount_overlay,
             "create_netns": op_create_netns,
@@ -828,8 +830,8 @@ def _cgroup_usage(pid: int) -> tuple[int | None, int | None]:
     try:
         with open(f"{directory}/memory.current") as current:
             memory = int(current.read())
-        with open(f"{directory}/cpu.stat") as stat:
-            for line in stat:
+        with open(f"{directory}/cpu.stat") as cpu_stat:
+            for line in cpu_stat:
                 key, value = line.split()
                 if key == "usage_usec":
                     cpu = int(value) * 1000
@@ -988,19 +990,18 @@ def _scsi_device(body: dict[str, Any]) -> str:
     return ""
 
 
-_modules_loaded = False
+_groups_loaded: set[str] = set()
 _MODULES_DIR = "/.hcsoci/modules"
 
 
-def load_device_modules() -> None:
-    """Insert the device modules the initramfs left for later, once, in order."""
-    global _modules_loaded
+def load_device_modules(group: str = "order") -> None:
+    """Insert a group of the device modules the initramfs left for later, once, in order."""
     import threading
 
     with _load_lock(threading):
-        if _modules_loaded:
+        if group in _groups_loaded:
             return
-        with open(f"{_MODULES_DIR}/order") as order:
+        with open(f"{_MODULES_DIR}/{group}") as order:
             names = order.read().split()
         for name in names:
             module = name.removesuffix(".ko")
@@ -1011,7 +1012,7 @@ def load_device_modules() -> None:
             except RequestError as err:
                 if "exists" not in str(err):
                     raise
-        _modules_loaded = True
+        _groups_loaded.add(group)
 
 
 _locks: dict[str, Any] = {}
@@ -1048,6 +1049,49 @@ def op_mount_scsi(body: dict[str, Any]) -> dict[str, Any]:
         argv += ["-o", ",".join(options)]
     _run([*argv, "/dev/" + block_dir, target])
     return {"device": "/dev/" + block_dir}
+
+
+def _pmem_block_device(slot: int) -> str:
+    """The ``pmemN`` of the virtio-pmem device in PCI slot ``slot``; '' until it appears."""
+    here = f"/sys/bus/pci/devices/0000:00:{slot:02x}.0"
+    for prefix in ("virtio", "ndbus", "region", "namespace", "block"):
+        try:
+            names = sorted(n for n in os.listdir(here) if n.startswith(prefix))
+        except OSError:
+            return ""
+        if not names:
+            return ""
+        here = f"{here}/{names[0]}"
+    names = [n for n in os.listdir(here) if n.startswith("pmem")]
+    return names[0] if names else ""
+
+
+def op_mount_pmem(body: dict[str, Any]) -> dict[str, Any]:
+    """Mount the ext4 image on a hot-plugged virtio-pmem device read-only, with DAX if it can."""
+    load_device_modules()
+    load_device_modules("order-pmem")
+    slot = int(body["slot"])
+    deadline = time.monotonic() + float(body.get("timeout", 30))
+    name = ""
+    while not name:  # hot-plug is asynchronous: wait for the namespace's block device
+        name = _pmem_block_device(slot)
+        if not name and time.monotonic() > deadline:
+            raise RequestError(f"no pmem block device in PCI slot {slot}", errno.ENODEV)
+        if not name:
+            time.sleep(0.02)
+    device = "/dev/" + name
+    if not os.path.exists(device):
+        with open(f"/sys/block/{name}/dev") as numbers:
+            major, minor = (int(n) for n in numbers.read().split(":"))
+        os.mknod(device, 0o600 | stat.S_IFBLK, os.makedev(major, minor))
+    target = str(body["target_path"])
+    _ensure_dir(target)
+    try:  # the page cache is skipped when the file system can map the device (4 KiB blocks)
+        _run(["mount", "-t", "ext4", "-o", "ro,noload,dax=always", device, target])
+        return {"device": device, "dax": True}
+    except RequestError:
+        _run(["mount", "-t", "ext4", "-o", "ro,noload", device, target])
+        return {"device": device, "dax": False}
 
 
 def op_remove_scsi_device(body: dict[str, Any]) -> dict[str, Any]:

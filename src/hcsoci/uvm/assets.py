@@ -57,7 +57,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_ASSETS_DIR = "/var/lib/hcsoci/uvm"
-BUILDER_VERSION = 10
+BUILDER_VERSION = 11
 """Bump when the initramfs layout or the init scripts change."""
 
 GUEST_BOOT_MODULES = ("virtio_pci", "virtio_console", "9pnet_virtio", "9p", "overlay")
@@ -68,6 +68,10 @@ GUEST_DEVICE_MODULES = ("virtio_scsi", "sd_mod", "crc32c_generic", "ext4", "virt
 
 They are not loaded at boot (that would slow every boot down); the guest
 has no ``/lib/modules`` indexes, so they are inserted by file name."""
+
+GUEST_PMEM_MODULES = ("virtio_pmem", "nd_pmem")
+"""Modules the agent inserts on a first vPMEM device (``/.hcsoci/modules/order-pmem``),
+after :data:`GUEST_DEVICE_MODULES` (ext4)."""
 
 GUEST_BINARIES = ("runc", "ip")
 """Host programs copied into the guest root with their shared libraries.
@@ -391,6 +395,12 @@ def build_assets(directory: Path | None = None, *, compress: bool = False) -> Bo
         for m in module_load_order(release, GUEST_BOOT_MODULES + GUEST_DEVICE_MODULES)
         if m not in modules
     ]
+    everything = GUEST_BOOT_MODULES + GUEST_DEVICE_MODULES + GUEST_PMEM_MODULES
+    pmem_modules = [
+        m
+        for m in module_load_order(release, everything)
+        if m not in modules and m not in device_modules
+    ]
     busybox = Path(shutil.which("busybox") or "/bin/busybox")
     if not busybox.exists():
         raise NotFoundError("busybox not found: install busybox-static (make install)")
@@ -400,7 +410,10 @@ def build_assets(directory: Path | None = None, *, compress: bool = False) -> Bo
     libraries = sorted({lib for binary in (python, *binaries) for lib in _shared_libraries(binary)})
     agent_sources = [str(p) for p in _agent_sources()]
     inputs = _inputs(
-        kernel, modules + device_modules, busybox, seed + binaries + libraries + agent_sources
+        kernel,
+        modules + device_modules + pmem_modules,
+        busybox,
+        seed + binaries + libraries + agent_sources,
     )
     key = _key(inputs, compress)
     target = directory / key
@@ -428,9 +441,8 @@ def build_assets(directory: Path | None = None, *, compress: bool = False) -> Bo
             order.append(name)
         archive.file("modules.order", ("\n".join(order) + "\n").encode(), 0o644)
         with tempfile.TemporaryDirectory(prefix="hcsoci-pyc-") as scratch:
-            _add_guest_root(
-                archive, busybox, device_modules, seed, binaries, libraries, Path(scratch)
-            )
+            groups = {"order": device_modules, "order-pmem": pmem_modules}
+            _add_guest_root(archive, busybox, groups, seed, binaries, libraries, Path(scratch))
         data = archive.finish()
         if compress:
             data = gzip.compress(data, compresslevel=6)
@@ -460,7 +472,7 @@ def build_assets(directory: Path | None = None, *, compress: bool = False) -> Bo
 def _add_guest_root(
     archive: _CpioWriter,
     busybox: Path,
-    device_modules: list[Path],
+    device_modules: dict[str, list[Path]],
     seed: list[str],
     binaries: list[str],
     libraries: list[str],
@@ -503,12 +515,14 @@ def _add_guest_root(
     archive.path_parents(f"{root}/.hcsoci/modules")
     archive.symlink(f"{root}/.hcsoci/busybox", "/usr/bin/busybox")
     archive.file(f"{root}/.hcsoci/stage2", _STAGE2.encode(), 0o644)
-    order = []
-    for module in device_modules:
-        name = _module_name(module.name) + ".ko"
-        archive.file(f"{root}/.hcsoci/modules/{name}", _read_module(module), 0o644)
-        order.append(name)
-    archive.file(f"{root}/.hcsoci/modules/order", ("\n".join(order) + "\n").encode(), 0o644)
+    for group, group_modules in device_modules.items():  # an order file per group
+        order = []
+        for module in group_modules:
+            name = _module_name(module.name) + ".ko"
+            archive.file(f"{root}/.hcsoci/modules/{name}", _read_module(module), 0o644)
+            order.append(name)
+        listing = ("\n".join(order) + "\n").encode()
+        archive.file(f"{root}/.hcsoci/modules/{group}", listing, 0o644)
     for path in seed:
         # The interpreter and its stdlib files keep their mtimes (their cached
         # .pyc are validated against them) under a private prefix.

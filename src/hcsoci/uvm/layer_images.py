@@ -5,6 +5,8 @@ VHDs): each layer directory is built once into an ext4 image with
 ``mke2fs -d`` and kept in ``$HCSOCI_LAYER_CACHE`` (default
 ``/var/lib/hcsoci/layer-images``, readable by root alone), keyed by the
 layer's path and modification time; containers sharing a layer share its disk.
+Images have 4 KiB blocks and a size in whole 2 MiB, so that the same image
+can also be a vPMEM device mounted with DAX (:mod:`hcsoci.uvm.vpmem`).
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ from pathlib import Path
 
 from hcsoci.errors import HcsociError
 from hcsoci.paths import make_private_dir
+from hcsoci.uvm.vpmem import VPMEM_ALIGNMENT
 
 __all__ = ["layer_cache_dir", "layer_image"]
+
+_FORMAT = "ext4-4k-2m"  # in the cache key: images of another format are rebuilt
 
 
 def layer_cache_dir() -> Path:
@@ -55,7 +60,7 @@ def layer_image(layer: str, cache: Path | None = None) -> Path:
     """The ext4 image of the layer directory ``layer`` (built once, then cached)."""
     source = Path(layer).resolve()
     stamp = source.stat().st_mtime_ns
-    key = hashlib.sha256(f"{source}\0{stamp}".encode()).hexdigest()[:32]
+    key = hashlib.sha256(f"{source}\0{stamp}\0{_FORMAT}".encode()).hexdigest()[:32]
     cache = cache or layer_cache_dir()
     image = cache / f"{key}.ext4"
     if image.exists():
@@ -63,13 +68,11 @@ def layer_image(layer: str, cache: Path | None = None) -> Path:
     make_private_dir(cache)
     size, entries = _tree_size(source)
     kib = (size * 13 // 10 + entries * 4096) // 1024 + 16 * 1024
+    kib = -(-kib // (VPMEM_ALIGNMENT >> 10)) * (VPMEM_ALIGNMENT >> 10)
     partial = cache / f".{key}.{os.getpid()}.{threading.get_ident()}.tmp"
     try:
-        done = subprocess.run(
-            ["mke2fs", "-q", "-F", "-t", "ext4", "-d", str(source), str(partial), f"{kib}k"],
-            capture_output=True,
-            text=True,
-        )
+        mkfs = ["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-d", str(source)]
+        done = subprocess.run([*mkfs, str(partial), f"{kib}k"], capture_output=True, text=True)
         if done.returncode != 0:
             raise HcsociError(f"mke2fs of layer {layer!r} failed: {done.stderr.strip()}")
         os.chmod(partial, 0o600)

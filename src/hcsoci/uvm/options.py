@@ -8,9 +8,10 @@ from dataclasses import dataclass
 
 from hcsoci.errors import InvalidArgumentError
 
-__all__ = ["ACCELERATORS", "UVMOptions"]
+__all__ = ["ACCELERATORS", "LAYER_DEVICES", "UVMOptions"]
 
 ACCELERATORS = ("auto", "kvm", "tcg")
+LAYER_DEVICES = ("scsi", "vpmem")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,47}")
 
 
@@ -24,6 +25,10 @@ class UVMOptions:
     answers.  ``plan9_slots`` is how many Plan9 shares can be added at once
     (QEMU can only hot-plug a share whose file-system device was declared at
     boot); ``scsi_luns`` is the capacity of the VM's SCSI controller.
+    ``layer_device`` is how a container's read-only layers reach the guest:
+    ``"scsi"`` disks, or ``"vpmem"`` (virtio-pmem devices mounted with DAX,
+    falling back to SCSI when the ``vpmem_slots`` are all taken; see
+    :mod:`hcsoci.uvm.vpmem` and docs/uvm.md for which is faster here).
     """
 
     id: str = ""
@@ -39,6 +44,8 @@ class UVMOptions:
     """Boot asset cache; default ``$HCSOCI_ASSETS`` or ``/var/lib/hcsoci/uvm``."""
     plan9_slots: int = 8
     scsi_luns: int = 64
+    layer_device: str = "scsi"
+    vpmem_slots: int = 16
     kernel_args: str = ""
     heartbeat_interval: float = 2.0
     """Seconds between the host's pings of a silent guest agent while anything waits on it."""
@@ -61,6 +68,8 @@ class UVMOptions:
             ("request_timeout", self.request_timeout, self.request_timeout > 0),
             ("plan9_slots", self.plan9_slots, 0 <= self.plan9_slots <= 64),
             ("scsi_luns", self.scsi_luns, 1 <= self.scsi_luns <= 256),
+            ("layer_device", self.layer_device, self.layer_device in LAYER_DEVICES),
+            ("vpmem_slots", self.vpmem_slots, 0 <= self.vpmem_slots <= 64),
             ("heartbeat_interval", self.heartbeat_interval, 0 < self.heartbeat_interval <= 3600),
             ("heartbeat_misses", self.heartbeat_misses, 1 <= self.heartbeat_misses <= 1000),
         ]

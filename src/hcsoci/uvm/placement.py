@@ -66,6 +66,7 @@ from hcsoci.uvm.network import VMNetEndpoint, VMNetNamespace
 from hcsoci.uvm.plan9 import VMPlan9Share
 from hcsoci.uvm.scsi import VMSCSIDisk
 from hcsoci.uvm.vm import UtilityVM
+from hcsoci.uvm.vpmem import VMVPMemDevice
 
 __all__ = ["GUEST_ROOT", "InUtilityVM"]
 
@@ -259,8 +260,7 @@ def _allocate(
                     f"spec.windows.layer_folders[{index}]: {folder!r}: {err}"
                 ) from err
             uvm_path = f"{GUEST_LAYERS}/{image.stem}"
-            resources.add(VMSCSIDisk(vm_id=vm_id, host_path=str(image)))
-            vm.add_scsi(ctx, str(image), uvm_path, True)
+            _attach_layer(ctx, vm, resources, str(image), uvm_path)
             lowers.append(uvm_path)
         scratch = Path(layers[-1]) / SCRATCH_IMAGE
         if not scratch.exists():
@@ -312,6 +312,25 @@ def _allocate(
     )
     container_table.set_state(resources.store, resources.owner_id, "created")
     return spec
+
+
+def _attach_layer(
+    ctx: Context, vm: UtilityVM, resources: Resources, image: str, uvm_path: str
+) -> None:
+    """A read-only layer image at ``uvm_path``: vPMEM when the VM uses it and has room, else SCSI.
+
+    An image the VM holds already keeps the device it is on (both mount at ``uvm_path``).
+    """
+    vm_id = vm.id()
+    wants_vpmem = vm.options.layer_device == "vpmem" and vm.find_scsi(image) is None
+    if wants_vpmem and vm.vpmem.can_add(image):
+        resources.add(VMVPMemDevice(vm_id=vm_id, host_path=image))
+        vm.add_vpmem(ctx, image, uvm_path)
+        return
+    if wants_vpmem:
+        log.info("vPMEM slots of %s are full: layer %s goes over SCSI", vm_id, image)
+    resources.add(VMSCSIDisk(vm_id=vm_id, host_path=image))
+    vm.add_scsi(ctx, image, uvm_path, True)
 
 
 def _guest_mount(

@@ -53,6 +53,7 @@ from hcsoci.uvm.options import UVMOptions
 from hcsoci.uvm.plan9 import Plan9Share, Plan9Slots
 from hcsoci.uvm.qmp import QMPCommandError, QMPSession
 from hcsoci.uvm.scsi import SCSIAttachment, SCSIController
+from hcsoci.uvm.vpmem import VPMemDevice, VPMemDevices, memory_argument
 
 __all__ = [
     "UVMStartError",
@@ -120,6 +121,7 @@ class UtilityVM:
         self.accel = ""
         self.plan9 = Plan9Slots(self, state_dir / "plan9", options.plan9_slots)
         self.scsi = SCSIController(self, options.scsi_luns)
+        self.vpmem = VPMemDevices(self, self._vpmem_slots())
         self.networks = GuestNetworks(self)
         self.log_dir = state_dir / "logs"
         """A small tmpfs of its own for QEMU's and the guest console's logs (see ``start``)."""
@@ -180,7 +182,7 @@ class UtilityVM:
             f"hcsoci-{self.id()},debug-threads=on",
             *machine_args(accel),
             "-m",
-            str(self.options.memory_mb),
+            memory_argument(self.options.memory_mb, self._vpmem_slots()),
             "-smp",
             str(self.options.cpu_count),
             "-display",
@@ -215,6 +217,9 @@ class UtilityVM:
             *SCSIController.qemu_args(),
             *self.plan9.prepare(),
         ]
+
+    def _vpmem_slots(self) -> int:
+        return self.options.vpmem_slots if self.options.layer_device == "vpmem" else 0
 
     def start(self, ctx: Context) -> None:
         """Boot the VM and wait (``boot_timeout``) until its guest agent answers.
@@ -419,6 +424,7 @@ class UtilityVM:
         self.networks.clear()
         self.plan9.unbind_all()
         self.scsi.clear()
+        self.vpmem.clear()
         _remove_state(self.id(), self.state_dir, self._store)
 
     def detach(self) -> None:
@@ -571,6 +577,14 @@ class UtilityVM:
         """The attachment of ``host_path``, if any."""
         return self.scsi.find(host_path)
 
+    def add_vpmem(self, ctx: Context, host_path: str, uvm_path: str) -> VPMemDevice:
+        """Map an ext4 image read-only as a vPMEM device and mount it at ``uvm_path``."""
+        return self.vpmem.add(ctx, host_path, uvm_path)
+
+    def remove_vpmem(self, ctx: Context, host_path: str) -> None:
+        """Drop one reference to a vPMEM-mounted image; the last one unmounts it."""
+        self.vpmem.remove(ctx, host_path)
+
     def add_net_ns(self, ctx: Context, ns_id: str) -> None:
         """Create a network namespace in the guest (named like the HNS namespace)."""
         self.networks.add_namespace(ctx, ns_id)
@@ -700,6 +714,7 @@ def open_vm(ctx: Context, uvm_id: str, timeout: float = 30.0) -> UtilityVM:
     try:
         vm.plan9.load()
         vm.scsi.load()
+        vm.vpmem.load()
         vm.networks.load()
         vm._watcher = threading.Thread(
             target=vm._watch_qemu, name=f"uvm-{uvm_id}-watch", daemon=True
