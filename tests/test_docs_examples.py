@@ -82,8 +82,11 @@ def test_example_runs_as_written(
     why: str,
     example_dir: tuple[Path, dict[str, str]],
     tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     cwd, env = example_dir
+    if "uvm" in code:
+        request.getfixturevalue("uvm_assets")  # built (or brought up to date) first
     if name.startswith("docs/images.md"):
         env = {**env, "HCSOCI_IMAGES": str(tmp_path / "images")}  # it imports app:1
     command = [sys.executable, "-c", code] if language == "python" else ["sh", "-e", "-c", code]

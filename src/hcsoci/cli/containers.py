@@ -495,18 +495,27 @@ def _dropped_by_namespace_init(process: cow.Process, signum: int) -> bool:
     return not handled & bit
 
 
-def _start_failure(err: HcsociError) -> int:
+def _start_failure(err: HcsociError, failure: int) -> int:
     """Report a process that could not start; the status a shell (and docker) gives it."""
     click.echo(f"hcsoci: {err}", err=True)
     if isinstance(err, NotFoundError):
         return 127
     if isinstance(err, NotExecutableError):
         return 126
-    return HCSOCI_ERROR_STATUS
+    return failure
 
 
-def _run_cmd(cmd: Cmd, interactive: bool, terminal: bool, proxy: _SignalProxy) -> int:
+def _run_cmd(
+    cmd: Cmd,
+    interactive: bool,
+    terminal: bool,
+    proxy: _SignalProxy,
+    failure: int = HCSOCI_ERROR_STATUS,
+) -> int:
     """Run ``cmd`` on our stdio in the foreground; its exit status.
+
+    ``failure`` is the status when hcsoci itself failed: 125 for ``run`` (docker's),
+    1 for ``exec``; a command not found is 127, one that cannot run 126.
 
     The streams are our raw descriptors 0-2, never ``sys.stdin.buffer`` & co.: a
     process on this machine gets them as they are (see ``Cmd``), and a relay
@@ -521,7 +530,7 @@ def _run_cmd(cmd: Cmd, interactive: bool, terminal: bool, proxy: _SignalProxy) -
         try:
             cmd.start()
         except HcsociError as err:
-            return _start_failure(err)
+            return _start_failure(err, failure)
         assert cmd.process is not None
         proxy.attach(cmd.process)
         try:
@@ -530,7 +539,7 @@ def _run_cmd(cmd: Cmd, interactive: bool, terminal: bool, proxy: _SignalProxy) -
             return proxy.exit_status(err.exit_code)
         except HcsociError as err:  # the process ran; its stdio failed
             click.echo(f"hcsoci: {err}", err=True)
-            return cmd.exit_state.exit_code if cmd.exit_state.exited else HCSOCI_ERROR_STATUS
+            return cmd.exit_state.exit_code if cmd.exit_state.exited else failure
     return 0
 
 
@@ -797,7 +806,7 @@ def exec_(
     )
     with _SignalProxy() as proxy:
         try:
-            status = _run_cmd(Cmd(container, process), interactive, terminal, proxy)
+            status = _run_cmd(Cmd(container, process), interactive, terminal, proxy, failure=1)
         except _Interrupted as stop:
             status = 128 + stop.signum
         except HcsociError as err:

@@ -22,7 +22,7 @@ import time
 
 from hcsoci import context
 from hcsoci.container import Container, open_container
-from hcsoci.errors import HcsociError
+from hcsoci.errors import HcsociError, StateError
 
 __all__ = ["EXIT_CODE_FILE", "record_exit_code", "recorded_exit_code", "start_monitored"]
 
@@ -79,12 +79,20 @@ def _wait_init(container: Container, timeout: float | None) -> bool:
         os.close(pidfd)
 
 
+def _host_container(container_id: str) -> Container:
+    container = open_container(container_id)
+    if not isinstance(container, Container):
+        container.close()
+        raise StateError(f"container {container_id}: in a utility VM, its controller runs it")
+    return container
+
+
 def start_monitored(container_id: str) -> None:
     """Start a created container's init under a monitor; returns once it runs.
 
     Raises :class:`~hcsoci.HcsociError` with the start's error.
     """
-    container = open_container(container_id)
+    container = _host_container(container_id)
     try:
         container.state_type().check_start(container_id)
     finally:
@@ -114,7 +122,7 @@ def _monitor(container_id: str, report: int) -> None:
         os.close(null)
         for sig in (signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)
-        container = open_container(container_id)
+        container = _host_container(container_id)
         try:
             container.start(context.background())
         except BaseException as err:

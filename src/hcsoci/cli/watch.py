@@ -7,7 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -18,6 +18,9 @@ from hcsoci.errors import HcsociError
 from hcsoci.images.spec import IMAGE_ANNOTATION
 from hcsoci.paths import check_id
 from hcsoci.store import open_store
+
+if TYPE_CHECKING:
+    from hcsoci.uvm.remote import RemoteContainer
 
 __all__ = ["register"]
 
@@ -33,11 +36,48 @@ def _checked(ctx: click.Context, param: click.Parameter, value: str | None) -> s
         raise click.BadParameter(str(err).split(": ", 1)[1], ctx, param) from None
 
 
-def _open(container_id: str) -> Container:
+def _open(container_id: str) -> Container | RemoteContainer:
     try:
         return open_container(container_id)
     except HcsociError as err:
         raise click.ClickException(str(err)) from err
+
+
+def _open_host(container_id: str, command: str) -> Container:
+    container = _open(container_id)
+    if not isinstance(container, Container):
+        container.close()
+        raise click.ClickException(
+            f"{command}: container {container_id} is in a utility VM: its output stays in the guest"
+        )
+    return container
+
+
+def _wait_remote(container: RemoteContainer, timeout: float | None = None) -> int | None:
+    """A VM container's exit code once it stopped (its controller keeps it); None at timeout."""
+    ctx = context.background()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    if deadline is None:
+        container.wait()
+    else:
+        while container.properties(ctx).state == "running":
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(_FOLLOW_INTERVAL)
+    code = container.properties(ctx).exit_code
+    return -1 if code is None else code
+
+
+def _wait_any(container: Container | RemoteContainer, timeout: float | None = None) -> int | None:
+    if isinstance(container, Container):
+        return wait_recorded(container, timeout)
+    return _wait_remote(container, timeout)
+
+
+def _state_of(container: Container | RemoteContainer) -> str:
+    if isinstance(container, Container):
+        return container.state_type().name
+    return container.properties(context.background()).state
 
 
 @click.command()
@@ -45,7 +85,7 @@ def _open(container_id: str) -> Container:
 @click.argument("container_id", callback=_checked)
 def logs(follow: bool, container_id: str) -> None:
     """Print the output of a container started by `start` or `run -d` (stdout and stderr)."""
-    container = _open(container_id)
+    container = _open_host(container_id, "logs")
     out = sys.stdout.buffer
     try:
         with open(container.log_path, "rb") as log:
@@ -77,9 +117,9 @@ def wait_(container_ids: tuple[str, ...]) -> None:
     for container_id in container_ids:
         container = _open(check_id(container_id, "ID"))
         try:
-            if container.state_type().name == "created":
+            if _state_of(container) == "created":
                 raise click.ClickException(f"container {container_id}: not started")
-            code = wait_recorded(container)
+            code = _wait_any(container)
         finally:
             container.close()
         click.echo(str(code))
@@ -104,13 +144,13 @@ def stop(grace: float, container_ids: tuple[str, ...]) -> None:
     for container_id in container_ids:
         container = _open(check_id(container_id, "ID"))
         try:
-            if container.state_type().name == "running":
+            if _state_of(container) == "running":
                 with contextlib.suppress(HcsociError):  # it exited meanwhile
                     container.shutdown(ctx)
-                if wait_recorded(container, grace) is None:
+                if _wait_any(container, grace) is None:
                     with contextlib.suppress(HcsociError):
                         container.terminate(ctx)
-                    wait_recorded(container)
+                    _wait_any(container)
         finally:
             container.close()
         click.echo(container_id)
@@ -138,13 +178,16 @@ def _row_of(row: container_table.ContainerRow) -> dict[str, Any]:
     with contextlib.suppress(HcsociError, OSError):
         container = open_container(row.id)
         try:
-            item["state"] = container.state_type().name
+            item["state"] = _state_of(container)
             spec = container.spec
             item["image"] = (spec.annotations or {}).get(IMAGE_ANNOTATION, "")
             item["command"] = " ".join(spec.process.args or []) if spec.process else ""
-            item["exit_code"] = (
-                recorded_exit_code(container) if item["state"] == "stopped" else None
-            )
+            if item["state"] != "stopped":
+                item["exit_code"] = None
+            elif isinstance(container, Container):
+                item["exit_code"] = recorded_exit_code(container)
+            else:
+                item["exit_code"] = container.properties(context.background()).exit_code
         finally:
             container.close()
     item.setdefault("exit_code", None)
@@ -156,6 +199,11 @@ def _row_of(row: container_table.ContainerRow) -> dict[str, Any]:
 def _processes(container_id: str) -> None:
     container = _open(container_id)
     try:
+        if not isinstance(container, Container):
+            from hcsoci.cli import vm_containers
+
+            vm_containers.print_processes(container)
+            return
         props = container.properties(context.background())
     finally:
         container.close()
