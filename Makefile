@@ -7,21 +7,30 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Debian packages the project uses: the OCI runtimes, the default image's busybox,
 # netlink-era networking tools for baselines, QEMU and the guest kernel, disk tools,
-# and gcc + libc6-dev for the static syscall probe of tests/test_seccomp.py.
+# gcc + libc6-dev for the static syscall probe of tests/test_seccomp.py, and the
+# engines that drive hcsoci-runc in tests/test_engines.py (containerd + ctr, docker.io,
+# podman + conmon; their services are never started by the install: see system-packages).
 DEB_PACKAGES := runc crun busybox-static iproute2 nftables kmod cpio e2fsprogs \
-	qemu-system-x86 linux-image-amd64 python3-venv procps util-linux gcc libc6-dev
+	qemu-system-x86 linux-image-amd64 python3-venv procps util-linux gcc libc6-dev \
+	containerd docker.io podman conmon
+# Where engines find the runtime by name (docker --add-runtime, podman --runtime, ctr --runc-binary).
+RUNTIME_LINK ?= /usr/local/bin/hcsoci-runc
 
-.PHONY: all install system-packages venv uvm-assets demo test lint typecheck pytest bench clean
+.PHONY: all install system-packages venv runtime uvm-assets demo test lint typecheck pytest bench clean
 
 all: demo
 
-install: system-packages venv uvm-assets
+install: system-packages venv runtime uvm-assets
 
 system-packages:
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
 		| grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:" $$missing; \
+		if [ ! -e /usr/sbin/policy-rc.d ]; then \
+			printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; \
+			trap 'rm -f /usr/sbin/policy-rc.d' EXIT; \
+		fi; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
@@ -32,6 +41,13 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 venv: $(VENV)/.installed
+
+# hcsoci-runc on PATH for the engines, and the package byte-compiled: an engine starts the
+# runtime 3-4 times per container, and each start would otherwise compile every module it
+# imports when PYTHONDONTWRITEBYTECODE is set (or the tree is not writable).
+runtime: venv
+	$(PY) -m compileall -q src > /dev/null
+	ln -sfn $(abspath $(VENV))/bin/hcsoci-runc $(RUNTIME_LINK)
 
 # The utility VM's kernel + initramfs: cheap when the cached build is current.
 uvm-assets: system-packages venv

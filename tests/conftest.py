@@ -21,6 +21,7 @@ pytest_plugins: list[str] = [
     "fixtures_images",
     "fixtures_containers",
     "fixtures_uvm",
+    "fixtures_engines",
 ]
 
 

@@ -1,10 +1,11 @@
 """Every example in README.md and docs/ runs, exactly as written.
 
 A fenced block is ```python (run by this interpreter), ```sh (run by ``sh -e``,
-with ``hcsoci`` on PATH) or ```text (output, a synopsis, a layout: not code).
-A bare ``` is refused, so that no example escapes by having no language.  The
-only block not run is one preceded by ``<!-- not run by the docs test: WHY -->``
-(the machine set-up, which CI runs itself).  Each runs in a directory of its
+with ``hcsoci`` on PATH), ```text (output, a synopsis, a layout: not code) or a
+configuration file (```toml, ```yaml, ```json).
+A bare ``` is refused, so that no example escapes by having no language.  A
+block preceded by ``<!-- not run by the docs test: WHY -->`` is not run: the
+machine set-up (CI runs it) and a wrapper script to save as a file.  Each runs in a directory of its
 own, in this session's state root, on the session's image store.
 """
 
@@ -46,11 +47,16 @@ BLOCKS = _blocks()
 RUN = [block for block in BLOCKS if block[2] in ("python", "sh") and not block[4]]
 
 
+CONFIGURATION = ("toml", "yaml", "json")
+"""Languages of configuration files shown for an engine: data, not code to run."""
+
+
 def test_every_block_says_what_it_is() -> None:
-    bare = [name for name, _, language, _, _ in BLOCKS if language not in ("python", "sh", "text")]
-    assert bare == [], f"blocks without python/sh/text: {bare}"
-    skipped = [code.split()[0] for name, _, _, code, why in BLOCKS if why]
-    assert skipped == ["./setup.sh"], skipped  # the machine set-up only
+    known = ("python", "sh", "text", *CONFIGURATION)
+    bare = [name for name, _, language, _, _ in BLOCKS if language not in known]
+    assert bare == [], f"blocks without python/sh/text (or a configuration format): {bare}"
+    skipped = sorted(code.split()[0] for name, _, _, code, why in BLOCKS if why)
+    assert skipped == ["#!/bin/sh", "./setup.sh"], skipped  # the set-up, a runtime wrapper
 
 
 @pytest.fixture

@@ -1,33 +1,50 @@
 """hcsoci: OCI spec in, container out; processes in any host through one ``Cmd``.
 
 The public API is fixed (see docs/ and DESIGN.md); everything else is internal.
+
+Every name is imported on first use: ``import hcsoci.paths`` (what the
+``hcsoci-runc`` runtime does for each call an engine makes) must not pay for
+msgspec, the spec model and the process machinery it never touches, and
+networking pulls in pyroute2 (~160 ms) which a process that only runs commands
+never needs.
 """
 
-import sys
-import types
-from typing import TYPE_CHECKING, Any
+from __future__ import annotations
 
-from hcsoci import context, oci
-from hcsoci.cmd import ClosedPipeError, Cmd, ExitError, ExitState, command, command_context
-from hcsoci.cow import ProcessParameters
-from hcsoci.errors import HcsociError, NotFoundError
-from hcsoci.local import LocalHost
-from hcsoci.resources import Resources, release_resources
-
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs milliseconds
 if TYPE_CHECKING:
-    from hcsoci import hns, images
+    from typing import Any
+
+    from hcsoci import context, hns, images, oci
+    from hcsoci.cmd import ClosedPipeError, Cmd, ExitError, ExitState, command, command_context
+    from hcsoci.cow import ProcessParameters
     from hcsoci.create import CreateOptions, create_container
+    from hcsoci.errors import HcsociError, NotFoundError
+    from hcsoci.local import LocalHost
     from hcsoci.network import get_namespace_endpoints
+    from hcsoci.resources import Resources, release_resources
     from hcsoci.sandbox import RunResult, container, run
 
-# Imported on first use: networking pulls in pyroute2 (~160 ms) and containers the
-# image store, which a process that only runs commands never needs.
 _LAZY = {
+    "context": ("hcsoci.context", None),
+    "oci": ("hcsoci.oci", None),
     "hns": ("hcsoci.hns", None),
     "images": ("hcsoci.images", None),
+    "ClosedPipeError": ("hcsoci.cmd", "ClosedPipeError"),
+    "Cmd": ("hcsoci.cmd", "Cmd"),
+    "ExitError": ("hcsoci.cmd", "ExitError"),
+    "ExitState": ("hcsoci.cmd", "ExitState"),
+    "command": ("hcsoci.cmd", "command"),
+    "command_context": ("hcsoci.cmd", "command_context"),
+    "ProcessParameters": ("hcsoci.cow", "ProcessParameters"),
     "CreateOptions": ("hcsoci.create", "CreateOptions"),
     "create_container": ("hcsoci.create", "create_container"),
+    "HcsociError": ("hcsoci.errors", "HcsociError"),
+    "NotFoundError": ("hcsoci.errors", "NotFoundError"),
+    "LocalHost": ("hcsoci.local", "LocalHost"),
     "get_namespace_endpoints": ("hcsoci.network", "get_namespace_endpoints"),
+    "Resources": ("hcsoci.resources", "Resources"),
+    "release_resources": ("hcsoci.resources", "release_resources"),
     "run": ("hcsoci.sandbox", "run"),
     "RunResult": ("hcsoci.sandbox", "RunResult"),
 }
@@ -45,7 +62,14 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-class _Package(types.ModuleType):
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | {"container"})
+
+
+import sys  # noqa: E402  (builtin: costs nothing; needed only from here on)
+
+
+class _Package(type(sys)):  # type: ignore[misc]  # types.ModuleType, without importing types
     """``hcsoci`` itself: ``hcsoci.container`` is the sandbox function, not the submodule.
 
     The process-isolated container lives in the submodule ``hcsoci.container``;
@@ -67,6 +91,7 @@ class _Package(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _Package
+
 
 __all__ = [
     "ClosedPipeError",

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from hcsoci.controller import controller_identity
 from hcsoci.errors import AlreadyExistsError
@@ -22,9 +22,9 @@ from hcsoci.store import Store
 __all__ = ["ContainerRow", "delete", "get", "hand_over", "insert", "list_rows", "set_state"]
 
 
-@dataclass(frozen=True)
-class ContainerRow:
-    """One row of the ``containers`` table."""
+class ContainerRow(NamedTuple):
+    """One row of the ``containers`` table (a tuple: dataclasses would cost the
+    ``hcsoci-runc`` runtime ~10 ms of imports per call)."""
 
     id: str
     owner: str
@@ -55,10 +55,20 @@ def _row(row: sqlite3.Row) -> ContainerRow:
 
 
 def insert(
-    store: Store, container_id: str, owner: str, host: str, bundle: Path, runtime: str
+    store: Store,
+    container_id: str,
+    owner: str,
+    host: str,
+    bundle: Path,
+    runtime: str,
+    controller: tuple[int, int] | None = None,
 ) -> None:
-    """The row of a container whose creation begins, this process its controller."""
-    pid, start = controller_identity()
+    """The row of a container whose creation begins.
+
+    Its controller is this process, or ``controller`` (pid, start time): the
+    ``hcsoci-runc`` runtime names the engine's shim, which outlives it.
+    """
+    pid, start = controller if controller is not None else controller_identity()
     try:
         store.execute(
             "INSERT INTO containers (id, owner, host, bundle, state, controller_pid,"

@@ -4,9 +4,10 @@ Every object a caller names (a container, a utility VM, an image's scratch
 folder) ends up as a directory under the state root.  The rules here are the
 only way such a path is made or removed:
 
-* :func:`check_id` applies the one id rule (runc's: a letter or digit, then up
-  to 127 of letters, digits, ``_ . -``), so an id is never empty, never ``.``
-  or ``..``, never holds a ``/`` and never starts with ``-`` (a flag to runc);
+* :func:`check_id` (defined in the leaf :mod:`hcsoci.ids`) applies the one id
+  rule (runc's: a letter or digit, then up to 127 of letters, digits,
+  ``_ . -``), so an id is never empty, never ``.`` or ``..``, never holds a
+  ``/`` and never starts with ``-`` (a flag to runc);
 * :func:`child` joins a checked id onto its parent and proves the result stays
   inside it, even when something on the way is a symlink;
 * :func:`make_private_dir` creates a directory, and every parent it has to
@@ -26,7 +27,8 @@ import re
 import stat
 from pathlib import Path
 
-from hcsoci.errors import HcsociError, InvalidArgumentError
+from hcsoci.errors import HcsociError
+from hcsoci.ids import check_id
 
 __all__ = [
     "DATA_ROOT",
@@ -42,25 +44,11 @@ __all__ = [
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 """The id rule of runc and the OCI tools, matched whole."""
 
-_ID_RULE = "1 to 128 letters, digits, '_', '.' or '-', starting with a letter or digit"
-
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class UnsafePathError(HcsociError):
     """A path would leave its parent, or a removal would cross a symlink or a mount."""
-
-
-def check_id(value: object, field: str) -> str:
-    """``value`` when it is a valid id; else :class:`InvalidArgumentError` naming ``field``."""
-    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
-        shown = (
-            repr(value)
-            if not isinstance(value, str) or len(value) <= 80
-            else (f"{value[:40]!r}... ({len(value)} characters)")
-        )
-        raise InvalidArgumentError(f"{field}: {shown} is not a valid id ({_ID_RULE})")
-    return value
 
 
 def child(parent: Path | str, name: str, field: str) -> Path:

@@ -19,10 +19,13 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
 
 from hcsoci.errors import HcsociError
 from hcsoci.paths import UnsafePathError, make_private_dir
+
+TYPE_CHECKING = False  # typing itself is imported only by type checkers: it costs milliseconds
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["DEFAULT_ROOT", "Store", "StoreError", "open_store", "state_root"]
 

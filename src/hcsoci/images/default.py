@@ -28,7 +28,13 @@ from hcsoci.images.platform import host_platform
 from hcsoci.images.store import Image, ImageStore
 from hcsoci.paths import make_private_dir, remove_tree
 
-__all__ = ["BUSYBOX", "DEFAULT_IMAGE", "build_default_image", "ensure_default_image"]
+__all__ = [
+    "BUSYBOX",
+    "DEFAULT_IMAGE",
+    "build_default_image",
+    "ensure_default_image",
+    "write_archive",
+]
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +157,35 @@ def write_layout(layout: Path, busybox: str = BUSYBOX) -> None:
     }
     (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
     (layout / "index.json").write_text(json.dumps(index, sort_keys=True))
+
+
+def write_archive(path: Path, busybox: str = BUSYBOX) -> None:
+    """Write the busybox image as one tar for ``docker load``, ``podman load``, ``ctr import``.
+
+    The tar is the OCI layout of :func:`write_layout` plus docker's
+    ``manifest.json`` naming the same blobs (as ``docker save`` writes since
+    docker 25), so engines that read only one of the two formats find theirs.
+    """
+    with tempfile.TemporaryDirectory(prefix="busybox-archive-") as scratch:
+        layout = Path(scratch) / "image"
+        write_layout(layout, busybox)
+        index = json.loads((layout / "index.json").read_text())
+        manifest_digest = index["manifests"][0]["digest"].split(":", 1)[1]
+        manifest = json.loads((layout / "blobs" / "sha256" / manifest_digest).read_text())
+        docker_manifest = [
+            {
+                "Config": "blobs/sha256/" + manifest["config"]["digest"].split(":", 1)[1],
+                "RepoTags": [DEFAULT_IMAGE],
+                "Layers": [
+                    "blobs/sha256/" + layer["digest"].split(":", 1)[1]
+                    for layer in manifest["layers"]
+                ],
+            }
+        ]
+        (layout / "manifest.json").write_text(json.dumps(docker_manifest))
+        with tarfile.open(path, "w") as tar:
+            for entry in sorted(layout.rglob("*")):
+                tar.add(entry, arcname=str(entry.relative_to(layout)), recursive=False)
 
 
 def build_default_image(store: ImageStore | None = None, busybox: str = BUSYBOX) -> Image:

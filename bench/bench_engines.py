@@ -1,0 +1,195 @@
+"""Engines: ctr, docker and podman running ``true`` with hcsoci-runc against plain runc.
+
+    .venv/bin/python -m bench.bench_engines [--rounds N] [--only ctr|docker|podman|state]
+
+For each engine, interleaved in one run, medians:
+
+* ``ctr run --rm --runc-binary hcsoci-runc busybox:latest ID true`` against
+  ``ctr run --rm busybox:latest ID true`` (the shim's default runc);
+* ``docker run --rm --network none --runtime hcsoci busybox true`` against
+  ``docker run --rm --network none busybox true``;
+* ``podman --runtime hcsoci-runc run --rm --network none busybox true`` against
+  ``podman --runtime /usr/sbin/runc run ...``;
+* ``hcsoci-runc state ID`` of a running container, against ``runc state ID``.
+
+The daemons are the tests' (tests/fixtures_engines.py: a containerd and a
+dockerd of our own, podman with storage of its own), started here and stopped
+by pid at the end.  Each ``run`` calls the runtime 4 times under ctr and docker
+(create, start, delete, delete --force) and 3 times under podman.  Must run as
+root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from fixtures_engines import (
+    RUNTIME,
+    containerd_daemon,
+    docker_daemon,
+    podman_engine,
+)
+from hcsoci.images.default import build_layer, write_archive
+
+
+def interleaved(rounds: int, contenders: dict[str, Callable[[], None]]) -> dict[str, list[float]]:
+    """Each contender once to warm up, then ``rounds`` rounds of each in turn."""
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    for run in contenders.values():
+        run()
+    for _ in range(rounds):
+        for name, run in contenders.items():
+            started = time.perf_counter()
+            run()
+            samples[name].append(time.perf_counter() - started)
+    return samples
+
+
+def report(title: str, samples: dict[str, list[float]], baseline: str) -> None:
+    """Medians of each contender and their ratio to ``baseline``."""
+    base = statistics.median(samples[baseline])
+    print(f"\n{title}")
+    for name, values in samples.items():
+        median = statistics.median(values)
+        print(f"  {name:<34} median {median * 1000:8.1f} ms   {median / base:5.2f}x {baseline}")
+
+
+def checked(argv: list[str]) -> Callable[[], None]:
+    """A contender: run ``argv`` (a fresh container name each time) and insist on success."""
+
+    def run() -> None:
+        command = [part.replace("{id}", f"b{uuid.uuid4().hex[:10]}") for part in argv]
+        result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"{command}: {result.stderr.decode()[-500:]}")
+
+    return run
+
+
+def bench_ctr(stack: contextlib.ExitStack, archive: Path, rounds: int) -> None:
+    socket, _ = stack.enter_context(containerd_daemon("bench-containerd"))
+    ctr = ["ctr", "--address", str(socket), "--namespace", f"bench-{uuid.uuid4().hex[:6]}"]
+    subprocess.run([*ctr, "images", "import", str(archive)], capture_output=True, check=True)
+    # Both runtimes' state in a directory of the benchmark's (not /run/containerd/runc).
+    roots = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-ctr-", dir="/run")))
+    run = [*ctr, "run", "--rm"]
+    image = ["busybox:latest", "{id}", "true"]
+    samples = interleaved(
+        rounds,
+        {
+            "ctr run --rm (runc)": checked([*run, "--runc-root", f"{roots}/runc", *image]),
+            "ctr run --rm (hcsoci-runc)": checked(
+                [*run, "--runc-binary", RUNTIME, "--runc-root", f"{roots}/hcsoci", *image]
+            ),
+        },
+    )
+    report("ctr run --rm busybox true", samples, "ctr run --rm (runc)")
+
+
+def bench_docker(stack: contextlib.ExitStack, archive: Path, rounds: int) -> None:
+    socket, _ = stack.enter_context(containerd_daemon("bench-containerd-docker"))
+    docker = stack.enter_context(docker_daemon(socket, "bench-dockerd"))
+    docker.check("load", "--input", str(archive))
+    run = [*docker.client, "run", "--rm", "--network", "none"]
+    samples = interleaved(
+        rounds,
+        {
+            "docker run --rm (runc)": checked([*run, "busybox", "true"]),
+            "docker run --rm (hcsoci-runc)": checked(
+                [*run, "--runtime", "hcsoci", "busybox", "true"]
+            ),
+        },
+    )
+    report("docker run --rm --network none busybox true", samples, "docker run --rm (runc)")
+
+
+def bench_podman(stack: contextlib.ExitStack, archive: Path, rounds: int) -> None:
+    root = Path(
+        stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-hcsoci-", dir="/run"))
+    )
+    podman = stack.enter_context(podman_engine("bench-podman", root))
+    podman.check("load", "--input", str(archive))
+    # The engine's client names the runtime through the tests' wrapper (--root ROOT);
+    # the baseline replaces it with runc itself.
+    client = podman.client
+    plain = [*client[: client.index("--runtime")], "--runtime", "/usr/sbin/runc"]
+    samples = interleaved(
+        rounds,
+        {
+            "podman run --rm (runc)": checked([*plain, "run", "--rm", "--network", "none",
+                                               "busybox", "true"]),
+            "podman run --rm (hcsoci-runc)": checked([*client, "run", "--rm", "--network", "none",
+                                                      "busybox", "true"]),
+        },
+    )  # fmt: skip
+    report("podman run --rm --network none busybox true", samples, "podman run --rm (runc)")
+
+
+def bench_state(stack: contextlib.ExitStack, rounds: int) -> None:
+    root = Path(
+        stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-hcsoci-", dir="/run"))
+    )
+    bundle = root / "bundle"
+    (bundle / "rootfs").mkdir(parents=True)
+    layer = root / "layer.tar"
+    layer.write_bytes(build_layer())
+    subprocess.run(["tar", "-xf", str(layer), "-C", str(bundle / "rootfs")], check=True)
+    subprocess.run(["runc", "spec", "--bundle", str(bundle)], check=True)
+    config = json.loads((bundle / "config.json").read_text())
+    config["process"].update({"terminal": False, "args": ["sleep", "600"]})
+    (bundle / "config.json").write_text(json.dumps(config))
+    hcsoci = [RUNTIME, "--root", str(root / "hcsoci")]
+    runc = ["runc", "--root", str(root / "runc")]
+    for command, name in ((hcsoci, "hcsoci-s1"), (runc, "runc-s1")):
+        with open("/dev/null", "wb") as null:
+            subprocess.run(
+                [*command, "run", "--detach", "--bundle", str(bundle), name],
+                stdin=subprocess.DEVNULL, stdout=null, stderr=null, check=True,
+            )  # fmt: skip
+        stack.callback(subprocess.run, [*command, "delete", "--force", name], check=False)
+    samples = interleaved(
+        rounds * 3,
+        {
+            "runc state": checked([*runc, "state", "runc-s1"]),
+            "hcsoci-runc state": checked([*hcsoci, "state", "hcsoci-s1"]),
+        },
+    )
+    report("state of a running container", samples, "runc state")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--only", choices=["ctr", "docker", "podman", "state"])
+    options = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-image-") as directory:
+        archive = Path(directory) / "busybox.tar"
+        write_archive(archive)
+        for part in ("ctr", "docker", "podman", "state"):
+            if options.only not in (None, part):
+                continue
+            with contextlib.ExitStack() as stack:
+                if part == "ctr":
+                    bench_ctr(stack, archive, options.rounds)
+                elif part == "docker":
+                    bench_docker(stack, archive, options.rounds)
+                elif part == "podman":
+                    bench_podman(stack, archive, options.rounds)
+                else:
+                    bench_state(stack, options.rounds)
+
+
+if __name__ == "__main__":
+    main()

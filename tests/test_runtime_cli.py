@@ -1,0 +1,495 @@
+"""``hcsoci-runc`` on its own, over the real runc: runc's commands, output and exit status.
+
+What an engine relies on (see interop/CLI-SURFACE.md): ``create`` leaves the
+init waiting with its pid in ``--pid-file``, the pty master goes over
+``--console-socket``, ``exec --detach`` likewise, ``ps --format json`` gives
+host pids, errors are one line on stderr (and JSON in ``--log``) with exit
+status 1 and nothing half-made left behind; and hcsoci's store and gc see the
+containers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fixtures_engines import RUNTIME, runtime_leftovers
+from hcsoci import container_table, context
+from hcsoci.errors import InvalidArgumentError
+from hcsoci.gc import collect
+from hcsoci.ids import check_id, is_valid_id
+from hcsoci.images.default import build_layer
+from hcsoci.paths import ID_PATTERN
+from hcsoci.store import Store
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The busybox root file system, extracted once for the module."""
+    directory = tmp_path_factory.mktemp("busybox") / "rootfs"
+    directory.mkdir()
+    layer = tmp_path_factory.getbasetemp() / "busybox-layer.tar"
+    layer.write_bytes(build_layer())
+    with tarfile.open(layer) as tar:
+        tar.extractall(directory, filter="tar")
+    return directory
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Iterator[Path]:
+    """hcsoci-runc's state root for one test; afterwards nothing may be left in it."""
+    path = tmp_path / "state"
+    yield path
+    left = runtime_leftovers(path)
+    for name in os.listdir(path / "runc") if (path / "runc").is_dir() else []:
+        subprocess.run(["runc", "--root", str(path / "runc"), "delete", "--force", name])
+    assert left == [], left
+
+
+def make_bundle(directory: Path, rootfs: Path, args: list[str], **process: object) -> Path:
+    """A bundle in ``directory`` whose spec (``runc spec``'s) runs ``args`` on ``rootfs``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["runc", "spec", "--bundle", str(directory)], check=True)
+    config = json.loads((directory / "config.json").read_text())
+    config["root"] = {"path": str(rootfs), "readonly": True}
+    config["process"].update({"terminal": False, "args": args, **process})
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+
+def runtime(
+    root: Path, *args: str, input: bytes | None = None, program: str = RUNTIME
+) -> subprocess.CompletedProcess[bytes]:
+    """Run hcsoci-runc with ``--root root``.
+
+    Its stdout and stderr are files, not pipes: a created container's init
+    holds the descriptors it was given (they become its stdio), so a pipe
+    would not reach end of file before the container ends.
+    """
+    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+        result = subprocess.run(
+            [program, "--root", str(root), *args],
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            timeout=60,
+            check=False,
+        )
+        stdout.seek(0)
+        stderr.seek(0)
+        return subprocess.CompletedProcess(
+            result.args, result.returncode, stdout.read(), stderr.read()
+        )
+
+
+def state_of(root: Path, container_id: str) -> dict[str, object]:
+    result = runtime(root, "state", container_id)
+    assert result.returncode == 0, result.stderr
+    state = json.loads(result.stdout)
+    assert isinstance(state, dict)
+    return state
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[bytes], *words: str) -> str:
+    """Exit status 1 and one line on stderr holding ``words``; never a traceback."""
+    assert result.returncode == 1, result
+    text = result.stderr.decode()
+    assert "Traceback" not in text
+    assert len(text.strip().splitlines()) == 1, text
+    for word in words:
+        assert word in text, text
+    return text.strip()
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_version() -> None:
+    result = subprocess.run([RUNTIME, "--version"], capture_output=True, check=True)
+    lines = result.stdout.decode().splitlines()
+    assert lines[0].startswith("hcsoci-runc version ")
+    assert lines[1].startswith("commit: ")
+    assert lines[2].startswith("spec: 1.0")
+
+
+def test_lifecycle(root: Path, rootfs: Path, tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path / "bundle", rootfs, ["sleep", "300"])
+    pid_file = tmp_path / "init.pid"
+    created = runtime(root, "create", "--bundle", str(bundle), "--pid-file", str(pid_file), "c1")
+    assert created.returncode == 0, created.stderr
+    pid = int(pid_file.read_text())
+    assert state_of(root, "c1")["status"] == "created"
+    assert state_of(root, "c1")["pid"] == pid
+
+    row = container_table.get(Store(root), "c1")
+    assert row is not None
+    assert (row.owner, row.state, row.init_pid, row.bundle) == (
+        "hcsoci-runc",
+        "created",
+        pid,
+        str(bundle),
+    )
+    assert row.controller_pid == os.getpid()  # the caller (an engine's shim) controls it
+
+    assert runtime(root, "start", "c1").returncode == 0
+    assert state_of(root, "c1")["status"] == "running"
+    assert json.loads(runtime(root, "ps", "--format", "json", "c1").stdout) == [pid]
+    listed = json.loads(runtime(root, "list", "--format", "json").stdout)
+    assert [entry["id"] for entry in listed] == ["c1"]
+
+    assert runtime(root, "pause", "c1").returncode == 0
+    assert state_of(root, "c1")["status"] == "paused"
+    assert runtime(root, "resume", "c1").returncode == 0
+
+    foreground = runtime(root, "exec", "c1", "sh", "-c", "echo from exec; exit 5")
+    assert (foreground.returncode, foreground.stdout) == (5, b"from exec\n")
+    process = tmp_path / "process.json"
+    spec = {
+        "args": ["sleep", "200"],
+        "cwd": "/",
+        "user": {"uid": 0, "gid": 0},
+        "env": ["PATH=/bin"],
+    }
+    process.write_text(json.dumps(spec))
+    exec_pid_file = tmp_path / "exec.pid"
+    detached = runtime(
+        root, "exec", "--process", str(process), "--detach", "--pid-file", str(exec_pid_file), "c1"
+    )
+    assert detached.returncode == 0, detached.stderr
+    exec_pid = int(exec_pid_file.read_text())
+    assert sorted(json.loads(runtime(root, "ps", "--format", "json", "c1").stdout)) == sorted(
+        [pid, exec_pid]
+    )
+
+    update = runtime(root, "update", "--resources", "-", "c1", input=b'{"pids": {"limit": 99}}')
+    assert update.returncode == 0, update.stderr
+    events = runtime(root, "events", "--stats", "c1")
+    assert json.loads(events.stdout)["type"] == "stats"
+
+    refused = runtime(root, "delete", "c1")  # running: runc refuses, nothing is dropped
+    assert refused.returncode == 1
+    assert container_table.get(Store(root), "c1") is not None
+
+    assert runtime(root, "kill", "--all", "c1", "9").returncode == 0
+    deadline = time.monotonic() + 10
+    while state_of(root, "c1")["status"] != "stopped" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert runtime(root, "delete", "c1").returncode == 0
+    assert container_table.get(Store(root), "c1") is None
+    # containerd's shim follows with a forced delete of what is gone: it succeeds.
+    assert runtime(root, "delete", "--force", "c1").returncode == 0
+    assert_one_line_error(runtime(root, "delete", "c1"), "container does not exist")
+
+
+def test_run_foreground_exit_status(root: Path, rootfs: Path, tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path / "bundle", rootfs, ["sh", "-c", "echo hello; exit 3"])
+    result = runtime(root, "run", "--bundle", str(bundle), "r1")
+    assert (result.returncode, result.stdout) == (3, b"hello\n")
+
+
+_AS_FD_3 = "import os, sys; os.dup2(int(sys.argv[1]), 3); os.execv(sys.argv[2], sys.argv[2:])"
+"""Run argv[2:] with the descriptor argv[1] as its fd 3 (as an engine passing one extra fd)."""
+
+
+def test_preserve_fds_reach_the_container(root: Path, rootfs: Path, tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path / "bundle", rootfs, ["sh", "-c", "cat <&3"])
+    reader, writer = os.pipe()
+    os.write(writer, b"through fd 3")
+    os.close(writer)
+    run = [RUNTIME, "--root", str(root), "run", "--preserve-fds", "1", "--bundle", str(bundle)]
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", _AS_FD_3, str(reader), *run, "p1"],
+            pass_fds=(reader,),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(reader)
+    assert (result.returncode, result.stdout) == (0, b"through fd 3"), result.stderr
+
+
+def test_console_socket_gets_the_pty(root: Path, rootfs: Path, tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path / "bundle", rootfs, ["sh", "-c", "tty; exit 0"], terminal=True)
+    path = str(tmp_path / "console.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    received: list[int] = []
+
+    def accept() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            _, fds, _, _ = socket.recv_fds(connection, 1024, 1)
+            received.extend(fds)
+
+    thread = threading.Thread(target=accept)
+    thread.start()
+    args = ["create", "--bundle", str(bundle), "--console-socket", path]
+    created = runtime(root, *args, "--pid-file", str(tmp_path / "pid"), "t1")
+    thread.join(timeout=30)
+    listener.close()
+    assert created.returncode == 0, created.stderr
+    assert len(received) == 1
+    master = received[0]
+    try:
+        assert runtime(root, "start", "t1").returncode == 0
+        output = b""
+        while b"\n" not in output:
+            try:
+                chunk = os.read(master, 1024)
+            except OSError:
+                break
+            if not chunk:
+                break
+            output += chunk
+        assert output.startswith(b"/dev/pts/"), output
+    finally:
+        os.close(master)
+    deadline = time.monotonic() + 10
+    while state_of(root, "t1")["status"] != "stopped" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert runtime(root, "delete", "t1").returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("case", "words"),
+    [
+        ("no config.json", ["config.json does not exist"]),
+        ("not JSON", ["invalid character"]),  # runc's own message
+        ("not an object", ["config.json is not a JSON object"]),
+        ("runc refuses the spec", ["/no/such/program", "no such file or directory"]),
+        ("console socket refuses", ["nobody-listens.sock", "connect"]),
+        ("pid file in a missing directory", ["pid file", "does not exist"]),
+        ("vm isolation flag", ["isolation vm"]),
+        ("vm isolation annotation", ["isolation vm"]),
+        ("bad isolation annotation", ["io.hcsoci.isolation", "'both'"]),
+        ("bad id", ["container id", "is not a valid id"]),
+    ],
+)
+def test_bad_create_leaves_nothing(
+    root: Path, rootfs: Path, tmp_path: Path, case: str, words: list[str]
+) -> None:
+    bundle = make_bundle(tmp_path / "bundle", rootfs, ["true"])
+    config = json.loads((bundle / "config.json").read_text())
+    extra: list[str] = []
+    global_flags: list[str] = []
+    container_id = "bad1"
+    if case == "no config.json":
+        (bundle / "config.json").unlink()
+    elif case == "not JSON":
+        (bundle / "config.json").write_text("{not json")
+    elif case == "not an object":
+        (bundle / "config.json").write_text("[]")
+    elif case == "runc refuses the spec":
+        config["process"]["args"] = ["/no/such/program"]
+    elif case == "console socket refuses":
+        config["process"]["terminal"] = True
+        extra = ["--console-socket", str(tmp_path / "nobody-listens.sock")]
+    elif case == "pid file in a missing directory":
+        extra = ["--pid-file", str(tmp_path / "missing" / "init.pid")]
+    elif case == "vm isolation flag":
+        global_flags = ["--isolation", "vm"]
+    elif case == "vm isolation annotation":
+        config["annotations"] = {"io.hcsoci.isolation": "vm"}
+    elif case == "bad isolation annotation":
+        config["annotations"] = {"io.hcsoci.isolation": "both"}
+    elif case == "bad id":
+        container_id = "../escape"
+    if case not in ("no config.json", "not JSON", "not an object"):
+        (bundle / "config.json").write_text(json.dumps(config))
+    log = tmp_path / "log.json"
+    result = runtime(
+        root,
+        "--log", str(log), "--log-format", "json", *global_flags,
+        "create", "--bundle", str(bundle), *extra, container_id,
+    )  # fmt: skip
+    if case in ("runc refuses the spec", "not JSON"):
+        # runc ran the create: its own one-line message, on stderr and in the log
+        assert result.returncode == 1, result
+        assert b"Traceback" not in result.stderr
+    else:
+        assert_one_line_error(result, *words)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert records[-1]["level"] == "error"
+    assert all(word in records[-1]["msg"] for word in words), records
+    # the root fixture checks nothing is left: no runc state, marker, row or journal
+
+
+def test_program_name_vm_is_refused(root: Path, rootfs: Path, tmp_path: Path) -> None:
+    vm_name = tmp_path / "hcsoci-runc-vm"
+    vm_name.symlink_to(RUNTIME)
+    bundle = make_bundle(tmp_path / "bundle", rootfs, ["true"])
+    result = runtime(root, "create", "--bundle", str(bundle), "v1", program=str(vm_name))
+    assert_one_line_error(result, "isolation vm")
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["state", "nosuch"], ["container does not exist"]),
+        (["kill", "nosuch", "9"], ["container does not exist"]),
+        (["delete", "nosuch"], ["container does not exist: nosuch"]),
+        (["start", "-x", "c"], ["flag provided but not defined: -x"]),
+        (["bogus"], ["no such command: bogus"]),
+        (["--isolation", "both", "state", "c"], ["--isolation", "'both'"]),
+        (["exec", "--process", "/no/such/file", "c"], ["process file"]),
+        (["kill"], ['"kill" requires a container id']),
+    ],
+)
+def test_bad_calls_are_one_line(root: Path, args: list[str], words: list[str]) -> None:
+    assert_one_line_error(runtime(root, *args), *words)
+
+
+def test_debug_adds_the_traceback(root: Path) -> None:
+    result = runtime(root, "--debug", "delete", "nosuch")
+    assert result.returncode == 1
+    assert b"Traceback" in result.stderr
+    assert b"container does not exist: nosuch" in result.stderr
+
+
+def test_gc_releases_a_container_whose_engine_died(
+    root: Path, rootfs: Path, tmp_path: Path
+) -> None:
+    """The controller is the caller; when it is gone, ``hcsoci gc`` releases the container."""
+    bundle = make_bundle(tmp_path / "bundle", rootfs, ["sleep", "300"])
+    pid_file = tmp_path / "init.pid"
+    # A shell plays the engine's shim: it calls the runtime, then dies.
+    subprocess.run(
+        [
+            "sh",
+            "-c",
+            f'"$0" --root {root} create --bundle {bundle} --pid-file {pid_file} g1',
+            RUNTIME,
+        ],
+        check=True,
+    )
+    init = int(pid_file.read_text())
+    assert runtime(root, "start", "g1").returncode == 0
+    store = Store(root)
+    assert collect(context.background(), store) == ["g1"]
+    assert container_table.get(store, "g1") is None
+    assert not (root / "runc" / "g1").exists()
+    deadline = time.monotonic() + 10
+    while running(init) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not running(init)
+    # the marker gc did not know of is stale: a fresh one is refused (it could be a
+    # create in flight), an old one taken over, and a forced delete clears it.
+    assert_one_line_error(runtime(root, "create", "--bundle", str(bundle), "g1"), "exists")
+    old = time.time() - 60
+    os.utime(root / "hcsoci-runc" / "g1", (old, old))
+    again = runtime(root, "create", "--bundle", str(bundle), "g1")
+    assert again.returncode == 0, again.stderr
+    assert runtime(root, "delete", "--force", "g1").returncode == 0
+    subprocess.run(["sh", "-c", f'"$0" --root {root} create --bundle {bundle} g2', RUNTIME])
+    assert collect(context.background(), store) == ["g2"]
+    assert runtime(root, "delete", "--force", "g2").returncode == 0
+    assert not (root / "hcsoci-runc" / "g2").exists()
+
+
+def test_spec_and_features(tmp_path: Path) -> None:
+    assert subprocess.run([RUNTIME, "spec", "--bundle", str(tmp_path)], check=False).returncode == 0
+    assert json.loads((tmp_path / "config.json").read_text())["ociVersion"]
+    features = subprocess.run([RUNTIME, "features"], capture_output=True, check=True)
+    assert "ociVersionMax" in json.loads(features.stdout)
+
+
+def test_engine_path_imports_stay_lean(root: Path, rootfs: Path, tmp_path: Path) -> None:
+    """No click, rich, msgspec or pyroute2 on any call; no store on the calls that need none."""
+    heavy = ("click", "rich", "msgspec", "pyroute2", "hcsoci.oci", "hcsoci.cmd")
+    probe = (
+        "import sys\n"
+        "from hcsoci.runtime_cli.main import main\n"
+        "code = main(sys.argv[1:])\n"
+        f"print(sorted(m for m in {(*heavy, 'sqlite3', 'hcsoci.store')!r} if m in sys.modules))\n"
+    )
+    bundle = make_bundle(tmp_path / "bundle", rootfs, ["true"])
+
+    def imported(*args: str) -> list[str]:
+        with tempfile.TemporaryFile() as output:  # not a pipe: a created init holds it
+            subprocess.run(
+                [sys.executable, "-c", probe, "--root", str(root), *args],
+                stdout=output,
+                stderr=subprocess.DEVNULL,
+                check=False,
+            )
+            output.seek(0)
+            last = output.read().decode().strip().splitlines()[-1]
+        loaded = json.loads(last.replace("'", '"'))
+        assert isinstance(loaded, list)
+        return loaded
+
+    assert imported("delete", "--force", "nosuch") == []
+    assert imported("kill", "../bad", "9") == []
+    created = imported("create", "--bundle", str(bundle), "lean1")
+    assert [m for m in created if m in heavy] == []
+    assert imported("delete", "--force", "lean1") == ["hcsoci.store", "sqlite3"]
+
+
+def test_signal_to_a_foreground_run_reaches_the_container(
+    root: Path, rootfs: Path, tmp_path: Path
+) -> None:
+    script = "trap 'echo got TERM; exit 9' TERM; echo ready; while :; do sleep 0.1; done"
+    bundle = make_bundle(tmp_path / "bundle", rootfs, ["sh", "-c", script])
+    process = subprocess.Popen(
+        [RUNTIME, "--root", str(root), "run", "--bundle", str(bundle), "s1"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline() == b"ready\n"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 9
+    assert process.stdout.read() == b"got TERM\n"
+    process.stdout.close()
+
+
+def test_no_runc_under_our_name(tmp_path: Path) -> None:
+    """hcsoci-runc named ``runc`` first on PATH still finds the real runc, not itself."""
+    (tmp_path / "runc").symlink_to(RUNTIME)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    result = subprocess.run(
+        [str(tmp_path / "runc"), "--root", str(tmp_path / "state"), "list"],
+        capture_output=True,
+        env=env,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[:2] == [b"ID", b"PID"]
+    shutil.rmtree(tmp_path / "state", ignore_errors=True)
+
+
+@given(st.text(max_size=140) | st.from_regex(ID_PATTERN, fullmatch=True))
+def test_the_id_rule_without_re_is_the_pattern(value: str) -> None:
+    """hcsoci.ids checks without ``re`` (for start-up); it must accept exactly ID_PATTERN."""
+    assert is_valid_id(value) == bool(ID_PATTERN.fullmatch(value))
+    if not is_valid_id(value):
+        with pytest.raises(InvalidArgumentError):
+            check_id(value, "container id")
