@@ -2,7 +2,7 @@
 
 Each benchmark measures hcsoci against its named baseline in the same run and
 prints ratios; see the README for the figures.  Names: cmd, container, hns,
-images, layers, uvm, bridge, engines (default: all).
+images, layers, sandbox, uvm, bridge, engines (default: all).
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHMARKS = ["bridge", "cmd", "container", "engines", "hns", "images", "layers", "uvm"]
+BENCHMARKS = [
+    "bridge", "cmd", "container", "engines", "hns", "images", "layers", "sandbox", "uvm",
+]  # fmt: skip
 
 
 def main() -> int:

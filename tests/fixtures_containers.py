@@ -131,6 +131,8 @@ _CONTAINER_KINDS = (
     "host-mount",
     "loop-device",
     "automanaged-file",
+    "sandbox-scratch",
+    "limit-cgroup",
 )
 
 
@@ -164,7 +166,8 @@ def hcsoci(
     def run(*args: str, check: bool = True, **kwargs: Any) -> subprocess.CompletedProcess[str]:
         command = [sys.executable, "-m", "hcsoci.cli.main", *args]
         kwargs.setdefault("timeout", 60)
-        result = subprocess.run(command, env=env, capture_output=True, text=True, **kwargs)
+        environment = {**env, **kwargs.pop("env", {})}
+        result = subprocess.run(command, env=environment, capture_output=True, text=True, **kwargs)
         if check and result.returncode != 0:
             raise AssertionError(f"{args}: exit {result.returncode}: {result.stderr}")
         return result

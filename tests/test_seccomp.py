@@ -560,4 +560,4 @@ def test_cli_security_opt_turns_the_filter_off_replaces_it_or_names_a_bad_value(
     for bad in ("seccomp=/nonexistent.json", "apparmor=unconfined"):
         result = hcsoci("run", "--rm", "--security-opt", bad, "--", "true", check=False)
         lines = result.stderr.splitlines()
-        assert result.returncode == 1 and len(lines) == 1 and "--security-opt" in lines[0], bad
+        assert result.returncode == 125 and len(lines) == 1 and "--security-opt" in lines[0], bad

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from hcsoci.local import LocalHost
     from hcsoci.network import get_namespace_endpoints
     from hcsoci.resources import Resources, release_resources
+    from hcsoci.sandbox import RunResult, container, run
 
 _LAZY = {
     "context": ("hcsoci.context", None),
@@ -44,6 +45,8 @@ _LAZY = {
     "get_namespace_endpoints": ("hcsoci.network", "get_namespace_endpoints"),
     "Resources": ("hcsoci.resources", "Resources"),
     "release_resources": ("hcsoci.resources", "release_resources"),
+    "run": ("hcsoci.sandbox", "run"),
+    "RunResult": ("hcsoci.sandbox", "RunResult"),
 }
 
 
@@ -60,7 +63,34 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | {"container"})
+
+
+import sys  # noqa: E402  (builtin: costs nothing; needed only from here on)
+
+
+class _Package(type(sys)):  # type: ignore[misc]  # types.ModuleType, without importing types
+    """``hcsoci`` itself: ``hcsoci.container`` is the sandbox function, not the submodule.
+
+    The process-isolated container lives in the submodule ``hcsoci.container``;
+    importing it makes the import system bind the submodule as the package's
+    ``container`` attribute.  This property keeps the public name the function
+    (:func:`hcsoci.sandbox.container`); the submodule stays reachable as
+    ``sys.modules["hcsoci.container"]`` and by ``from hcsoci.container import ...``.
+    """
+
+    @property
+    def container(self) -> Any:
+        from hcsoci.sandbox import container
+
+        return container
+
+    @container.setter
+    def container(self, value: Any) -> None:
+        """The import system binding the submodule: left in ``sys.modules`` only."""
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 __all__ = [
@@ -74,8 +104,10 @@ __all__ = [
     "NotFoundError",
     "ProcessParameters",
     "Resources",
+    "RunResult",
     "command",
     "command_context",
+    "container",
     "context",
     "create_container",
     "get_namespace_endpoints",
@@ -83,4 +115,5 @@ __all__ = [
     "images",
     "oci",
     "release_resources",
+    "run",
 ]

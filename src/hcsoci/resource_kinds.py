@@ -9,13 +9,14 @@ fresh process.  A module that defines a new kind is added here.
 
 from __future__ import annotations
 
-from hcsoci import create, layers, mounts, network
+from hcsoci import create, layers, mounts, network, oom_cgroup, ports, sandbox
 from hcsoci.uvm import guest_resources, plan9, scsi, vpmem
 from hcsoci.uvm import network as uvm_network
 
 __all__ = ["MODULES"]
 
 MODULES = (
-    create, layers, mounts, network, guest_resources, uvm_network, plan9, scsi, vpmem,
+    create, layers, mounts, network, oom_cgroup, ports, sandbox,
+    guest_resources, uvm_network, plan9, scsi, vpmem,
 )  # fmt: skip
 """The modules whose ``Resource`` subclasses are the kinds (see ``resources.resource_kinds``)."""

@@ -1,4 +1,4 @@
-"""``hcsoci run | create | start | exec | ps | list | state | kill | delete | gc``.
+"""``hcsoci run | create | start | exec | list | state | kill | delete | gc``.
 
 Containers made by ``run`` (without ``--rm``) and ``create`` are *handed over*
 to the user: their controller pid becomes 0, so ``gc`` leaves them alone and
@@ -30,8 +30,10 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 
-from hcsoci import container_table, context, cow, oci
+from hcsoci import container_table, context, cow, oci, run_options
 from hcsoci.cli.common import start_vm_visibly
+from hcsoci.cli.monitor import record_exit_code, recorded_exit_code, start_monitored
+from hcsoci.cli.run_flags import ParsedFlags, apply_flags, flag_options, parse_flags
 from hcsoci.cmd import Cmd, ExitError
 from hcsoci.container import Container, ContainerProcess, open_container
 from hcsoci.create import CreateOptions, create_container
@@ -43,18 +45,30 @@ from hcsoci.errors import (
     NotFoundError,
     StateError,
 )
+from hcsoci.etcfiles import etc_file_mount
 from hcsoci.gc import collect, release_container
-from hcsoci.paths import ID_PATTERN, check_id, child, make_private_dir, remove_tree
+from hcsoci.paths import (
+    ID_PATTERN,
+    check_id,
+    child,
+    make_private_dir,
+    remove_tree,
+    write_private_file,
+)
 from hcsoci.resources import Resources, release_resources
 from hcsoci.store import open_store, state_root
 
 if TYPE_CHECKING:
+    from hcsoci.ports import PortMapping
     from hcsoci.uvm import UtilityVM
     from hcsoci.uvm.remote import RemoteContainer
 
 __all__ = ["register"]
 
 log = logging.getLogger(__name__)
+
+HCSOCI_ERROR_STATUS = 125
+"""docker's status for a failure of its own (not the container's)."""
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _SCRATCH_SWEEP_AGE = 60.0  # seconds: younger scratch folders may belong to a create in flight
@@ -108,17 +122,49 @@ class ContainerRequest:
     networks: tuple[str, ...]
     isolation: str = "process"
     security_opts: tuple[str, ...] = ()
+    volumes: tuple[str, ...] = ()
+    mount_specs: tuple[str, ...] = ()
+    tmpfs: tuple[str, ...] = ()
+    publish: tuple[str, ...] = ()
+    memory: str | None = None
+    cpus: str | None = None
+    pids_limit: str | None = None
+    user: str | None = None
+    read_only: bool = False
+    env_files: tuple[str, ...] = ()
+    entrypoint: str | None = None
+    hostname: str | None = None
+    init: bool = False
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    privileged: bool = False
+    dns: tuple[str, ...] = ()
+    ports: list[PortMapping] = field(default_factory=list, init=False)
+    """The checked ``--publish`` values (set once the flags are parsed)."""
     made_scratch: bool = field(default=False, init=False)
     """Set once this request made its scratch folder (only then is it ours to remove)."""
 
 
-def _build_spec(request: ContainerRequest) -> oci.Spec:
-    spec = _spec_for_request(request)
+def _build_spec(request: ContainerRequest, flags: ParsedFlags) -> oci.Spec:
+    spec = _spec_for_request(request, flags)
     if request.terminal and spec.process is not None:
         spec.process.console_size = _terminal_size()  # the size of the terminal we relay
+    spec = apply_flags(spec, request, flags)
     for option in request.security_opts:
         _apply_security_option(spec, option)
+    if flags.dns:
+        _bind_resolv_conf(spec, request, flags.dns)
     return spec
+
+
+def _bind_resolv_conf(spec: oci.Spec, request: ContainerRequest, servers: list[str]) -> None:
+    """``--dns``: the container's own resolv.conf, kept in its scratch folder."""
+    scratch = _scratch_dir(request.container_id)
+    if not request.made_scratch:
+        _make_scratch(request)
+    path = scratch / "resolv.conf"
+    write_private_file(path, run_options.resolv_conf(servers), mode=0o644)
+    spec.mounts = [*(spec.mounts or []), etc_file_mount("resolv.conf", str(path))]
 
 
 def _apply_security_option(spec: oci.Spec, option: str) -> None:
@@ -148,29 +194,35 @@ def _apply_security_option(spec: oci.Spec, option: str) -> None:
     )
 
 
-def _spec_for_request(request: ContainerRequest) -> oci.Spec:
-    args, image, rootfs, env = request.args, request.image, request.rootfs, request.env
+def _spec_for_request(request: ContainerRequest, flags: ParsedFlags) -> oci.Spec:
+    args, image, rootfs, env = request.args, request.image, request.rootfs, flags.env
     workdir, terminal = request.workdir, request.terminal
-    for entry in env:
-        if "=" not in entry:
-            raise InvalidArgumentError(f"--env: {entry!r} is not NAME=VALUE")
     if rootfs is not None:
         if image is not None:
             raise InvalidArgumentError("--image and --rootfs: give one, not both")
-        if not args:
+        if not args and not request.entrypoint:
             raise InvalidArgumentError("CMD: a --rootfs container needs a command")
-        spec = oci.default_spec(list(args), terminal=terminal)
+        spec = oci.default_spec(list(args) or [str(request.entrypoint)], terminal=terminal)
         spec.root = oci.Root(path=os.path.abspath(rootfs), readonly=False)
         assert spec.process is not None
         spec.process.env = [f"PATH={DEFAULT_PATH}", *env, *(["TERM=xterm"] if terminal else [])]
         if workdir:
             spec.process.cwd = workdir
+        if request.user:
+            spec.process.user = run_options.rootfs_user(Path(rootfs), request.user, "--user")
         return spec
     from hcsoci import images  # the image store is only needed here
 
     store = images.ImageStore()
     found = images.ensure_default_image(store) if image is None else store.get(image)
-    spec = images.spec_for_image(found, list(args) or None, env, workdir, terminal=terminal)
+    try:
+        spec = images.spec_for_image(
+            found, list(args) or None, env, workdir, request.user, terminal=terminal
+        )
+    except NotFoundError as err:
+        if request.user is None:
+            raise
+        raise NotFoundError(f"--user: {err}") from None
     assert spec.windows is not None and spec.windows.layer_folders is not None
     spec.windows.layer_folders = [*spec.windows.layer_folders, str(_make_scratch(request))]
     return spec
@@ -198,7 +250,20 @@ def _create(
     Endpoints made for ``--network`` are the container's own resources (see
     ``CreateOptions.networks``): its release, or gc, deletes them.
     """
-    return _creating(request, functools.partial(create_container, context.background()), vm)
+    ctx = context.background()
+
+    def make(options: CreateOptions) -> tuple[cow.Container, Resources]:
+        container, resources = create_container(ctx, options)
+        if request.ports:
+            try:
+                _publish(ctx, resources, request.networks[0], request.ports)
+            except BaseException:
+                container.close()
+                release_resources(ctx, resources, vm, True)
+                raise
+        return container, resources
+
+    return _creating(request, make, vm)
 
 
 _Made = TypeVar("_Made")
@@ -211,7 +276,8 @@ def _creating(
     container_id = request.container_id
     try:
         open_store()  # a damaged store is refused before anything is made
-        spec = _build_spec(request)
+        flags = parse_flags(request)  # every flag checked before anything is made
+        spec = _build_spec(request, flags)
         _list_endpoints(spec, request.endpoints)
         _check_networks(request.networks)
         options = CreateOptions(
@@ -222,6 +288,9 @@ def _creating(
             hosting_system=vm,
             networks=request.networks,
         )
+        if flags.ports and request.isolation == "vm":
+            raise InvalidArgumentError("--publish: not with --isolation vm (not supported yet)")
+        request.ports = flags.ports
         return make(options)
     except BaseException as err:
         if request.made_scratch:
@@ -229,6 +298,28 @@ def _creating(
         if isinstance(err, HcsociError):
             raise _fail(err) from err
         raise
+
+
+def _publish(
+    ctx: context.Context, resources: Resources, network: str, mappings: list[PortMapping]
+) -> None:
+    """``--publish``: forward the host ports to the container's endpoint on the first
+    ``--network``."""
+    from hcsoci import hns, ports
+    from hcsoci.network import get_namespace_endpoints
+
+    target = hns.get_network(network)
+    endpoint = next(
+        (
+            e
+            for e in get_namespace_endpoints(ctx, resources.net_ns)
+            if e.virtual_network == target.id
+        ),
+        None,
+    )
+    if endpoint is None:
+        raise NotFoundError(f"--publish: the container has no endpoint on network {network!r}")
+    ports.publish(resources, target, endpoint, mappings)
 
 
 def _list_endpoints(spec: oci.Spec, endpoints: tuple[str, ...]) -> None:
@@ -404,18 +495,27 @@ def _dropped_by_namespace_init(process: cow.Process, signum: int) -> bool:
     return not handled & bit
 
 
-def _start_failure(err: HcsociError) -> int:
+def _start_failure(err: HcsociError, failure: int) -> int:
     """Report a process that could not start; the status a shell (and docker) gives it."""
     click.echo(f"hcsoci: {err}", err=True)
     if isinstance(err, NotFoundError):
         return 127
     if isinstance(err, NotExecutableError):
         return 126
-    return 1
+    return failure
 
 
-def _run_cmd(cmd: Cmd, interactive: bool, terminal: bool, proxy: _SignalProxy) -> int:
+def _run_cmd(
+    cmd: Cmd,
+    interactive: bool,
+    terminal: bool,
+    proxy: _SignalProxy,
+    failure: int = HCSOCI_ERROR_STATUS,
+) -> int:
     """Run ``cmd`` on our stdio in the foreground; its exit status.
+
+    ``failure`` is the status when hcsoci itself failed: 125 for ``run`` (docker's),
+    1 for ``exec``; a command not found is 127, one that cannot run 126.
 
     The streams are our raw descriptors 0-2, never ``sys.stdin.buffer`` & co.: a
     process on this machine gets them as they are (see ``Cmd``), and a relay
@@ -430,7 +530,7 @@ def _run_cmd(cmd: Cmd, interactive: bool, terminal: bool, proxy: _SignalProxy) -
         try:
             cmd.start()
         except HcsociError as err:
-            return _start_failure(err)
+            return _start_failure(err, failure)
         assert cmd.process is not None
         proxy.attach(cmd.process)
         try:
@@ -439,8 +539,38 @@ def _run_cmd(cmd: Cmd, interactive: bool, terminal: bool, proxy: _SignalProxy) -
             return proxy.exit_status(err.exit_code)
         except HcsociError as err:  # the process ran; its stdio failed
             click.echo(f"hcsoci: {err}", err=True)
-            return cmd.exit_state.exit_code if cmd.exit_state.exited else 1
+            return cmd.exit_state.exit_code if cmd.exit_state.exited else failure
     return 0
+
+
+class ImageFirstCommand(click.Command):
+    """``run``/``create`` parse as docker's: ``[OPTIONS] IMAGE [CMD...]``, options end at IMAGE.
+
+    ``[OPTIONS] -- CMD...`` (every positional after ``--``) keeps the older form:
+    the default image, or ``--image``/``--rootfs``, runs ``CMD``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("context_settings", {})["allow_interspersed_args"] = False
+        super().__init__(*args, **kwargs)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["hcsoci.after_dashdash"] = len(args) - args.index("--") - 1 if "--" in args else -1
+        return super().parse_args(ctx, args)
+
+
+def _image_first(shared: dict[str, Any]) -> tuple[str, ...]:
+    """Take the image off the positionals (docker's form); the command that is left."""
+    args = list(shared["args"])
+    after_dashdash = click.get_current_context().meta.get("hcsoci.after_dashdash", -1)
+    if shared["image"] is not None or shared["rootfs"] is not None or not args:
+        return tuple(args)
+    if after_dashdash == len(args):
+        return tuple(args)  # `run [OPTIONS] -- CMD...`: the default image
+    shared["image"] = args.pop(0)
+    if args[:1] == ["--"]:
+        args.pop(0)
+    return tuple(args)
 
 
 def _container_options(function: Callable[..., None]) -> Callable[..., None]:
@@ -450,6 +580,7 @@ def _container_options(function: Callable[..., None]) -> Callable[..., None]:
     def with_request(**kwargs: Any) -> None:
         shared = {f.name: kwargs.pop(f.name) for f in fields(ContainerRequest) if f.init}
         shared["container_id"] = shared["container_id"] or str(uuid.uuid4())
+        shared["args"] = _image_first(shared)
         function(ContainerRequest(**shared), **kwargs)
 
     decorated: Any = with_request
@@ -458,7 +589,8 @@ def _container_options(function: Callable[..., None]) -> Callable[..., None]:
             click.option("--image", help="Image to run (default: the busybox image)."),
             click.option("--rootfs", type=click.Path(exists=True, file_okay=False),
                          help="A root file system directory instead of an image."),
-            click.option("-e", "--env", multiple=True, help="NAME=VALUE for the process."),
+            click.option("-e", "--env", multiple=True,
+                         help="NAME=VALUE for the process (NAME alone: this value passed on)."),
             click.option("-w", "--workdir", help="Working directory in the container."),
             click.option("--name", "container_id", callback=_checked_id,
                          help="Container id (default: a uuid)."),
@@ -474,16 +606,23 @@ def _container_options(function: Callable[..., None]) -> Callable[..., None]:
             click.option("--security-opt", "security_opts", multiple=True,
                          help="seccomp=unconfined | seccomp=FILE (OCI or docker profile) | "
                          "no-new-privileges[=false]."),
-            click.argument("args", nargs=-1),
+            *flag_options(),
+            click.argument("args", nargs=-1, type=click.UNPROCESSED),
         ]
     ):  # fmt: skip
         decorated = option(decorated)
     return cast(Callable[..., None], decorated)
 
 
-@click.command()
+@click.command(cls=ImageFirstCommand)
 @click.option("--rm", "remove", is_flag=True, help="Delete the container when it exits.")
 @click.option("-i", "--interactive", is_flag=True, help="Relay stdin to the process.")
+@click.option(
+    "-d",
+    "--detach",
+    is_flag=True,
+    help="Run in the background (output to `hcsoci logs`); print the id.",
+)
 @click.option(
     "--vm-template",
     type=click.Choice(["auto", "never", "require"]),
@@ -492,14 +631,22 @@ def _container_options(function: Callable[..., None]) -> Callable[..., None]:
     help="--isolation vm: restore the VM from its template (auto: when one exists), or boot it.",
 )
 @_container_options
-def run(request: ContainerRequest, remove: bool, interactive: bool, vm_template: str) -> None:
-    """Create a container, run its command with this terminal's stdio; exit with its status.
+def run(
+    request: ContainerRequest, remove: bool, interactive: bool, detach: bool, vm_template: str
+) -> None:
+    """Create a container from IMAGE, run CMD with this terminal's stdio; exit with its status.
+
+    ``hcsoci run [OPTIONS] IMAGE [CMD...]`` as docker (``hcsoci run [OPTIONS] --
+    CMD...`` runs the default busybox image).
 
     SIGINT, SIGTERM and SIGHUP are forwarded to the container's init, each
     once; the command then waits for it, releases the container with ``--rm``,
     and exits with the init's status (``128 + N`` when signal N ended it).
     One that comes before the init runs ends the command (``128 + N``).
     """
+    if detach:
+        _run_detached(request, remove, interactive)
+        return
     with _SignalProxy() as proxy:
         try:
             if request.isolation == "vm":
@@ -516,12 +663,16 @@ def _run_here(
 ) -> int:
     """``run`` of a process-isolated container; its init's status."""
     container, resources = _create(request)
+    status: int | None = None
     try:
         if not remove:
             _hand_over(request.container_id)
             resources.hand_over()
-        return _run_cmd(Cmd(container, None), interactive, request.terminal, proxy)
+        status = _run_cmd(Cmd(container, None), interactive, request.terminal, proxy)
+        return status
     finally:
+        if not remove and isinstance(container, Container):
+            record_exit_code(container, container.init_exit_code())
         proxy.hold()  # from here on a signal must not cut the release short
         container.close()
         if remove:
@@ -558,7 +709,26 @@ def _run_in_vm(
         _remove_scratch(request.container_id)
 
 
-@click.command()
+def _run_detached(request: ContainerRequest, remove: bool, interactive: bool) -> None:
+    """``run -d``: create, start under a monitor of its own (see hcsoci.cli.monitor), print id."""
+    if request.isolation != "process":
+        raise click.UsageError("-d: --isolation vm runs in the foreground only")
+    if interactive or request.terminal:
+        raise click.UsageError("-d: not with -i or -t (the output goes to `hcsoci logs`)")
+    if remove:
+        raise click.UsageError("-d: not with --rm (use `hcsoci stop` and `hcsoci delete`)")
+    container, resources = _create(request)
+    _hand_over(request.container_id)
+    resources.hand_over()
+    container.close()
+    try:
+        start_monitored(request.container_id)
+    except HcsociError as err:
+        raise _fail(err) from err
+    click.echo(request.container_id)
+
+
+@click.command(cls=ImageFirstCommand)
 @click.option(
     "--vm",
     "vm_id",
@@ -597,14 +767,21 @@ def _open(container_id: str) -> Container | RemoteContainer:
 @click.command()
 @click.argument("container_id", callback=_checked_id)
 def start(container_id: str) -> None:
-    """Start a created container's init (output to its log file)."""
+    """Start a created container's init (output to `hcsoci logs`), watched by a monitor
+    that keeps its exit code (a container in a utility VM: by the VM's controller)."""
     container = _open(container_id)
     try:
-        container.start(context.background())
+        if not isinstance(container, Container):
+            container.start(context.background())
+            return
     except HcsociError as err:
         raise _fail(err) from err
     finally:
         container.close()
+    try:
+        start_monitored(container_id)
+    except HcsociError as err:
+        raise _fail(err) from err
 
 
 @click.command(name="exec")
@@ -640,7 +817,7 @@ def exec_(
     )
     with _SignalProxy() as proxy:
         try:
-            status = _run_cmd(Cmd(container, process), interactive, terminal, proxy)
+            status = _run_cmd(Cmd(container, process), interactive, terminal, proxy, failure=1)
         except _Interrupted as stop:
             status = 128 + stop.signum
         except HcsociError as err:
@@ -648,27 +825,6 @@ def exec_(
         finally:
             container.close()
     sys.exit(status)
-
-
-@click.command()
-@click.argument("container_id", callback=_checked_id)
-def ps(container_id: str) -> None:
-    """List the host pids of the processes in a container."""
-    container = _open(container_id)
-    if not isinstance(container, Container):
-        from hcsoci.cli import vm_containers
-
-        return vm_containers.print_processes(container)
-    props = container.properties(context.background())
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("PID", "COMMAND")
-    for pid in props.processes:
-        with contextlib.suppress(OSError):
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").strip()
-            table.add_row(str(pid), command.decode(errors="replace"))
-    Console().print(table)
 
 
 @click.command(name="list")
@@ -706,8 +862,18 @@ def list_(as_json: bool) -> None:
 @click.command()
 @click.argument("container_id", callback=_checked_id)
 def state(container_id: str) -> None:
-    """Print a container's properties as JSON."""
-    props = _open(container_id).properties(context.background())
+    """Print a container's properties as JSON (a stopped one's exit code included)."""
+    container = _open(container_id)
+    try:
+        props = container.properties(context.background())
+        if (
+            props.exit_code is None
+            and props.state == "stopped"
+            and isinstance(container, Container)
+        ):
+            props.exit_code = recorded_exit_code(container)
+    finally:
+        container.close()
     click.echo(json.dumps(props.to_dict(), indent=2))
 
 
@@ -794,5 +960,5 @@ def gc() -> None:
 
 def register(group: click.Group) -> None:
     """Add the container commands to the ``hcsoci`` group."""
-    for command in (run, create, start, exec_, ps, list_, state, kill, delete, gc):
+    for command in (run, create, start, exec_, list_, state, kill, delete, gc):
         group.add_command(command)
