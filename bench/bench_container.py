@@ -42,6 +42,8 @@ from typing import Any
 
 import msgspec
 
+from bench.timing import interleaved, report
+
 CLONE_NEWNS = 0x00020000
 MS_REC = 0x4000
 MS_PRIVATE = 0x40000
@@ -58,26 +60,6 @@ def private_mount_namespace_without_unified_cgroup() -> None:
 
 def median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1000
-
-
-def interleaved(rounds: int, contenders: dict[str, Callable[[], None]]) -> dict[str, list[float]]:
-    samples: dict[str, list[float]] = {name: [] for name in contenders}
-    for run in contenders.values():  # warm up each once
-        run()
-    for _ in range(rounds):
-        for name, run in contenders.items():
-            started = time.perf_counter()
-            run()
-            samples[name].append(time.perf_counter() - started)
-    return samples
-
-
-def report(title: str, samples: dict[str, list[float]], baseline: str) -> None:
-    base = statistics.median(samples[baseline])
-    print(f"\n{title}")
-    for name, values in samples.items():
-        ratio = statistics.median(values) / base
-        print(f"  {name:<28} median {median_ms(values):8.2f} ms   {ratio:5.2f}x {baseline}")
 
 
 def bench_output(
@@ -220,7 +202,7 @@ def main() -> None:
                 args.rounds,
                 {"runc run": raw("runc", runc_root), "hcsoci lifecycle": hcsoci_lifecycle()},
             )
-            report("lifecycle of a `true` container", samples, "runc run")
+            report("lifecycle of a `true` container", samples, "runc run", width=28)
 
         if "seccomp" in parts:
             unconfined = msgspec.structs.replace(spec, linux=copy.deepcopy(spec.linux))
@@ -247,9 +229,14 @@ def main() -> None:
                 "raw runc: the filter's own cost (the floor)", raw_runc, "runc run, seccomp=None"
             )
             ours = {name: v for name, v in samples.items() if "runc run" not in name}
-            report("lifecycle of a `true` container: default seccomp filter", ours, "seccomp=None")
+            report(
+                "lifecycle of a `true` container: default seccomp filter",
+                ours,
+                "seccomp=None",
+                width=28,
+            )
             crun = {name: values for name, values in samples.items() if "crun" in name}
-            report("the same under crun", crun, "seccomp=None (crun)")
+            report("the same under crun", crun, "seccomp=None (crun)", width=28)
 
         if parts & {"exec", "output"}:
             # exec in a running container
@@ -280,7 +267,7 @@ def main() -> None:
                     samples = interleaved(
                         args.rounds, {"runc exec": raw_exec, "hcsoci Cmd exec": cmd_exec}
                     )
-                    report("exec of `true` in a running container", samples, "runc exec")
+                    report("exec of `true` in a running container", samples, "runc exec", width=28)
                 if "output" in parts:
                     bench_output(container, runc, exec_root, work, args.mib, args.rounds // 4)
             finally:

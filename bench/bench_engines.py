@@ -24,14 +24,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+
+from bench.timing import interleaved, report
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
@@ -42,28 +42,6 @@ from fixtures_engines import (
     podman_engine,
 )
 from hcsoci.images.default import build_layer, write_archive
-
-
-def interleaved(rounds: int, contenders: dict[str, Callable[[], None]]) -> dict[str, list[float]]:
-    """Each contender once to warm up, then ``rounds`` rounds of each in turn."""
-    samples: dict[str, list[float]] = {name: [] for name in contenders}
-    for run in contenders.values():
-        run()
-    for _ in range(rounds):
-        for name, run in contenders.items():
-            started = time.perf_counter()
-            run()
-            samples[name].append(time.perf_counter() - started)
-    return samples
-
-
-def report(title: str, samples: dict[str, list[float]], baseline: str) -> None:
-    """Medians of each contender and their ratio to ``baseline``."""
-    base = statistics.median(samples[baseline])
-    print(f"\n{title}")
-    for name, values in samples.items():
-        median = statistics.median(values)
-        print(f"  {name:<34} median {median * 1000:8.1f} ms   {median / base:5.2f}x {baseline}")
 
 
 def checked(argv: list[str]) -> Callable[[], None]:

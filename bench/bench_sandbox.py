@@ -30,30 +30,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-
-def interleaved(rounds: int, contenders: dict[str, Callable[[], None]]) -> dict[str, list[float]]:
-    samples: dict[str, list[float]] = {name: [] for name in contenders}
-    for run in contenders.values():  # warm up each once
-        run()
-    for _ in range(rounds):
-        for name, run in contenders.items():
-            started = time.perf_counter()
-            run()
-            samples[name].append(time.perf_counter() - started)
-    return samples
-
-
-def report(title: str, samples: dict[str, list[float]], baseline: str) -> None:
-    base = statistics.median(samples[baseline])
-    print(f"\n{title}")
-    for name, values in samples.items():
-        median = statistics.median(values)
-        print(f"  {name:<44} median {median * 1000:8.2f} ms   {median / base:5.2f}x {baseline}")
+from bench.timing import interleaved, report
 
 
 def main() -> None:
@@ -109,7 +90,9 @@ def main() -> None:
                 "hcsoci.run('busybox', ['true'])": one_call_image,
             },
         )
-        report("the one-call API, `true`", samples, "container lifecycle (bench_container)")
+        report(
+            "the one-call API, `true`", samples, "container lifecycle (bench_container)", width=44
+        )
 
         python = sys.executable
         hcsoci_cli = str(Path(python).parent / "hcsoci")
