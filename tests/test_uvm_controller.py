@@ -174,6 +174,27 @@ def test_cli_create_start_exec_state_kill_delete(cli: CLI, served: Served) -> No
     assert [c["id"] for c in served.client.list()] == [served.keeper]
 
 
+def test_cli_run_in_a_served_vm(cli: CLI, served: Served) -> None:
+    """``run --vm ID``: a container in that running VM, its output and status, gone with --rm."""
+    name = f"run-{secrets.token_hex(4)}"
+    done = cli(
+        "run", "--rm", "-i", "--vm", served.vm_id, "--name", name,
+        "--", "sh", "-c", "tr a-z A-Z; echo err >&2; exit 5",
+        input="shout\n", check=False,
+    )  # fmt: skip
+    assert (done.returncode, done.stdout, done.stderr) == (5, "SHOUT\n", "err\n")
+    assert name not in cli("list", "--json").stdout
+    assert name not in [c["id"] for c in served.client.list()]
+    kept = f"keep-{secrets.token_hex(4)}"
+    assert cli("run", "--vm", served.vm_id, "--name", kept, "--", "true").returncode == 0
+    try:
+        assert json.loads(cli("state", kept).stdout)["exit_code"] == 0
+    finally:
+        cli("delete", "-f", kept, check=False)
+    unknown = cli("run", "--rm", "--vm", "no-such-vm", "--", "true", check=False)
+    assert unknown.returncode == 125 and unknown.stderr.count("\n") == 1
+
+
 # --- the library from another process: the proxies -------------------------------------
 
 

@@ -630,9 +630,20 @@ def _container_options(function: Callable[..., None]) -> Callable[..., None]:
     show_default=True,
     help="--isolation vm: restore the VM from its template (auto: when one exists), or boot it.",
 )
+@click.option(
+    "--vm",
+    "vm_id",
+    callback=_checked_id,
+    help="Run it in this running utility VM, through its controller (implies --isolation vm).",
+)
 @_container_options
 def run(
-    request: ContainerRequest, remove: bool, interactive: bool, detach: bool, vm_template: str
+    request: ContainerRequest,
+    remove: bool,
+    interactive: bool,
+    detach: bool,
+    vm_template: str,
+    vm_id: str | None,
 ) -> None:
     """Create a container from IMAGE, run CMD with this terminal's stdio; exit with its status.
 
@@ -649,7 +660,9 @@ def run(
         return
     with _SignalProxy() as proxy:
         try:
-            if request.isolation == "vm":
+            if vm_id:
+                status = _run_in_served_vm(request, vm_id, remove, interactive, proxy)
+            elif request.isolation == "vm":
                 status = _run_in_vm(request, interactive, proxy, vm_template)
             else:
                 status = _run_here(request, remove, interactive, proxy)
@@ -707,6 +720,27 @@ def _run_in_vm(
         proxy.hold()
         vm.close()
         _remove_scratch(request.container_id)
+
+
+def _run_in_served_vm(
+    request: ContainerRequest, vm_id: str, remove: bool, interactive: bool, proxy: _SignalProxy
+) -> int:
+    """``run --vm ID``: the container in a running VM, made and run through its controller."""
+    from hcsoci.cli import vm_containers
+
+    request.isolation = "vm"
+    container = _creating(request, vm_containers.creator(vm_id))
+    try:
+        return _run_cmd(Cmd(container, None), interactive, request.terminal, proxy)
+    finally:
+        proxy.hold()  # from here on a signal must not cut the release short
+        if remove:
+            try:
+                container.delete(force=True)
+            except HcsociError as err:
+                raise _fail(err) from err
+            finally:
+                _remove_scratch(request.container_id)
 
 
 def _run_detached(request: ContainerRequest, remove: bool, interactive: bool) -> None:
