@@ -355,7 +355,7 @@ def memory_limit_of(pid: int) -> int:
 def runtime_leftovers(root: Path) -> list[str]:
     """What hcsoci-runc still holds under the state root ``root``: runc state, markers, rows."""
     left = []
-    for name in ("runc", "hcsoci-runc"):
+    for name in ("runc", "hcsoci-runc", "hcsoci-runc-vm"):
         directory = root / name
         if directory.is_dir():
             left += [f"{name}/{entry}" for entry in os.listdir(directory)]
@@ -368,6 +368,9 @@ def runtime_leftovers(root: Path) -> list[str]:
                 f"row {row[0]}"
                 for row in conn.execute("SELECT id FROM containers WHERE owner = 'hcsoci-runc'")
             ]
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+            if "vms" in tables:  # a VM container's utility VM
+                left += [f"vm {row[0]}" for row in conn.execute("SELECT id FROM vms")]
             left += [
                 f"resource {row[0]} {row[1]}"
                 for row in conn.execute(

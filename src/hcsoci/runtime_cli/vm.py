@@ -252,6 +252,7 @@ def _create(invocation: Invocation, line: CommandLine, wanted: str, bundle: str)
         else:
             stdio = (0, 1, 2)
         client = start_controller(UVMOptions())
+        controller = int(client.call("hello")["pid"])
         client.create(wanted, spec, owner=OWNER)
         listener = bind_socket(directory / START_SOCKET, backlog=4)
         fds.append(listener.detach())
@@ -271,6 +272,7 @@ def _create(invocation: Invocation, line: CommandLine, wanted: str, bundle: str)
         record = {
             "vm": client.vm_id,
             "socket": str(client.socket_path),
+            "controller": controller,
             "pid": standin,
             "start": process_start_time(standin) or 0,
             "bundle": bundle,
@@ -296,8 +298,19 @@ def _create(invocation: Invocation, line: CommandLine, wanted: str, bundle: str)
     return 0
 
 
+def _exited(pid: int, start: int) -> bool:
+    """Whether the stand-in (pid, start time) is gone or a zombie (exited, not yet reaped)."""
+    if not process_alive(pid, start):
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return True
+
+
 def _status(root: str, wanted: str, record: dict[str, Any]) -> str:
-    if not process_alive(int(record.get("pid", 0)), int(record.get("start", 0))):
+    if _exited(int(record.get("pid", 0)), int(record.get("start", 0))):
         return "stopped"
     if (_directory(root, wanted) / START_SOCKET).exists():
         return "created"
@@ -426,18 +439,40 @@ def _delete(invocation: Invocation, line: CommandLine) -> int:
             failure = str(err)
     if failure:
         raise CommandError(f"container {wanted}: {failure}")
+    if record:
+        _wait_for_controller_end(int(record.get("controller", 0)))
     shutil.rmtree(directory, ignore_errors=True)
     markers.remove(invocation.root, wanted)
     return 0
 
 
+CONTROLLER_END_TIMEOUT = 30.0
+"""Seconds ``delete`` waits for the controller to close the VM its last container left."""
+
+
+def _wait_for_controller_end(pid: int) -> None:
+    """Each container has a VM of its own: once deleted, its controller ends, closing the VM.
+
+    ``delete`` returns when the controller process ``pid`` is gone, so
+    nothing of the VM (QEMU, its state) outlives the call.
+    """
+    start = process_start_time(pid) if pid > 0 else None
+    deadline = time.monotonic() + CONTROLLER_END_TIMEOUT
+    # A zombie has ended (an engine's shim, a subreaper, adopts and reaps the controller).
+    while start is not None and not _exited(pid, start) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def _release_without_controller(wanted: str) -> str:
     """The controller died: release what it left as ``hcsoci gc`` would; '' when done."""
     from hcsoci.context import background
+    from hcsoci.errors import NotFoundError
     from hcsoci.gc import release_container
 
     try:
         release_container(background(), wanted)
+    except NotFoundError:
+        return ""  # released already (`hcsoci gc`)
     except Exception as err:
         return f"{err} (`hcsoci gc` releases it later)"
     return ""
