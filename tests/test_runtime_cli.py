@@ -10,6 +10,7 @@ containers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -494,12 +495,23 @@ def test_the_id_rule_without_re_is_the_pattern(value: str) -> None:
 
 
 @pytest.fixture
-def subreaper() -> None:
-    """This process adopts orphans, as an engine's shim does: stand-ins become our children."""
+def subreaper() -> Iterator[None]:
+    """This process adopts orphans, as an engine's shim does: stand-ins become our children.
+
+    Only for the test: afterwards the adopted processes that ended (the VM
+    controllers) are reaped and orphans go to init again, as other modules expect.
+    """
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
     assert libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+    try:
+        yield
+    finally:
+        assert libc.prctl(36, 0, 0, 0, 0) == 0
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
 
 
 def reap(pid: int, timeout: float = 60) -> int:
