@@ -489,3 +489,12 @@ def test_vm_detached_exec_kill(vm_driver: Driver) -> None:
     assert vm_driver.exec(container_id, ["sh", "-c", "echo from exec"]).strip() == "from exec"
     vm_driver.kill(container_id, "SIGKILL")
     assert vm_driver.wait(container_id) == 137
+
+
+def test_vm_exec_with_a_terminal(vm_driver: Driver) -> None:
+    container_id = vm_driver.run_detached(["sleep", "300"])
+    code, output = run_in_pty(vm_driver.exec_tty_argv(container_id, ["sh", "-c", "tty; exit 6"]))
+    assert code == 6, output
+    assert b"/dev/pts/" in output, output
+    vm_driver.kill(container_id, "SIGKILL")
+    assert vm_driver.wait(container_id) == 137
