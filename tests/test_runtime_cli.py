@@ -570,7 +570,8 @@ def test_vm_lifecycle(root: Path, rootfs: Path, tmp_path: Path, subreaper: None)
     assert row is not None and row.host in vm_rows(root)  # the container is in the VM
     assert_one_line_error(runtime(root, "exec", "v1", "true"), "not yet started")
 
-    assert runtime(root, "start", "v1").returncode == 0, "start"
+    started = runtime(root, "start", "v1")
+    assert started.returncode == 0, started.stderr
     assert state_of(root, "v1")["status"] == "running"
     assert_one_line_error(runtime(root, "start", "v1"), "cannot start a container that has running")
     os.write(stdin_w, b"hello\n")
