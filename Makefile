@@ -48,6 +48,7 @@ venv: $(VENV)/.installed
 runtime: venv
 	$(PY) -m compileall -q src > /dev/null
 	ln -sfn $(abspath $(VENV))/bin/hcsoci-runc $(RUNTIME_LINK)
+	ln -sfn $(abspath $(VENV))/bin/hcsoci-runc-vm $(RUNTIME_LINK)-vm
 
 # The utility VM's kernel + initramfs: cheap when the cached build is current.
 uvm-assets: system-packages venv

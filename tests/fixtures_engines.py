@@ -35,6 +35,8 @@ import pytest
 from hcsoci.images.default import write_archive
 
 RUNTIME = str(Path(sys.executable).parent / "hcsoci-runc")
+RUNTIME_VM = str(Path(sys.executable).parent / "hcsoci-runc-vm")
+"""The same program under the name that makes VM isolation its default."""
 """The console script of this checkout's virtual environment."""
 
 DOCKER = "/usr/bin/docker"
@@ -218,6 +220,7 @@ def docker_daemon(containerd_socket: Path, tag: str) -> Iterator[Engine]:
         "--userland-proxy=false",
         "--storage-driver", "overlay2",
         "--add-runtime", f"hcsoci={RUNTIME}",
+        "--add-runtime", f"hcsoci-vm={RUNTIME_VM}",
     ]  # fmt: skip
     env = {**os.environ, "DOCKER_CONFIG": str(state / "client")}
     with open(log, "wb") as out:
@@ -269,6 +272,9 @@ def podman_engine(tag: str, runtime_root: Path) -> Iterator[Engine]:
     wrapper = state / "hcsoci-runc"
     wrapper.write_text(f'#!/bin/sh\nexec {RUNTIME} --root {runtime_root} "$@"\n')
     wrapper.chmod(0o700)
+    vm_wrapper = state / "hcsoci-runc-vm"  # named so: VM isolation
+    vm_wrapper.write_text(f'#!/bin/sh\nexec {RUNTIME_VM} --root {runtime_root} "$@"\n')
+    vm_wrapper.chmod(0o700)
     os.environ["CONTAINERS_CONF"] = str(state / "containers.conf")
     os.environ["CONTAINERS_STORAGE_CONF"] = str(state / "storage.conf")
     client = [
@@ -355,7 +361,7 @@ def memory_limit_of(pid: int) -> int:
 def runtime_leftovers(root: Path) -> list[str]:
     """What hcsoci-runc still holds under the state root ``root``: runc state, markers, rows."""
     left = []
-    for name in ("runc", "hcsoci-runc"):
+    for name in ("runc", "hcsoci-runc", "hcsoci-runc-vm"):
         directory = root / name
         if directory.is_dir():
             left += [f"{name}/{entry}" for entry in os.listdir(directory)]
@@ -368,6 +374,9 @@ def runtime_leftovers(root: Path) -> list[str]:
                 f"row {row[0]}"
                 for row in conn.execute("SELECT id FROM containers WHERE owner = 'hcsoci-runc'")
             ]
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+            if "vms" in tables:  # a VM container's utility VM
+                left += [f"vm {row[0]}" for row in conn.execute("SELECT id FROM vms")]
             left += [
                 f"resource {row[0]} {row[1]}"
                 for row in conn.execute(

@@ -12,7 +12,10 @@ hcsoci record, no mount, no process.  One daemon per engine for the module
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import json
+import os
 import re
 import subprocess
 import tempfile
@@ -25,6 +28,7 @@ import pytest
 
 from fixtures_engines import (
     RUNTIME,
+    RUNTIME_VM,
     Engine,
     containerd_daemon,
     docker_daemon,
@@ -436,3 +440,61 @@ def test_ten_in_a_row(gone_after: Driver) -> None:
     for number in range(10):
         result = gone_after.run(["sh", "-c", f"echo {number}"])
         assert (result.returncode, result.stdout.strip()) == (0, str(number).encode())
+
+
+# -- VM isolation: the same engines on hcsoci-runc-vm (a utility VM per container) -------------
+
+
+@pytest.fixture
+def vm_driver(gone_after: Driver) -> Driver:
+    """The engine's driver with ``hcsoci-runc-vm`` as its runtime (same checks afterwards)."""
+    chosen = copy.copy(gone_after)
+    engine = chosen.engine
+    if isinstance(chosen, CtrDriver):
+        chosen.runtime_flags = [
+            RUNTIME_VM if flag == RUNTIME else flag for flag in chosen.runtime_flags
+        ]
+    elif engine.name == "docker":
+        flags = ["hcsoci-vm" if flag == "hcsoci" else flag for flag in engine.run_flags]
+        chosen.engine = dataclasses.replace(engine, run_flags=flags)
+    else:
+        client = [flag + "-vm" if flag.endswith("/hcsoci-runc") else flag for flag in engine.client]
+        chosen.engine = dataclasses.replace(engine, client=client)
+    return chosen
+
+
+def test_vm_output_and_exit_code(vm_driver: Driver) -> None:
+    result = vm_driver.run(["sh", "-c", "echo out; uname -r; exit 3"])
+    assert result.returncode == 3, result.stderr
+    lines = result.stdout.decode().split()
+    assert lines[0] == "out", lines
+    assert lines[1] != os.uname().release, "not in a utility VM"  # the guest's own kernel
+
+
+def test_vm_stdin(vm_driver: Driver) -> None:
+    result = vm_driver.run(["head", "-c", "5"], flags=vm_driver.stdin_flags(), input=b"hello")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"hello"
+
+
+def test_vm_terminal(vm_driver: Driver) -> None:
+    argv = vm_driver.run_argv(["sh", "-c", "tty; exit 4"], flags=["--tty"])
+    code, output = run_in_pty(argv)
+    assert code == 4, output
+    assert b"/dev/pts/" in output, output
+
+
+def test_vm_detached_exec_kill(vm_driver: Driver) -> None:
+    container_id = vm_driver.run_detached(["sleep", "300"])
+    assert vm_driver.exec(container_id, ["sh", "-c", "echo from exec"]).strip() == "from exec"
+    vm_driver.kill(container_id, "SIGKILL")
+    assert vm_driver.wait(container_id) == 137
+
+
+def test_vm_exec_with_a_terminal(vm_driver: Driver) -> None:
+    container_id = vm_driver.run_detached(["sleep", "300"])
+    code, output = run_in_pty(vm_driver.exec_tty_argv(container_id, ["sh", "-c", "tty; exit 6"]))
+    assert code == 6, output
+    assert b"/dev/pts/" in output, output
+    vm_driver.kill(container_id, "SIGKILL")
+    assert vm_driver.wait(container_id) == 137

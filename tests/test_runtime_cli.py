@@ -10,6 +10,7 @@ containers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -286,9 +287,9 @@ def test_console_socket_gets_the_pty(root: Path, rootfs: Path, tmp_path: Path) -
         ("runc refuses the spec", ["/no/such/program", "no such file or directory"]),
         ("console socket refuses", ["nobody-listens.sock", "connect"]),
         ("pid file in a missing directory", ["pid file", "does not exist"]),
-        ("vm isolation flag", ["isolation vm"]),
-        ("vm isolation annotation", ["isolation vm"]),
         ("bad isolation annotation", ["io.hcsoci.isolation", "'both'"]),
+        ("vm console socket refuses", ["nobody-listens.sock", "console socket"]),
+        ("vm annotation, no root.path", ["root.path"]),
         ("bad id", ["container id", "is not a valid id"]),
     ],
 )
@@ -313,10 +314,13 @@ def test_bad_create_leaves_nothing(
         extra = ["--console-socket", str(tmp_path / "nobody-listens.sock")]
     elif case == "pid file in a missing directory":
         extra = ["--pid-file", str(tmp_path / "missing" / "init.pid")]
-    elif case == "vm isolation flag":
+    elif case == "vm console socket refuses":
         global_flags = ["--isolation", "vm"]
-    elif case == "vm isolation annotation":
+        config["process"]["terminal"] = True
+        extra = ["--console-socket", str(tmp_path / "nobody-listens.sock")]
+    elif case == "vm annotation, no root.path":
         config["annotations"] = {"io.hcsoci.isolation": "vm"}
+        del config["root"]
     elif case == "bad isolation annotation":
         config["annotations"] = {"io.hcsoci.isolation": "both"}
     elif case == "bad id":
@@ -339,14 +343,6 @@ def test_bad_create_leaves_nothing(
     assert records[-1]["level"] == "error"
     assert all(word in records[-1]["msg"] for word in words), records
     # the root fixture checks nothing is left: no runc state, marker, row or journal
-
-
-def test_program_name_vm_is_refused(root: Path, rootfs: Path, tmp_path: Path) -> None:
-    vm_name = tmp_path / "hcsoci-runc-vm"
-    vm_name.symlink_to(RUNTIME)
-    bundle = make_bundle(tmp_path / "bundle", rootfs, ["true"])
-    result = runtime(root, "create", "--bundle", str(bundle), "v1", program=str(vm_name))
-    assert_one_line_error(result, "isolation vm")
 
 
 @pytest.mark.parametrize(
@@ -493,3 +489,219 @@ def test_the_id_rule_without_re_is_the_pattern(value: str) -> None:
     if not is_valid_id(value):
         with pytest.raises(InvalidArgumentError):
             check_id(value, "container id")
+
+
+# -- VM isolation: the container in a utility VM, a stand-in on the host ---------------------
+
+
+@pytest.fixture
+def subreaper() -> Iterator[None]:
+    """This process adopts orphans, as an engine's shim does: stand-ins become our children.
+
+    Only for the test: afterwards the adopted processes that ended (the VM
+    controllers) are reaped and orphans go to init again, as other modules expect.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+    try:
+        yield
+    finally:
+        assert libc.prctl(36, 0, 0, 0, 0) == 0
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+
+
+def reap(pid: int, timeout: float = 60) -> int:
+    """Wait for the (adopted) stand-in ``pid``: its exit status, 128 + N for signal N."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            code = os.waitstatus_to_exitcode(status)
+            return 128 - code if code < 0 else code
+        time.sleep(0.05)
+    raise AssertionError(f"stand-in {pid} did not exit")
+
+
+def vm_rows(root: Path) -> list[str]:
+    """The utility VMs recorded under ``root``."""
+    return [row["id"] for row in Store(root).query("SELECT id FROM vms")]
+
+
+def guest_commands(root: Path, container_id: str) -> str:
+    """``ps`` (text) of a VM container: the guest processes' command lines."""
+    result = runtime(root, "ps", container_id)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.decode()
+
+
+def wait_until(condition: object, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:  # type: ignore[operator]
+        time.sleep(0.1)
+    assert condition(), condition  # type: ignore[operator]
+
+
+@pytest.mark.timeout(240)
+def test_vm_lifecycle(root: Path, rootfs: Path, tmp_path: Path, subreaper: None) -> None:
+    """create/start/state/ps/list/exec/kill/delete of a VM container over runc-style calls."""
+    bundle = make_bundle(
+        tmp_path / "bundle", rootfs, ["sh", "-c", "read x; echo got $x; exec sleep 300"]
+    )
+    pid_file = tmp_path / "init.pid"
+    stdin_r, stdin_w = os.pipe()
+    out = tmp_path / "out"
+    with out.open("wb") as stdout, tempfile.TemporaryFile() as stderr:
+        created = subprocess.run(
+            [RUNTIME, "--root", str(root), "--isolation", "vm", "create",
+             "--bundle", str(bundle), "--pid-file", str(pid_file), "v1"],
+            stdin=stdin_r, stdout=stdout, stderr=stderr, timeout=120, check=False,
+        )  # fmt: skip
+        stderr.seek(0)
+        assert created.returncode == 0, stderr.read()
+    os.close(stdin_r)
+    pid = int(pid_file.read_text())
+    state = state_of(root, "v1")
+    assert (state["status"], state["pid"]) == ("created", pid)
+    row = container_table.get(Store(root), "v1")
+    assert row is not None and row.host in vm_rows(root)  # the container is in the VM
+    assert_one_line_error(runtime(root, "exec", "v1", "true"), "not yet started")
+
+    started = runtime(root, "start", "v1")
+    assert started.returncode == 0, started.stderr
+    assert state_of(root, "v1")["status"] == "running"
+    assert_one_line_error(runtime(root, "start", "v1"), "cannot start a container that has running")
+    os.write(stdin_w, b"hello\n")
+    os.close(stdin_w)
+    wait_until(lambda: out.read_bytes() == b"got hello\n")
+    assert json.loads(runtime(root, "ps", "--format", "json", "v1").stdout) == [pid]
+    listed = json.loads(runtime(root, "list", "--format", "json").stdout)
+    assert [(entry["id"], entry["status"]) for entry in listed] == [("v1", "running")]
+
+    foreground = runtime(
+        root, "exec", "v1", "sh", "-c", "echo from exec; cat /proc/1/cmdline; exit 5"
+    )
+    assert (foreground.returncode, foreground.stdout) == (5, b"from exec\nsleep\x00300\x00"), (
+        foreground
+    )
+
+    process = tmp_path / "process.json"
+    process.write_text(json.dumps({"args": ["sleep", "222"], "cwd": "/", "env": ["PATH=/bin"]}))
+    exec_pid_file = tmp_path / "exec.pid"
+    detached = runtime(
+        root, "exec", "--process", str(process), "--detach", "--pid-file", str(exec_pid_file), "v1"
+    )
+    assert detached.returncode == 0, detached.stderr
+    exec_pid = int(exec_pid_file.read_text())
+    assert exec_pid != pid and running(exec_pid)
+    wait_until(lambda: "sleep 222" in guest_commands(root, "v1"))
+    # SIGKILL of an exec's stand-in (uncatchable): the controller kills the guest process.
+    os.kill(exec_pid, signal.SIGKILL)
+    assert reap(exec_pid) == 128 + signal.SIGKILL
+    wait_until(lambda: "sleep 222" not in guest_commands(root, "v1"))
+
+    assert_one_line_error(runtime(root, "delete", "v1"), "not stopped")
+    assert_one_line_error(runtime(root, "pause", "v1"), "not supported")
+    assert runtime(root, "kill", "v1", "KILL").returncode == 0
+    assert reap(pid) == 128 + signal.SIGKILL  # the guest init's status, through the stand-in
+    assert state_of(root, "v1")["status"] == "stopped"
+    assert runtime(root, "delete", "v1").returncode == 0
+    assert vm_rows(root) == []  # the VM ended with its last container
+    assert runtime(root, "delete", "--force", "v1").returncode == 0
+    assert_one_line_error(runtime(root, "state", "v1"), "container does not exist")
+
+
+@pytest.mark.timeout(240)
+def test_vm_console_socket_and_exit_code(
+    root: Path, rootfs: Path, tmp_path: Path, subreaper: None
+) -> None:
+    """A terminal: the host pty's master over --console-socket, the guest's exit code."""
+    script = "tty; stty size; read line; echo typed $line; exit 3"
+    bundle = make_bundle(tmp_path / "bundle", rootfs, ["sh", "-c", script], terminal=True)
+    path = str(tmp_path / "console.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    received: list[int] = []
+
+    def accept() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            _, fds, _, _ = socket.recv_fds(connection, 1024, 1)
+            received.extend(fds)
+
+    thread = threading.Thread(target=accept)
+    thread.start()
+    pid_file = tmp_path / "pid"
+    created = runtime(
+        root, "--isolation", "vm", "create", "--bundle", str(bundle),
+        "--console-socket", path, "--pid-file", str(pid_file), "t1",
+    )  # fmt: skip
+    thread.join(timeout=30)
+    listener.close()
+    assert created.returncode == 0, created.stderr
+    assert len(received) == 1
+    master = received[0]
+    pid = int(pid_file.read_text())
+    import fcntl
+    import struct
+    import termios
+
+    fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
+    output = b""
+    try:
+        assert runtime(root, "start", "t1").returncode == 0
+        os.write(master, b"abc\r")
+        while b"typed abc" not in output:
+            try:
+                chunk = os.read(master, 1024)
+            except OSError:
+                break
+            if not chunk:
+                break
+            output += chunk
+    finally:
+        os.close(master)
+    assert output.startswith(b"/dev/pts/"), output
+    assert b"33 111" in output, output
+    assert reap(pid) == 3
+    assert runtime(root, "delete", "t1").returncode == 0
+    assert vm_rows(root) == []
+
+
+@pytest.mark.timeout(240)
+def test_vm_controller_that_died(
+    root: Path, rootfs: Path, tmp_path: Path, subreaper: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The controller SIGKILLed: start fails in one line, the stand-in ends; gc reclaims."""
+    bundle = make_bundle(tmp_path / "bundle", rootfs, ["true"])
+    pid_file = tmp_path / "pid"
+    created = runtime(
+        root,
+        "--isolation",
+        "vm",
+        "create",
+        "--bundle",
+        str(bundle),
+        "--pid-file",
+        str(pid_file),
+        "d1",
+    )
+    assert created.returncode == 0, created.stderr
+    pid = int(pid_file.read_text())
+    controller = Store(root).query("SELECT controller_pid FROM vms")[0]["controller_pid"]
+    os.kill(controller, signal.SIGKILL)
+    reap(controller)  # adopted by us, the subreaper (as by an engine's shim): reaped by us
+    assert_one_line_error(runtime(root, "start", "d1"), "controller", "hcsoci gc")
+    assert reap(pid) == 255
+    assert state_of(root, "d1")["status"] == "stopped"
+    monkeypatch.setenv("HCSOCI_ROOT", str(root))
+    assert collect(context.background(), Store(root)) == ["d1"]
+    from hcsoci.uvm.vm import reap_dead_vms
+
+    reap_dead_vms(Store(root))
+    assert vm_rows(root) == []
+    assert runtime(root, "delete", "d1").returncode == 0

@@ -31,8 +31,8 @@ __all__ = [
     "Invocation",
     "check_parent",
     "container_id",
+    "is_vm_container",
     "run_command",
-    "vm_refused",
 ]
 
 ISOLATION_ANNOTATION = "io.hcsoci.isolation"
@@ -43,12 +43,13 @@ class CommandError(Exception):
     """The command failed for a reason of hcsoci-runc's own; the message is one line."""
 
 
-def vm_refused() -> CommandError:
-    """The error for VM isolation, which hcsoci-runc does not provide yet."""
-    return CommandError(
-        "isolation vm: not available through hcsoci-runc yet (it needs the VM controller "
-        "process, still to come); use --isolation process, or hcsoci run --isolation vm"
-    )
+VM_DIRECTORY = "hcsoci-runc-vm"
+"""Under the state root: a directory per VM container (see :mod:`hcsoci.runtime_cli.vm`)."""
+
+
+def is_vm_container(root: str, wanted: str) -> bool:
+    """Whether the (checked) id names a VM container (one ``stat``: this is the fast path)."""
+    return os.path.isdir(os.path.join(root, VM_DIRECTORY, wanted))
 
 
 class Invocation:
@@ -81,6 +82,11 @@ def check_parent(path: str, field: str) -> None:
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
             raise CommandError(f"{field} {path!r}: directory {directory!r} does not exist")
+
+
+def _vm_command(invocation: Invocation, command: str, line: CommandLine) -> bool:
+    """Whether ``command`` names a VM container (then :mod:`~hcsoci.runtime_cli.vm` does it)."""
+    return bool(line.args) and is_vm_container(invocation.root, container_id(line, command))
 
 
 def _exec(invocation: Invocation, line: CommandLine) -> int:
@@ -136,12 +142,19 @@ def _create(command: str) -> Handler:
         wanted = container_id(line, command)
         bundle = os.path.abspath(line.value("bundle") or os.getcwd())
         config = _read_config(bundle)
-        if invocation.isolation == "vm":
-            raise vm_refused()
-        if not invocation.isolation and ISOLATION_ANNOTATION.encode() in config:
+        isolation = invocation.isolation
+        if not isolation and ISOLATION_ANNOTATION.encode() in config:
             from hcsoci.runtime_cli import containers
 
-            containers.check_isolation_annotation(bundle, config)
+            isolation = containers.check_isolation_annotation(bundle, config)
+        if isolation == "vm":
+            if command == "run":
+                raise CommandError("run: not supported with VM isolation (use create and start)")
+            if is_vm_container(invocation.root, wanted):
+                raise CommandError(f"container with id exists: {wanted}")
+            from hcsoci.runtime_cli import vm
+
+            return vm.create(invocation, line, wanted, bundle)
         check_parent(line.value("pid-file"), "pid file")
         if invocation.held_by_runc(wanted):
             raise CommandError(f"container with id exists: {wanted}")
@@ -172,6 +185,10 @@ def _create(command: str) -> Handler:
 def _delete(invocation: Invocation, line: CommandLine) -> int:
     """``delete``: runc deletes (started first), the records go after."""
     wanted = container_id(line, "delete")
+    if is_vm_container(invocation.root, wanted):
+        from hcsoci.runtime_cli import vm
+
+        return vm.run_vm_command(invocation, "delete", line)
     held = invocation.held_by_runc(wanted)
     if not held and not markers.exists(invocation.root, wanted):
         # containerd's shim always follows a delete with a forced one: answered at once.
@@ -206,8 +223,29 @@ COMMANDS = frozenset(_COMMANDS)
 """Every command hcsoci-runc knows."""
 
 
+def _list(invocation: Invocation, line: CommandLine) -> int:
+    """runc's ``list``, with the VM containers beside runc's."""
+    base = os.path.join(invocation.root, VM_DIRECTORY)
+    if not os.path.isdir(base) or not os.listdir(base):
+        invocation.runc.become("list", line.raw)
+    from hcsoci.runtime_cli import vm
+
+    return vm.list_all(invocation, line)
+
+
+_COMMANDS["list"] = _list
+
+_BY_VM = frozenset(("start", "exec", "kill", "state", "ps", "pause", "resume", "update", "events"))
+
+
 def run_command(invocation: Invocation, command: str, line: CommandLine) -> int:
     """Carry out ``command``; its exit status (runc's for what runc did)."""
+    if command in _BY_VM and _vm_command(invocation, command, line):
+        from hcsoci.runtime_cli import vm
+
+        code = vm.run_vm_command(invocation, command, line)
+        sys.stdout.flush()
+        return code
     code = _COMMANDS[command](invocation, line)
     sys.stdout.flush()
     return code

@@ -20,7 +20,7 @@ from hcsoci.errors import AlreadyExistsError
 from hcsoci.paths import make_private_dir
 from hcsoci.runtime_cli import markers, records
 from hcsoci.runtime_cli.argv import CommandLine
-from hcsoci.runtime_cli.commands import ISOLATION_ANNOTATION, CommandError, Invocation, vm_refused
+from hcsoci.runtime_cli.commands import ISOLATION_ANNOTATION, CommandError, Invocation
 from hcsoci.store import Store, open_store
 
 __all__ = [
@@ -32,8 +32,8 @@ __all__ = [
 ]
 
 
-def check_isolation_annotation(bundle: str, data: bytes) -> None:
-    """The spec's ``io.hcsoci.isolation`` annotation: ``process`` or refused."""
+def check_isolation_annotation(bundle: str, data: bytes) -> str:
+    """The spec's ``io.hcsoci.isolation`` annotation: ``process``, ``vm`` or '' (none)."""
     try:
         config = json.loads(data)
     except ValueError as err:
@@ -44,8 +44,7 @@ def check_isolation_annotation(bundle: str, data: bytes) -> None:
         raise CommandError(
             f"annotation {ISOLATION_ANNOTATION}: {chosen!r} is not an isolation (use process or vm)"
         )
-    if chosen == "vm":
-        raise vm_refused()
+    return chosen
 
 
 def _read_pid(path: str) -> int:

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(
     flags: dict[str, list[str]], isolation: str, program: str, command: str, rest: list[str]
 ) -> int:
-    from hcsoci.runtime_cli.commands import COMMANDS, Invocation, run_command, vm_refused
+    from hcsoci.runtime_cli.commands import COMMANDS, Invocation, run_command
     from hcsoci.runtime_cli.runc import RuncCommand, find_runc
 
     if command not in COMMANDS:
@@ -99,8 +99,6 @@ def _run(
         raise UsageError(f"--isolation: {isolation!r} is not an isolation (use process or vm)")
     if not isolation and program.endswith("-vm"):
         isolation = "vm"
-    if isolation == "vm":
-        raise vm_refused()
     root = os.path.abspath(flags["root"][-1]) if "root" in flags else _default_root()
     line = parse_command(command, rest)
     if line.is_set("help"):

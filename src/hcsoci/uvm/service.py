@@ -486,6 +486,13 @@ class VMService:
         assert cmd.process is not None
         with self._lock:
             self._sessions[session.token] = session
+        done_r, done_w = os.pipe2(os.O_CLOEXEC)
+        if _flag(request, "kill_on_disconnect"):
+            threading.Thread(
+                target=_kill_on_disconnect, args=(conn, cmd, done_r), daemon=True
+            ).start()
+        else:
+            os.close(done_r)
         try:
             with contextlib.suppress(OSError):
                 send_frame(conn, {"ok": True, "pid": cmd.process.pid(), "token": session.token})
@@ -501,6 +508,7 @@ class VMService:
                 if not state.exited:
                     end = {"event": "error", "error": _one_line(err), "kind": error_kind(err)}
         finally:
+            os.close(done_w)  # the disconnect watcher ends
             with self._lock:
                 self._sessions.pop(session.token, None)
             if stdin is not None:
@@ -595,6 +603,22 @@ class VMService:
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def _kill_on_disconnect(conn: socket.socket, cmd: Cmd, done: int) -> None:
+    """SIGKILL ``cmd``'s process when its client hangs up first (it sends nothing after its
+    request, so the connection turning readable means closed); ``done`` closes at its exit."""
+    try:
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN | select.POLLRDHUP)
+        poller.register(done, select.POLLIN)
+        events = dict(poller.poll())
+        if done not in events and cmd.process is not None:
+            log.info("the client of process %s hung up: killing it", cmd.process.pid())
+            with contextlib.suppress(HcsociError, OSError):
+                cmd.process.kill(background())
+    finally:
+        os.close(done)
 
 
 def _report(fd: int | None, line: str) -> None:

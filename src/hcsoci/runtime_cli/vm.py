@@ -1,0 +1,669 @@
+"""VM isolation in hcsoci-runc: the engine's container in a utility VM, through its controller.
+
+``create`` starts a VM controller (:func:`hcsoci.uvm.remote.start_controller`,
+a new VM: a template makes that fast), creates the container in it from the
+engine's spec (the bundle's root file system as a Plan9 share), and leaves a
+**stand-in** (:mod:`hcsoci.runtime_cli.standin`) on the host whose pid goes
+to ``--pid-file``: the engine's shim waits on it, signals it and takes its
+exit status.  The stand-in holds the engine's stdio, or the slave of a host
+pty whose master went over ``--console-socket``, and starts the guest init
+when ``start`` connects to its start socket.
+
+What hcsoci-runc keeps per VM container, under ``<root>/hcsoci-runc-vm/<id>/``
+(0700): ``container.json`` (0600: the VM, its controller's socket, the
+stand-in's pid and start time, the bundle) and, until started, ``start.sock``.
+The marker (:mod:`hcsoci.runtime_cli.markers`) is made first and removed last,
+as for process isolation; the store's row is the controller's (owner
+``hcsoci-runc``, host = the VM).  ``delete`` releases the container through
+the controller, which ends (closing the VM) with its last container.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import termios
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hcsoci.controller import process_alive, process_start_time
+from hcsoci.runtime_cli import markers
+from hcsoci.runtime_cli.argv import CommandLine
+from hcsoci.runtime_cli.commands import CommandError, Invocation, check_parent, container_id
+
+__all__ = [
+    "DIRECTORY",
+    "OWNER",
+    "create",
+    "guest_spec",
+    "handles",
+    "is_vm_container",
+    "list_all",
+    "list_states",
+    "run_vm_command",
+]
+
+DIRECTORY = "hcsoci-runc-vm"
+"""The directory under the state root holding each VM container's files."""
+
+OWNER = "hcsoci-runc"
+RECORD = "container.json"
+START_SOCKET = "start.sock"
+START_TIMEOUT = 120.0
+"""Seconds ``start`` (and ``exec --detach``) wait for the guest process to be running."""
+
+
+def _directory(root: str, wanted: str) -> Path:
+    return Path(root) / DIRECTORY / wanted
+
+
+def is_vm_container(root: str, wanted: str) -> bool:
+    """Whether the (checked) id is a VM container of hcsoci-runc under ``root``."""
+    return os.path.isdir(os.path.join(root, DIRECTORY, wanted))
+
+
+def _read_record(root: str, wanted: str) -> dict[str, Any]:
+    try:
+        data = json.loads((_directory(root, wanted) / RECORD).read_bytes())
+    except FileNotFoundError:
+        raise CommandError(f"container {wanted} is being created or deleted") from None
+    except (OSError, ValueError) as err:
+        raise CommandError(f"container {wanted}: its record is unreadable: {err}") from None
+    if not isinstance(data, dict):
+        raise CommandError(f"container {wanted}: its record is unreadable")
+    return data
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as file:
+        file.write(data)
+    os.replace(temporary, path)
+
+
+def _write_pid_file(path: str, pid: int) -> None:
+    """As runc: the pid, written to a temporary file renamed into place."""
+    if not path:
+        return
+    target = Path(os.path.abspath(path))
+    temporary = target.with_name(f".{target.name}.hcsoci")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(str(pid))
+    os.replace(temporary, target)
+
+
+def guest_spec(bundle: str, config: dict[str, Any]) -> Any:
+    """The engine's spec as it can apply in the guest (an ``oci.Spec``).
+
+    Dropped: host namespace paths (the guest has its own namespaces), the
+    AppArmor profile and SELinux labels (the guest kernel has neither), hooks
+    and ``cgroupsPath`` (dropped by the VM's placement anyway).  ``root.path``
+    becomes absolute (a Plan9 share of that host directory).
+    """
+    from hcsoci import oci
+
+    root = config.get("root")
+    if not isinstance(root, dict) or not isinstance(root.get("path"), str) or not root["path"]:
+        raise CommandError(f"bundle {bundle!r}: config.json has no root.path")
+    root["path"] = os.path.normpath(os.path.join(bundle, root["path"]))
+    if not os.path.isdir(root["path"]):
+        raise CommandError(f"bundle {bundle!r}: root.path {root['path']!r} is not a directory")
+    config.pop("hooks", None)
+    process = config.get("process")
+    if isinstance(process, dict):
+        process.pop("apparmorProfile", None)
+        process.pop("selinuxLabel", None)
+    linux = config.get("linux")
+    if isinstance(linux, dict):
+        linux.pop("mountLabel", None)
+        for namespace in linux.get("namespaces") or []:
+            if isinstance(namespace, dict):
+                namespace.pop("path", None)
+    try:
+        return oci.decode_spec(config)
+    except Exception as err:
+        raise CommandError(f"bundle {bundle!r}: config.json: {err}") from None
+
+
+def _controller_env(invocation: Invocation) -> None:
+    """The controller (and the store) use this call's state root."""
+    os.environ["HCSOCI_ROOT"] = invocation.root
+
+
+def _open_pty() -> tuple[int, int]:
+    """A host pty (master, slave), the slave raw: the guest's own terminal does the work."""
+    master, slave = os.openpty()
+    attrs = termios.tcgetattr(slave)
+    attrs[0] &= ~(
+        termios.IGNBRK
+        | termios.BRKINT
+        | termios.PARMRK
+        | termios.ISTRIP
+        | termios.INLCR
+        | termios.IGNCR
+        | termios.ICRNL
+        | termios.IXON
+    )
+    attrs[1] &= ~termios.OPOST
+    attrs[2] &= ~(termios.CSIZE | termios.PARENB)
+    attrs[2] |= termios.CS8
+    attrs[3] &= ~(termios.ECHO | termios.ECHONL | termios.ICANON | termios.ISIG | termios.IEXTEN)
+    termios.tcsetattr(slave, termios.TCSANOW, attrs)
+    os.set_inheritable(slave, False)
+    return master, slave
+
+
+def _send_console(path: str, master: int) -> None:
+    """Send the pty master over ``--console-socket``, as runc does (its name, SCM_RIGHTS)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(10.0)
+        sock.connect(path)
+        socket.send_fds(sock, [os.ttyname(master).encode() or b"/dev/ptmx"], [master])
+    except OSError as err:
+        raise CommandError(
+            f"console socket {path!r}: {err.strerror or err} (nobody accepts the terminal)"
+        ) from None
+    finally:
+        sock.close()
+
+
+def _spawn_standin(config: dict[str, Any], stdio: tuple[int, int, int], keep: list[int]) -> int:
+    """Start a stand-in (its own session, reaped by the engine's subreaper once we exit)."""
+    command = [sys.executable, "-m", "hcsoci.runtime_cli.standin", json.dumps(config)]
+    child = subprocess.Popen(
+        command,
+        stdin=stdio[0],
+        stdout=stdio[1],
+        stderr=stdio[2],
+        pass_fds=tuple(keep),
+        start_new_session=True,
+        close_fds=True,
+    )
+    child.returncode = 0  # never waited for here: the engine's shim reaps it
+    return child.pid
+
+
+def _read_ready(fd: int, timeout: float) -> str:
+    import select
+
+    deadline = time.monotonic() + timeout
+    data = b""
+    while b"\n" not in data:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return "error the guest process did not start in time"
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            continue
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode(errors="replace").strip() or "error the stand-in exited without a word"
+
+
+def _create(invocation: Invocation, line: CommandLine, wanted: str, bundle: str) -> int:
+    from hcsoci.uvm.channel import bind_socket
+    from hcsoci.uvm.options import UVMOptions
+    from hcsoci.uvm.remote import start_controller
+
+    pid_file = line.value("pid-file")
+    console = line.value("console-socket")
+    check_parent(pid_file, "pid file")
+    with open(os.path.join(bundle, "config.json"), "rb") as file:
+        try:
+            config = json.loads(file.read())
+        except ValueError as err:
+            raise CommandError(f"bundle {bundle!r}: config.json is not valid JSON: {err}") from None
+    if not isinstance(config, dict):
+        raise CommandError(f"bundle {bundle!r}: config.json is not a JSON object")
+    spec = guest_spec(bundle, config)
+    tty = bool(spec.process is not None and spec.process.terminal)
+    if tty and not console:
+        raise CommandError("cannot allocate tty if runc will detach without setting console socket")
+    if console and not tty:
+        raise CommandError("cannot use console socket if runc will not detach or allocate tty")
+    if invocation.held_by_runc(wanted) or not markers.make(invocation.root, wanted):
+        raise CommandError(f"container with id exists: {wanted}")
+    directory = _directory(invocation.root, wanted)
+    client = None
+    standin = 0
+    fds: list[int] = []
+    try:
+        os.makedirs(directory.parent, mode=0o700, exist_ok=True)
+        directory.mkdir(mode=0o700)
+        _controller_env(invocation)
+        if tty:
+            master, slave = _open_pty()
+            fds += [master, slave]
+            _send_console(console, master)
+            stdio = (slave, slave, slave)
+        else:
+            stdio = (0, 1, 2)
+        client = start_controller(UVMOptions())
+        controller = int(client.call("hello")["pid"])
+        client.create(wanted, spec, owner=OWNER)
+        listener = bind_socket(directory / START_SOCKET, backlog=4)
+        fds.append(listener.detach())
+        standin = _spawn_standin(
+            {
+                "vm": client.vm_id,
+                "socket": str(client.socket_path),
+                "id": wanted,
+                "process": None,
+                "tty": tty,
+                "listen_fd": fds[-1],
+                "start_socket": str(directory / START_SOCKET),
+            },
+            stdio,
+            [fds[-1]],
+        )
+        record = {
+            "vm": client.vm_id,
+            "socket": str(client.socket_path),
+            "controller": controller,
+            "pid": standin,
+            "start": process_start_time(standin) or 0,
+            "bundle": bundle,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime()),
+            "annotations": config.get("annotations") or {},
+        }
+        _write_private(directory / RECORD, json.dumps(record).encode())
+        _write_pid_file(pid_file, standin)
+    except BaseException:
+        if standin:
+            with contextlib.suppress(OSError):
+                os.kill(standin, signal.SIGKILL)
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.call("delete", id=wanted, force=True)
+        shutil.rmtree(directory, ignore_errors=True)
+        markers.remove(invocation.root, wanted)
+        raise
+    finally:
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    return 0
+
+
+def _exited(pid: int, start: int) -> bool:
+    """Whether the stand-in (pid, start time) is gone or a zombie (exited, not yet reaped)."""
+    if not process_alive(pid, start):
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _status(root: str, wanted: str, record: dict[str, Any]) -> str:
+    if _exited(int(record.get("pid", 0)), int(record.get("start", 0))):
+        return "stopped"
+    if (_directory(root, wanted) / START_SOCKET).exists():
+        return "created"
+    return "running"
+
+
+def _client(record: dict[str, Any]) -> Any:
+    from hcsoci.uvm.remote import ControllerClient
+
+    return ControllerClient(str(record["vm"]), Path(str(record["socket"])))
+
+
+def _start(invocation: Invocation, line: CommandLine) -> int:
+    wanted = container_id(line, "start")
+    record = _read_record(invocation.root, wanted)
+    status = _status(invocation.root, wanted, record)
+    if status != "created":
+        raise CommandError(f"cannot start a container that has {status}")
+    from hcsoci.uvm.channel import connect_socket
+
+    try:
+        sock = connect_socket(_directory(invocation.root, wanted) / START_SOCKET, 10.0)
+    except OSError as err:
+        raise CommandError(f"container {wanted}: its stand-in does not answer: {err}") from None
+    try:
+        sock.sendall(b"start\n")
+        sock.settimeout(START_TIMEOUT)
+        answer = b""
+        while b"\n" not in answer:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    except OSError as err:
+        raise CommandError(f"container {wanted}: its stand-in does not answer: {err}") from None
+    finally:
+        sock.close()
+    text = answer.decode(errors="replace").strip()
+    if text != "ok":
+        raise CommandError(text.removeprefix("error ") or f"container {wanted}: start failed")
+    return 0
+
+
+def _state(invocation: Invocation, line: CommandLine) -> int:
+    wanted = container_id(line, "state")
+    record = _read_record(invocation.root, wanted)
+    sys.stdout.write(json.dumps(_state_of(invocation.root, wanted, record), indent=2) + "\n")
+    return 0
+
+
+def _state_of(root: str, wanted: str, record: dict[str, Any]) -> dict[str, Any]:
+    status = _status(root, wanted, record)
+    bundle = str(record.get("bundle", ""))
+    return {
+        "ociVersion": "1.0.2-dev",
+        "id": wanted,
+        "pid": int(record.get("pid", 0)) if status != "stopped" else 0,
+        "status": status,
+        "bundle": bundle,
+        "rootfs": os.path.join(bundle, "rootfs"),
+        "created": record.get("created", ""),
+        "annotations": record.get("annotations") or {},
+        "owner": "",
+    }
+
+
+def _signal_number(text: str) -> int:
+    if text.isdigit():
+        number = int(text)
+    else:
+        name = text.upper()
+        name = name if name.startswith("SIG") else "SIG" + name
+        number = int(getattr(signal.Signals, name, 0)) if name in signal.Signals.__members__ else 0
+    if not 1 <= number <= 64:
+        raise CommandError(f"unknown signal {text!r}")
+    return number
+
+
+def _kill(invocation: Invocation, line: CommandLine) -> int:
+    wanted = container_id(line, "kill")
+    number = _signal_number(line.args[1] if len(line.args) > 1 else "SIGTERM")
+    record = _read_record(invocation.root, wanted)
+    status = _status(invocation.root, wanted, record)
+    if status == "stopped":
+        raise CommandError("container not running")
+    if status == "created":
+        # Nothing runs in the guest yet: the stand-in takes the signal (and ends).
+        os.kill(int(record["pid"]), number)
+        return 0
+    from hcsoci.errors import HcsociError
+
+    try:
+        _client(record).call("kill", id=wanted, signal=number, all=line.is_set("all"))
+    except HcsociError as err:
+        raise CommandError(str(err)) from None
+    return 0
+
+
+def _delete(invocation: Invocation, line: CommandLine) -> int:
+    wanted = container_id(line, "delete")
+    force = line.is_set("force")
+    directory = _directory(invocation.root, wanted)
+    try:
+        record = _read_record(invocation.root, wanted)
+    except CommandError:
+        record = {}
+    status = _status(invocation.root, wanted, record) if record else "stopped"
+    if status != "stopped" and not force:
+        raise CommandError(f"cannot delete container {wanted} that is not stopped: {status}")
+    if status != "stopped":
+        with contextlib.suppress(OSError):
+            os.kill(int(record["pid"]), signal.SIGKILL)
+    _controller_env(invocation)
+    from hcsoci.errors import NotFoundError
+    from hcsoci.uvm.remote import ControllerError
+
+    failure = ""
+    if record:
+        try:
+            _client(record).call("delete", id=wanted, force=True)
+        except NotFoundError:
+            pass
+        except ControllerError:
+            failure = _release_without_controller(wanted)
+        except Exception as err:
+            failure = str(err)
+    if failure:
+        raise CommandError(f"container {wanted}: {failure}")
+    if record:
+        _wait_for_controller_end(int(record.get("controller", 0)))
+    shutil.rmtree(directory, ignore_errors=True)
+    markers.remove(invocation.root, wanted)
+    return 0
+
+
+CONTROLLER_END_TIMEOUT = 30.0
+"""Seconds ``delete`` waits for the controller to close the VM its last container left."""
+
+
+def _wait_for_controller_end(pid: int) -> None:
+    """Each container has a VM of its own: once deleted, its controller ends, closing the VM.
+
+    ``delete`` returns when the controller process ``pid`` is gone, so
+    nothing of the VM (QEMU, its state) outlives the call.
+    """
+    start = process_start_time(pid) if pid > 0 else None
+    deadline = time.monotonic() + CONTROLLER_END_TIMEOUT
+    # A zombie has ended (an engine's shim, a subreaper, adopts and reaps the controller).
+    while start is not None and not _exited(pid, start) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _release_without_controller(wanted: str) -> str:
+    """The controller died: release what it left as ``hcsoci gc`` would; '' when done."""
+    from hcsoci.context import background
+    from hcsoci.errors import NotFoundError
+    from hcsoci.gc import release_container
+
+    try:
+        release_container(background(), wanted)
+    except NotFoundError:
+        return ""  # released already (`hcsoci gc`)
+    except Exception as err:
+        return f"{err} (`hcsoci gc` releases it later)"
+    return ""
+
+
+def _process_spec(line: CommandLine, record: dict[str, Any]) -> dict[str, Any]:
+    path = line.value("process")
+    if path:
+        try:
+            with open(path, "rb") as file:
+                process = json.loads(file.read())
+        except FileNotFoundError:
+            raise CommandError(f"process file {path!r} does not exist") from None
+        except (OSError, ValueError) as err:
+            raise CommandError(f"process file {path!r}: {err}") from None
+        if not isinstance(process, dict):
+            raise CommandError(f"process file {path!r}: not a JSON object")
+    else:
+        if len(line.args) < 2:
+            raise CommandError("exec: no command given (use --process or arguments)")
+        process = {"args": line.args[1:], "cwd": "/", "env": ["PATH=/usr/bin:/bin"]}
+        user = line.value("user")
+        if user:
+            uid, _, gid = user.partition(":")
+            if not uid.isdigit() or (gid and not gid.isdigit()):
+                raise CommandError(f"--user {user!r}: give UID[:GID]")
+            process["user"] = {"uid": int(uid), "gid": int(gid or 0)}
+    if line.is_set("tty"):
+        process["terminal"] = True
+    if line.value("cwd"):
+        process["cwd"] = line.value("cwd")
+    if line.values("env"):
+        process["env"] = [*(process.get("env") or []), *line.values("env")]
+    process.pop("apparmorProfile", None)
+    process.pop("selinuxLabel", None)
+    from hcsoci import oci
+
+    try:
+        oci.decode_spec({"ociVersion": "1.0.2", "process": process})
+    except Exception as err:
+        raise CommandError(f"exec: the process is not valid: {err}") from None
+    if not process.get("args"):
+        raise CommandError("exec: the process has no args")
+    return process
+
+
+def _exec(invocation: Invocation, line: CommandLine) -> int:
+    wanted = container_id(line, "exec")
+    check_parent(line.value("pid-file"), "pid file")
+    record = _read_record(invocation.root, wanted)
+    if _status(invocation.root, wanted, record) != "running":
+        raise CommandError("cannot exec in a stopped or not yet started container")
+    process = _process_spec(line, record)
+    tty = bool(process.get("terminal"))
+    console = line.value("console-socket")
+    detach = line.is_set("detach")
+    if tty and detach and not console:
+        raise CommandError("cannot allocate tty if runc will detach without setting console socket")
+    if console and not tty:
+        raise CommandError("cannot use console socket if runc will not detach or allocate tty")
+    config = {
+        "vm": record["vm"],
+        "socket": record["socket"],
+        "id": wanted,
+        "process": process,
+        "tty": tty,
+    }
+    if not detach and not console:
+        # In the foreground, this process becomes the stand-in: our stdio, our exit status.
+        _write_pid_file(line.value("pid-file"), os.getpid())
+        sys.stdout.flush()
+        os.execv(
+            sys.executable, [sys.executable, "-m", "hcsoci.runtime_cli.standin", json.dumps(config)]
+        )
+    fds: list[int] = []
+    try:
+        if tty:
+            master, slave = _open_pty()
+            fds += [master, slave]
+            _send_console(console, master)
+            stdio = (slave, slave, slave)
+        else:
+            stdio = (0, 1, 2)
+        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+        fds += [ready_r, ready_w]
+        config["ready_fd"] = ready_w
+        standin = _spawn_standin(config, stdio, [ready_w])
+        os.close(ready_w)
+        fds.remove(ready_w)
+        answer = _read_ready(ready_r, START_TIMEOUT)
+        if answer != "ok":
+            with contextlib.suppress(OSError):
+                os.kill(standin, signal.SIGKILL)
+            raise CommandError(answer.removeprefix("error "))
+        _write_pid_file(line.value("pid-file"), standin)
+    finally:
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    if not detach:
+        # A foreground exec with a console: wait for the stand-in (our child).
+        _, status = os.waitpid(standin, 0)
+        code = os.waitstatus_to_exitcode(status)
+        return 128 - code if code < 0 else code
+    return 0
+
+
+def _ps(invocation: Invocation, line: CommandLine) -> int:
+    wanted = container_id(line, "ps")
+    record = _read_record(invocation.root, wanted)
+    running = _status(invocation.root, wanted, record) == "running"
+    if line.value("format") == "json":
+        # Host pids, as engines expect: the stand-in is the container's one host process.
+        sys.stdout.write(json.dumps([int(record["pid"])] if running else []) + "\n")
+        return 0
+    sys.stdout.write("PID   CMD (in the utility VM)\n")
+    if running:
+        for found in _client(record).call("processes", id=wanted)["processes"]:
+            sys.stdout.write(f"{int(found['pid']):<5} {found['command']}\n")
+    return 0
+
+
+def _unsupported(command: str) -> Callable[[Invocation, CommandLine], int]:
+    def refuse(invocation: Invocation, line: CommandLine) -> int:
+        container_id(line, command)
+        raise CommandError(f"{command}: not supported for containers in a utility VM")
+
+    return refuse
+
+
+_COMMANDS: dict[str, Callable[[Invocation, CommandLine], int]] = {
+    "start": _start,
+    "state": _state,
+    "kill": _kill,
+    "delete": _delete,
+    "exec": _exec,
+    "ps": _ps,
+    "pause": _unsupported("pause"),
+    "resume": _unsupported("resume"),
+    "update": _unsupported("update"),
+    "events": _unsupported("events"),
+    "run": _unsupported("run"),
+}
+
+
+def handles(command: str) -> bool:
+    """Whether ``command`` on a VM container is carried out here."""
+    return command in _COMMANDS
+
+
+def run_vm_command(invocation: Invocation, command: str, line: CommandLine) -> int:
+    """Carry out ``command`` on a VM container (``create``: make one)."""
+    return _COMMANDS[command](invocation, line)
+
+
+def create(invocation: Invocation, line: CommandLine, wanted: str, bundle: str) -> int:
+    """``create`` with VM isolation (see the module)."""
+    return _create(invocation, line, wanted, bundle)
+
+
+def list_states(root: str) -> list[dict[str, Any]]:
+    """The state of every VM container under ``root`` (for ``list``)."""
+    found = []
+    base = Path(root) / DIRECTORY
+    for entry in sorted(os.listdir(base)) if base.is_dir() else []:
+        with contextlib.suppress(CommandError):
+            found.append(_state_of(root, entry, _read_record(root, entry)))
+    return found
+
+
+def list_all(invocation: Invocation, line: CommandLine) -> int:
+    """``list``: runc's containers and the VM containers, in runc's formats."""
+    states: list[dict[str, Any]] = []
+    if os.path.isdir(invocation.runc_root):
+        found = subprocess.run(
+            invocation.runc.argv("list", ["--format", "json"]),
+            stdout=subprocess.PIPE,
+            check=False,
+        )
+        with contextlib.suppress(ValueError):
+            states = json.loads(found.stdout or b"null") or []
+    states += list_states(invocation.root)
+    if line.is_set("quiet"):
+        sys.stdout.write("".join(f"{state['id']}\n" for state in states))
+    elif line.value("format") == "json":
+        sys.stdout.write(json.dumps(states) + "\n")
+    else:
+        sys.stdout.write("ID\tPID\tSTATUS\tBUNDLE\tCREATED\tOWNER\n")
+        for state in states:
+            sys.stdout.write(
+                f"{state['id']}\t{state.get('pid', 0)}\t{state.get('status', '')}\t"
+                f"{state.get('bundle', '')}\t{state.get('created', '')}\t{state.get('owner', '')}\n"
+            )
+    return 0
