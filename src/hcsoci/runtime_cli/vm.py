@@ -28,13 +28,14 @@ import signal
 import socket
 import subprocess
 import sys
-import termios
 import time
+import tty
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from hcsoci.controller import process_alive, process_start_time
+from hcsoci.paths import make_private_dir
 from hcsoci.runtime_cli import markers
 from hcsoci.runtime_cli.argv import CommandLine
 from hcsoci.runtime_cli.commands import CommandError, Invocation, check_parent, container_id
@@ -143,24 +144,22 @@ def _controller_env(invocation: Invocation) -> None:
 def _open_pty() -> tuple[int, int]:
     """A host pty (master, slave), the slave raw: the guest's own terminal does the work."""
     master, slave = os.openpty()
-    attrs = termios.tcgetattr(slave)
-    attrs[0] &= ~(
-        termios.IGNBRK
-        | termios.BRKINT
-        | termios.PARMRK
-        | termios.ISTRIP
-        | termios.INLCR
-        | termios.IGNCR
-        | termios.ICRNL
-        | termios.IXON
-    )
-    attrs[1] &= ~termios.OPOST
-    attrs[2] &= ~(termios.CSIZE | termios.PARENB)
-    attrs[2] |= termios.CS8
-    attrs[3] &= ~(termios.ECHO | termios.ECHONL | termios.ICANON | termios.ISIG | termios.IEXTEN)
-    termios.tcsetattr(slave, termios.TCSANOW, attrs)
+    tty.setraw(slave)
     os.set_inheritable(slave, False)
     return master, slave
+
+
+def _console_stdio(tty_wanted: bool, console: str, fds: list[int]) -> tuple[int, int, int]:
+    """The process's stdio: a new pty whose master goes over ``console``, or ours (0, 1, 2).
+
+    The pty's ends are appended to ``fds`` (the caller closes them).
+    """
+    if not tty_wanted:
+        return (0, 1, 2)
+    master, slave = _open_pty()
+    fds += [master, slave]
+    _send_console(console, master)
+    return (slave, slave, slave)
 
 
 def _send_console(path: str, master: int) -> None:
@@ -241,16 +240,10 @@ def _create(invocation: Invocation, line: CommandLine, wanted: str, bundle: str)
     standin = 0
     fds: list[int] = []
     try:
-        os.makedirs(directory.parent, mode=0o700, exist_ok=True)
+        make_private_dir(directory.parent)
         directory.mkdir(mode=0o700)
         _controller_env(invocation)
-        if tty:
-            master, slave = _open_pty()
-            fds += [master, slave]
-            _send_console(console, master)
-            stdio = (slave, slave, slave)
-        else:
-            stdio = (0, 1, 2)
+        stdio = _console_stdio(tty, console, fds)
         client = start_controller(UVMOptions())
         controller = int(client.call("hello")["pid"])
         client.create(wanted, spec, owner=OWNER)
@@ -549,13 +542,7 @@ def _exec(invocation: Invocation, line: CommandLine) -> int:
         )
     fds: list[int] = []
     try:
-        if tty:
-            master, slave = _open_pty()
-            fds += [master, slave]
-            _send_console(console, master)
-            stdio = (slave, slave, slave)
-        else:
-            stdio = (0, 1, 2)
+        stdio = _console_stdio(tty, console, fds)
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
         fds += [ready_r, ready_w]
         config["ready_fd"] = ready_w
