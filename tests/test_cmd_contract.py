@@ -13,7 +13,8 @@ stray it started inside a host, even when it fails.
 
 Sinks and sources are Python objects (``io.BytesIO`` and the small classes
 below): a real descriptor would be handed straight to a process on this
-machine, and then no relay would be tested.
+machine, and then no relay would be tested.  The cases at the end hand real
+descriptors over on purpose.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import errno
 import hashlib
 import io
 import logging
+import os
 import random
 import secrets
 import signal
@@ -54,6 +56,7 @@ from hcsoci.context import Context, background
 from hcsoci.cow import ProcessHost
 from hcsoci.errors import InvalidArgumentError, StateError
 from hcsoci.resources import Resources
+from hcsoci.runtime.subreaper import default_subreaper
 from hcsoci.uvm import UtilityVM
 
 HOSTS = ["local", "container", "vm", "vm_container"]
@@ -165,6 +168,7 @@ def no_leaks(host: Host) -> Iterator[None]:
     """
     _, cancel = context.with_timeout(background(), 3600)  # the shared deadline timer thread
     cancel()
+    default_subreaper().start()  # the process-wide reaper of detached runtimes' processes
     before = snapshot()
     yield
     assert_nothing_left(before, settle=10.0)
@@ -592,3 +596,91 @@ def test_spec_none_runs_a_created_containers_init_with_relayed_stdio(
     finally:
         container.close()
         release_resources(background(), resources, hosting, True)
+
+
+# --- real descriptors ------------------------------------------------------------------
+#
+# A caller's file or pipe is the process's own stdio on a host that runs the
+# process on this machine (LocalHost; a runc container, whose runtime runs
+# detached for it so that nothing copies): its descriptor 1 is the caller's
+# file.  A process in the utility VM runs in another kernel, where no
+# descriptor of ours can exist: there the same bytes arrive through the relay.
+
+
+def _same_file(pid: int, fd: int, path: str) -> bool:
+    held, wanted = os.stat(f"/proc/{pid}/fd/{fd}"), os.stat(path)
+    return (held.st_dev, held.st_ino) == (wanted.st_dev, wanted.st_ino)
+
+
+def test_a_real_descriptor_is_the_process_own_stdio(host: Host, tmp_path: Path) -> None:
+    out_path = str(tmp_path / "out")
+    read_end, write_end = os.pipe()
+    with open(read_end, "rb", buffering=0) as stdin, open(out_path, "wb") as stdout:
+        cmd = command(host.host, "sh", "-c", "read line; echo got $line")
+        cmd.stdin, cmd.stdout = stdin, stdout
+        try:
+            cmd.start()
+            assert cmd.process is not None
+            if not host.remote:
+                pid = cmd.process.pid()
+                assert _same_file(pid, 1, out_path), "stdout is not the caller's file"
+                assert os.readlink(f"/proc/{pid}/fd/0") == os.readlink(f"/proc/self/fd/{read_end}")
+            os.write(write_end, b"hello\n")
+        finally:
+            os.close(write_end)
+        cmd.wait()
+    assert Path(out_path).read_bytes() == b"got hello\n"
+    assert cmd.exit_state.exit_code == 0
+
+
+def test_a_handed_over_process_is_not_waited_for_past_its_exit(host: Host, tmp_path: Path) -> None:
+    # A background child holds the caller's file open for good; on a host that
+    # hands the file over nothing reads it, so nothing waits for its end: wait()
+    # returns at the process's exit, with no copy timeout.  (Relayed, the copy
+    # timeout cuts it, as above.)  A fuse kills the child after 60 s, so a wait()
+    # that does wait for it fails the case instead of hanging it.
+    tag = _token()
+    fuse = threading.Timer(60.0, host.kill_tagged, [tag])
+    with open(tmp_path / "out", "wb") as stdout:
+        cmd = command(host.host, "sh", "-c", f"HCSOCI_TAG={tag} sleep 600 & echo started")
+        cmd.stdout = stdout
+        if host.remote:
+            cmd.copy_after_exit_timeout = 0.5
+        fuse.start()
+        try:
+            if host.remote:
+                with pytest.raises(ClosedPipeError):
+                    cmd.run()
+            else:
+                cmd.run()
+            assert fuse.is_alive(), "wait() waited for the background child"
+        finally:
+            fuse.cancel()
+            fuse.join()
+            host.kill_tagged(tag)
+    assert (tmp_path / "out").read_bytes() == b"started\n"
+    assert cmd.exit_state.exit_code == 0
+
+
+@pytest.mark.parametrize("how", ["context", "kill"])
+def test_a_handed_over_process_is_killed_and_reports_137(
+    host: Host, tmp_path: Path, how: str
+) -> None:
+    ctx, cancel = context.with_cancel(background())
+    with open(tmp_path / "out", "wb") as stdout:
+        cmd = command_context(ctx, host.host, "sh", "-c", "echo up; exec sleep 600")
+        cmd.stdout = stdout
+        try:
+            cmd.start()
+            assert cmd.process is not None
+            if how == "context":
+                cancel()
+            else:
+                assert cmd.process.kill(background())
+            with pytest.raises(ExitError) as raised:
+                cmd.wait()
+        finally:
+            cancel()
+            _end(cmd)
+    assert raised.value.exit_code == 137
+    assert cmd.process is not None and not cmd.process.kill(background())  # gone: not delivered

@@ -434,3 +434,90 @@ def test_cmd_hands_a_file_to_the_container_process(
         init = Cmd(init_container, None, stdout=out, stderr=out)
         init.run()
     assert sorted((tmp_path / "init").read_bytes().splitlines()) == [b"init err", b"init out"]
+
+
+# --- handed-over descriptors: a detached runtime, reaped by the subreaper ---------------
+
+
+def _holds(pid: int, fd: int, path: Path) -> bool:
+    held, wanted = os.stat(f"/proc/{pid}/fd/{fd}"), path.stat()
+    return (held.st_dev, held.st_ino) == (wanted.st_dev, wanted.st_ino)
+
+
+def test_a_handed_over_init_writes_the_file_itself(
+    created: Created, container_spec: SpecFactory, tmp_path: Path
+) -> None:
+    from hcsoci.cmd import Cmd, ExitError
+    from hcsoci.container import DetachedProcess
+
+    container, _ = created(container_spec(["sh", "-c", "echo init; exec sleep 600"]))
+    out_path = tmp_path / "out"
+    with open(out_path, "wb") as out:
+        init = Cmd(container, None, stdout=out)
+        init.start()
+        assert isinstance(init.process, DetachedProcess)
+        assert _holds(init.process.pid(), 1, out_path)
+        assert container.properties(CTX).state == "running"
+        container.terminate(CTX)
+        with pytest.raises(ExitError) as raised:
+            init.wait()
+        assert raised.value.exit_code == 137
+    assert out_path.read_bytes() == b"init\n"
+    assert container.properties(CTX).state == "stopped"
+    assert container.init_exit_code() == 137
+    with pytest.raises(StateError, match="stopped"):
+        container.create_process(CTX, oci.Process(args=["true"], env=PATH_ENV))
+
+
+def test_a_handed_over_exec_that_cannot_start_leaves_nothing(
+    created: Created, container_spec: SpecFactory, tmp_path: Path
+) -> None:
+    from hcsoci.cmd import command
+
+    container = started(created, container_spec)
+    with open(tmp_path / "out", "wb") as out:
+        cmd = command(container, "no-such-program")
+        cmd.stdout = out
+        with pytest.raises(NotFoundError, match=r"args\[0\]: 'no-such-program' not found"):
+            cmd.run()
+    assert list((container.bundle / "exec").iterdir()) == []
+    assert container.runtime.ps(container.id()) == [container.properties(CTX).init_pid]
+
+
+def _subreaper_pid() -> int:
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/{name}/stat").read_text()
+                cmdline = Path(f"/proc/{name}/cmdline").read_bytes()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid() and (
+                    b"subreaper_server" in cmdline
+                ):
+                    return int(name)
+    raise AssertionError("no subreaper process")
+
+
+def test_a_lost_subreaper_fails_its_waiters_and_is_started_again(
+    created: Created, container_spec: SpecFactory, tmp_path: Path
+) -> None:
+    """A mock cannot stand in for the subreaper's end: SIGKILL the real one."""
+    from hcsoci.cmd import command
+    from hcsoci.runtime.subreaper import SubreaperLost
+
+    container = started(created, container_spec)
+    with open(tmp_path / "out", "wb") as out:
+        cmd = command(container, "sleep", "600")
+        cmd.stdout = out
+        cmd.start()
+        assert cmd.process is not None
+        orphan = cmd.process.pid()
+        try:
+            os.kill(_subreaper_pid(), signal.SIGKILL)
+            with pytest.raises(SubreaperLost, match="exit status is lost"):
+                cmd.wait()
+        finally:
+            os.kill(orphan, signal.SIGKILL)
+        again = command(container, "sh", "-c", "echo again")
+        again.stdout = out
+        again.run()
+    assert (tmp_path / "out").read_bytes() == b"again\n"

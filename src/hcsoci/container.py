@@ -18,6 +18,16 @@ orphan of every child of the controller ours to reap.  So ``create_container``
 prepares the bundle and the runtime container is born at ``start`` with
 ``runc run``; an exec is one ``runc exec``.
 
+The exception: handed-over descriptors.  A runtime in the foreground copies
+its process's stdio through pipes of its own (runc's ``setupProcessPipes``),
+so a caller's file or ``/dev/null`` offered as stdout (``stdio_fds``) would
+still be copied, by runc.  Only a detached runtime hands its own stdio down.
+So a process given a caller's descriptor runs with ``runc exec --detach`` (or
+``run --detach`` for the init) as :class:`DetachedProcess`, and the one
+subreaper process of :mod:`hcsoci.runtime.subreaper` -- not the caller's own
+process -- reaps it and reports its exit code.  Its init's runtime state
+outlives it until the container is released (``runc delete``).
+
 To signal a process we go around runc, straight to the container process: runc
 writes its host pid to a ``--pid-file`` once it runs, and we hold a pidfd for
 it (opened while runc, its parent, still lives, so the pid cannot have been
@@ -83,12 +93,19 @@ from hcsoci.pipes import PipeEnd
 from hcsoci.properties import ContainerProperties
 from hcsoci.runtime import OCIRuntimeError, Runtime
 from hcsoci.runtime.runc import read_exit_status, read_runtime_log, wait_for_pid_file
+from hcsoci.runtime.subreaper import Launched, LaunchFailed, Subreaper, default_subreaper
 from hcsoci.store import Store, open_store
 
 if TYPE_CHECKING:
     from hcsoci.uvm.remote import RemoteContainer
 
-__all__ = ["Container", "ContainerProcess", "ContainerProperties", "open_container"]
+__all__ = [
+    "Container",
+    "ContainerProcess",
+    "ContainerProperties",
+    "DetachedProcess",
+    "open_container",
+]
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +141,7 @@ class _ProcessStdio:
         fds: StdioFds = NO_FDS,
     ):
         self.child_fds: list[int] = []
+        self.handed_over = False  # a caller's descriptor is among child_fds
         self.files: list[IO[bytes] | None] = [None, None, None]
         self.master: int | None = None
         self._to_close: list[int] = []
@@ -161,6 +179,7 @@ class _ProcessStdio:
             given = fds[index] if index < 2 else None
             if given is not None and not os.isatty(given):
                 copy = relay.take_descriptor(given, f"stdio_fds[{index}]")
+                self.handed_over = True
                 self.child_fds.append(copy)
                 self._to_close.append(copy)
                 continue
@@ -251,7 +270,7 @@ class ContainerProcess:
         pid = wait_for_pid_file(self._pid_file, self._popen)
         if not pid:
             self._popen.wait()
-            raise _startup_error(self._container, args, self._runtime_log, self._popen)
+            raise _startup_error(self._container, args, self._runtime_log, self._popen.returncode)
         self._pid = pid
         try:
             pidfd = os.pidfd_open(pid)
@@ -373,6 +392,11 @@ class ContainerProcess:
         if self._popen.returncode is not None:
             self._remove_scratch_files()
 
+    def runtime_status(self) -> int | None:
+        """The runtime's exit code (the init's), or None while it runs."""
+        code = self._popen.poll()
+        return None if code is None else (code if code >= 0 else 128 - code)
+
     def _container_exited(self) -> bool:
         """Whether the container process is known to have exited (its pidfd is readable)."""
         with self._lock:
@@ -432,10 +456,125 @@ class ContainerProcess:
                 path.unlink()
 
 
+class DetachedProcess:
+    """A process a detached runtime started, with the caller's descriptors as its stdio.
+
+    Implements :class:`hcsoci.cow.Process`.  A descriptor the caller offered
+    (a file, a pipe, ``/dev/null``) is the process's own stdout or stdin: no
+    runtime and no relay copies it.  The runtime exits once the process runs;
+    this process's subreaper (:mod:`hcsoci.runtime.subreaper`) reaps it and
+    reports its exit code (``128 + N`` for a signal N).  Never a terminal.
+    """
+
+    def __init__(
+        self,
+        container: Container,
+        subreaper: Subreaper,
+        launched: Launched,
+        stdio: _ProcessStdio,
+        scratch_files: list[Path],
+        is_init: bool,
+    ) -> None:
+        self._container = container
+        self._subreaper = subreaper
+        self._token = launched.token
+        self._pid = launched.pid
+        self._pidfd = launched.pidfd
+        self._stdio = stdio
+        self._scratch_files = scratch_files
+        self._is_init = is_init
+        self._code: int | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        kind = "init" if self._is_init else "exec"
+        return f"<DetachedProcess {self._container.id()} {kind} pid={self._pid}>"
+
+    def pid(self) -> int:
+        """The container process's host pid."""
+        return self._pid
+
+    def stdio(self) -> Stdio:
+        """(stdin, stdout, stderr): None where a descriptor was handed over or not asked for."""
+        files = self._stdio.files
+        return files[0], files[1], files[2]
+
+    def close_stdin(self, ctx: Context) -> None:
+        """Close our end of the stdin pipe, if there is one."""
+        file = self._stdio.files[0]
+        if file is not None:
+            with contextlib.suppress(OSError):
+                file.close()
+            self._stdio.files[0] = None
+
+    def resize_console(self, ctx: Context, width: int, height: int) -> None:
+        """Always :class:`StateError`: a handed-over process has no terminal."""
+        raise StateError(f"{self!r}: the process has no terminal to resize")
+
+    def kill(self, ctx: Context) -> bool:
+        """SIGKILL the container process; False when it was already gone."""
+        return self.signal(ctx, signal.SIGKILL)
+
+    def signal(self, ctx: Context, sig: int) -> bool:
+        """Send ``sig`` to the container process; False when it was already gone."""
+        with self._lock:
+            if self._pidfd is None or self.runtime_status() is not None:
+                return False
+            try:
+                signal.pidfd_send_signal(self._pidfd, sig)
+            except ProcessLookupError:
+                return False
+            return True
+
+    def wait(self) -> None:
+        """Block until the process was reaped."""
+        if self._code is None:
+            self._code = self._subreaper.wait(self._token)
+        self._exited()
+
+    def exit_code(self) -> int:
+        """The exit code; raises :class:`StateError` while the process runs."""
+        code = self.runtime_status()
+        if code is None:
+            raise StateError(f"{self!r} is still running")
+        self._exited()
+        return code
+
+    def runtime_status(self) -> int | None:
+        """The exit code once the process was reaped, else None."""
+        if self._code is None and not self._closed:
+            self._code = self._subreaper.poll(self._token)
+        return self._code
+
+    def close(self) -> None:
+        """Release our handles and pipe ends; the process keeps running if it still does."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+                self._pidfd = None
+        self._subreaper.forget(self._token)
+        self._stdio.close()
+        for path in self._scratch_files:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def _exited(self) -> None:
+        with self._lock:
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+                self._pidfd = None
+        if self._is_init:
+            self._container._init_exited(self)
+
+
 def _startup_error(
-    container: Container, args: list[str], runtime_log: Path, popen: subprocess.Popen[bytes]
+    container: Container, args: list[str], runtime_log: Path, code: int | None
 ) -> HcsociError:
-    message = read_runtime_log(runtime_log) or f"exited with status {popen.returncode}"
+    message = read_runtime_log(runtime_log) or f"exited with status {code}"
     command = args[0] if args else ""
     if "executable file not found" in message or (
         "no such file or directory" in message and command and command in message
@@ -453,7 +592,7 @@ def _startup_error(
     return OCIRuntimeError(f"{container.runtime.name} in container {container.id()}: {message}")
 
 
-class Container(ContainerLifecycle[ContainerProcess]):
+class Container(ContainerLifecycle["ContainerProcess | DetachedProcess"]):
     """A container on this machine, run by an OCI runtime (``cow.Container``).
 
     Made by :func:`hcsoci.create_container` (state ``created``) or loaded by
@@ -536,7 +675,7 @@ class Container(ContainerLifecycle[ContainerProcess]):
     def _observed_state(self) -> str:
         init = self._init
         if init is not None:  # ours: no need to ask the runtime
-            return "stopped" if init._popen.poll() is not None else "running"
+            return "stopped" if init.runtime_status() is not None else "running"
         runtime_state = self.runtime.state(self._id)
         return "stopped" if runtime_state is None else runtime_state.status
 
@@ -565,7 +704,7 @@ class Container(ContainerLifecycle[ContainerProcess]):
 
     def _launch_init(
         self, ctx: Context, pipes: Pipes, fds: StdioFds, to_log: bool
-    ) -> tuple[ContainerProcess, int]:
+    ) -> tuple[ContainerProcess | DetachedProcess, int]:
         assert self.spec.process is not None
         pid_file, runtime_log = self.bundle / "init.pid", self.bundle / "runtime.log"
         if to_log:
@@ -579,6 +718,15 @@ class Container(ContainerLifecycle[ContainerProcess]):
             stdio = _ProcessStdio(
                 pipes, self.spec.process.terminal, self.spec.process.console_size, fds
             )
+            if stdio.handed_over:
+                command = self.runtime.detached_run_command(
+                    self._id, self.bundle, pid_file=pid_file, log_file=runtime_log
+                )
+                detached = self._launch_detached(
+                    command, stdio, pid_file, runtime_log, [], True, self.spec.process.args or []
+                )
+                self._init_pid = detached.pid()
+                return detached, self._init_pid
         process = self._spawn(
             stdio,
             pid_file,
@@ -601,7 +749,7 @@ class Container(ContainerLifecycle[ContainerProcess]):
 
     def _launch_exec(
         self, ctx: Context, process: oci.Process, pipes: Pipes, fds: StdioFds
-    ) -> ContainerProcess:
+    ) -> ContainerProcess | DetachedProcess:
         exec_dir = self.bundle / "exec"
         exec_dir.mkdir(mode=0o700, exist_ok=True)
         token = uuid.uuid4().hex[:12]
@@ -611,6 +759,13 @@ class Container(ContainerLifecycle[ContainerProcess]):
         scratch = [process_file, pid_file, runtime_log]
         try:
             stdio = _ProcessStdio(pipes, process.terminal, process.console_size, fds)
+            if stdio.handed_over:
+                command = self.runtime.detached_exec_command(
+                    self._id, process_file, pid_file=pid_file, log_file=runtime_log
+                )
+                return self._launch_detached(
+                    command, stdio, pid_file, runtime_log, scratch, False, process.args or []
+                )
             return self._spawn(
                 stdio,
                 pid_file,
@@ -664,10 +819,36 @@ class Container(ContainerLifecycle[ContainerProcess]):
             raise
         return process
 
-    def _init_exited(self, init: ContainerProcess) -> None:
-        code = init._popen.returncode
+    def _launch_detached(
+        self,
+        command: list[str],
+        stdio: _ProcessStdio,
+        pid_file: Path,
+        runtime_log: Path,
+        scratch: list[Path],
+        is_init: bool,
+        args: list[str],
+    ) -> DetachedProcess:
+        """A detached runtime on ``stdio``'s child ends; its process is the subreaper's child."""
+        with contextlib.suppress(FileNotFoundError):
+            pid_file.unlink()
+        subreaper = default_subreaper()
+        fds = stdio.child_fds
+        try:
+            launched = subreaper.launch(command, pid_file, (fds[0], fds[1], fds[2]))
+        except LaunchFailed as err:
+            stdio.close()
+            raise _startup_error(self, args, runtime_log, err.code) from None
+        except BaseException:
+            stdio.close()
+            raise
+        finally:
+            stdio.close_child_ends()
+        return DetachedProcess(self, subreaper, launched, stdio, scratch, is_init)
+
+    def _init_exited(self, init: ContainerProcess | DetachedProcess) -> None:
         if self._state.name != "stopped":
-            self._init_exit_code = None if code is None else (code if code >= 0 else 128 - code)
+            self._init_exit_code = init.runtime_status()
         self._mark_stopped()
 
 

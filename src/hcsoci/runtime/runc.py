@@ -149,6 +149,24 @@ class Runtime:
         )  # fmt: skip
         return self._spawn(command, process_file.parent, stdin, stdout, stderr)
 
+    def detached_run_command(
+        self, container_id: str, bundle: Path, *, pid_file: Path, log_file: Path
+    ) -> list[str]:
+        """``runtime run --detach``: the init gets the runtime's own stdio, no copy."""
+        return self._command(
+            "run", "--detach", "--bundle", str(bundle), "--pid-file", str(pid_file),
+            "--", container_id, log_file=log_file,
+        )  # fmt: skip
+
+    def detached_exec_command(
+        self, container_id: str, process_file: Path, *, pid_file: Path, log_file: Path
+    ) -> list[str]:
+        """``runtime exec --detach``: the process gets the runtime's own stdio, no copy."""
+        return self._command(
+            "exec", "--detach", "--process", str(process_file), "--pid-file", str(pid_file),
+            "--", container_id, log_file=log_file,
+        )  # fmt: skip
+
     def _spawn(
         self, command: list[str], cwd: Path, stdin: int, stdout: int, stderr: int
     ) -> subprocess.Popen[bytes]:
