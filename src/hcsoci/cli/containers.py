@@ -35,7 +35,7 @@ from hcsoci.cli.common import start_vm_visibly
 from hcsoci.cli.monitor import record_exit_code, recorded_exit_code, start_monitored
 from hcsoci.cli.run_flags import ParsedFlags, apply_flags, flag_options, parse_flags
 from hcsoci.cmd import Cmd, ExitError
-from hcsoci.container import Container, ContainerProcess, open_container
+from hcsoci.container import Container, ContainerProcess, DetachedProcess, open_container
 from hcsoci.create import CreateOptions, create_container
 from hcsoci.errors import (
     AlreadyExistsError,
@@ -481,7 +481,7 @@ class _SignalProxy:
 def _dropped_by_namespace_init(process: cow.Process, signum: int) -> bool:
     """Whether ``signum`` to ``process`` would be dropped: it is the init of its own
     pid namespace (on this machine) and neither catches nor ignores the signal."""
-    if not isinstance(process, ContainerProcess):
+    if not isinstance(process, ContainerProcess | DetachedProcess):
         return False  # in a utility VM: its pid is not one of this machine's
     try:
         status = Path(f"/proc/{process.pid()}/status").read_text()
