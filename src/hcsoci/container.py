@@ -228,7 +228,89 @@ def _end(fd: int, **options: Any) -> IO[bytes]:
         raise
 
 
-class ContainerProcess:
+class _RuntimeProcess:
+    """A container process, whichever way its runtime ran: its pid, pidfd and stdio.
+
+    Subclasses say whether it is known reaped (:meth:`_gone`) and what its
+    exit code is (:meth:`runtime_status`).
+    """
+
+    def __init__(
+        self, container: Container, stdio: _ProcessStdio, scratch_files: list[Path], is_init: bool
+    ) -> None:
+        self._container = container
+        self._stdio = stdio
+        self._scratch_files = scratch_files
+        self._is_init = is_init
+        self._pid = 0
+        self._pidfd: int | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        kind = "init" if self._is_init else "exec"
+        return f"<{type(self).__name__} {self._container.id()} {kind} pid={self._pid}>"
+
+    def pid(self) -> int:
+        """The container process's host pid."""
+        return self._pid
+
+    def stdio(self) -> Stdio:
+        """(stdin, stdout, stderr): None where nothing is relayed (a handed-over
+        descriptor, a stream not asked for); a terminal's master as stdin and stdout."""
+        files = self._stdio.files
+        return files[0], files[1], files[2]
+
+    def close_stdin(self, ctx: Context) -> None:
+        """Close stdin (for a terminal: send the EOF character)."""
+        file = self._stdio.files[0]
+        if file is None:
+            return
+        if self._stdio.master is not None:
+            with contextlib.suppress(OSError):
+                file.write(_VEOF)
+        with contextlib.suppress(OSError):
+            file.close()
+        self._stdio.files[0] = None
+
+    def kill(self, ctx: Context) -> bool:
+        """SIGKILL the container process; False when it was already gone."""
+        return self.signal(ctx, signal.SIGKILL)
+
+    def signal(self, ctx: Context, sig: int) -> bool:
+        """Send ``sig`` to the container process; False when it was already gone."""
+        with self._lock:
+            if self._pidfd is None or self._gone():
+                return False
+            try:
+                signal.pidfd_send_signal(self._pidfd, sig)
+            except ProcessLookupError:
+                return False
+            return True
+
+    def runtime_status(self) -> int | None:
+        """The exit code (``128 + N`` for a signal N), or None while it runs."""
+        raise NotImplementedError
+
+    def _gone(self) -> bool:
+        """Whether the process is known to have been reaped (its pid may be reused)."""
+        raise NotImplementedError
+
+    def _exited(self) -> None:
+        with self._lock:
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+                self._pidfd = None
+        if self._is_init:
+            self._container._init_exited(self)
+
+    def _remove_scratch_files(self) -> None:
+        for path in self._scratch_files:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+class ContainerProcess(_RuntimeProcess):
     """A process in a container: the runtime (``run`` or ``exec``) in the foreground.
 
     Implements :class:`hcsoci.cow.Process`.  ``pid()`` is the container process's
@@ -246,22 +328,11 @@ class ContainerProcess:
         scratch_files: list[Path],
         is_init: bool,
     ) -> None:
-        self._container = container
+        super().__init__(container, stdio, scratch_files, is_init)
         self._popen = popen
-        self._stdio = stdio
         self._pid_file = pid_file
         self._runtime_log = runtime_log
-        self._scratch_files = scratch_files
-        self._is_init = is_init
-        self._pid = 0
-        self._pidfd: int | None = None
         self._logged_status: int | None = None  # an exec's status, read from runc's log
-        self._lock = threading.Lock()
-        self._closed = False
-
-    def __repr__(self) -> str:
-        kind = "init" if self._is_init else "exec"
-        return f"<ContainerProcess {self._container.id()} {kind} pid={self._pid}>"
 
     # -- startup --
 
@@ -283,27 +354,6 @@ class ContainerProcess:
 
     # -- cow.Process --
 
-    def pid(self) -> int:
-        """The container process's host pid."""
-        return self._pid
-
-    def stdio(self) -> Stdio:
-        """(stdin, stdout, stderr); for a terminal, stdin and stdout are the pty master."""
-        files = self._stdio.files
-        return files[0], files[1], files[2]
-
-    def close_stdin(self, ctx: Context) -> None:
-        """Close stdin (for a terminal: send the EOF character)."""
-        file = self._stdio.files[0]
-        if file is None:
-            return
-        if self._stdio.master is not None:
-            with contextlib.suppress(OSError):
-                file.write(_VEOF)
-        with contextlib.suppress(OSError):
-            file.close()
-        self._stdio.files[0] = None
-
     def resize_console(self, ctx: Context, width: int, height: int) -> None:
         """Set the terminal's size (raises :class:`StateError` without a terminal)."""
         if self._closed:
@@ -323,20 +373,8 @@ class ContainerProcess:
             with contextlib.suppress(ProcessLookupError):
                 self._popen.send_signal(signal.SIGWINCH)  # runc copies the size inward too
 
-    def kill(self, ctx: Context) -> bool:
-        """SIGKILL the container process; False when it was already gone."""
-        return self.signal(ctx, signal.SIGKILL)
-
-    def signal(self, ctx: Context, sig: int) -> bool:
-        """Send ``sig`` to the container process; False when it was already gone."""
-        with self._lock:
-            if self._pidfd is None or self._popen.returncode is not None:
-                return False
-            try:
-                signal.pidfd_send_signal(self._pidfd, sig)
-            except ProcessLookupError:
-                return False
-            return True
+    def _gone(self) -> bool:
+        return self._popen.returncode is not None
 
     def wait(self) -> None:
         """Block until the process exited.
@@ -442,21 +480,8 @@ class ContainerProcess:
             if pidfd is not None:
                 os.close(pidfd)
 
-    def _exited(self) -> None:
-        with self._lock:
-            if self._pidfd is not None:
-                os.close(self._pidfd)
-                self._pidfd = None
-        if self._is_init:
-            self._container._init_exited(self)
 
-    def _remove_scratch_files(self) -> None:
-        for path in self._scratch_files:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-
-
-class DetachedProcess:
+class DetachedProcess(_RuntimeProcess):
     """A process a detached runtime started, with the caller's descriptors as its stdio.
 
     Implements :class:`hcsoci.cow.Process`.  A descriptor the caller offered
@@ -475,57 +500,19 @@ class DetachedProcess:
         scratch_files: list[Path],
         is_init: bool,
     ) -> None:
-        self._container = container
+        super().__init__(container, stdio, scratch_files, is_init)
         self._subreaper = subreaper
         self._token = launched.token
         self._pid = launched.pid
         self._pidfd = launched.pidfd
-        self._stdio = stdio
-        self._scratch_files = scratch_files
-        self._is_init = is_init
         self._code: int | None = None
-        self._lock = threading.Lock()
-        self._closed = False
-
-    def __repr__(self) -> str:
-        kind = "init" if self._is_init else "exec"
-        return f"<DetachedProcess {self._container.id()} {kind} pid={self._pid}>"
-
-    def pid(self) -> int:
-        """The container process's host pid."""
-        return self._pid
-
-    def stdio(self) -> Stdio:
-        """(stdin, stdout, stderr): None where a descriptor was handed over or not asked for."""
-        files = self._stdio.files
-        return files[0], files[1], files[2]
-
-    def close_stdin(self, ctx: Context) -> None:
-        """Close our end of the stdin pipe, if there is one."""
-        file = self._stdio.files[0]
-        if file is not None:
-            with contextlib.suppress(OSError):
-                file.close()
-            self._stdio.files[0] = None
 
     def resize_console(self, ctx: Context, width: int, height: int) -> None:
         """Always :class:`StateError`: a handed-over process has no terminal."""
         raise StateError(f"{self!r}: the process has no terminal to resize")
 
-    def kill(self, ctx: Context) -> bool:
-        """SIGKILL the container process; False when it was already gone."""
-        return self.signal(ctx, signal.SIGKILL)
-
-    def signal(self, ctx: Context, sig: int) -> bool:
-        """Send ``sig`` to the container process; False when it was already gone."""
-        with self._lock:
-            if self._pidfd is None or self.runtime_status() is not None:
-                return False
-            try:
-                signal.pidfd_send_signal(self._pidfd, sig)
-            except ProcessLookupError:
-                return False
-            return True
+    def _gone(self) -> bool:
+        return self.runtime_status() is not None
 
     def wait(self) -> None:
         """Block until the process was reaped."""
@@ -558,17 +545,7 @@ class DetachedProcess:
                 self._pidfd = None
         self._subreaper.forget(self._token)
         self._stdio.close()
-        for path in self._scratch_files:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-
-    def _exited(self) -> None:
-        with self._lock:
-            if self._pidfd is not None:
-                os.close(self._pidfd)
-                self._pidfd = None
-        if self._is_init:
-            self._container._init_exited(self)
+        self._remove_scratch_files()
 
 
 def _startup_error(
@@ -846,7 +823,7 @@ class Container(ContainerLifecycle["ContainerProcess | DetachedProcess"]):
             stdio.close_child_ends()
         return DetachedProcess(self, subreaper, launched, stdio, scratch, is_init)
 
-    def _init_exited(self, init: ContainerProcess | DetachedProcess) -> None:
+    def _init_exited(self, init: _RuntimeProcess) -> None:
         if self._state.name != "stopped":
             self._init_exit_code = init.runtime_status()
         self._mark_stopped()
