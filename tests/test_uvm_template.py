@@ -24,22 +24,15 @@ import pytest
 
 from fixtures_containers import SpecFactory
 from fixtures_hns import HnsLab
-from fixtures_uvm import assert_vm_gone, qemu_processes
+from fixtures_uvm import MakeUVM, assert_vm_gone, qemu_processes
 from hcsoci import Cmd, CreateOptions, command, context, create_container, oci, release_resources
 from hcsoci.gcs.connection import GuestConnection, GuestTimeoutError
-from hcsoci.uvm import BootAssets, UtilityVM, UVMOptions, UVMStartError, create, ensure_template
+from hcsoci.uvm import BootAssets, UtilityVM, UVMOptions, UVMStartError, ensure_template
 from hcsoci.uvm.template import file_crc32
 
 CTX = context.background()
 TEMPLATE_OPTIONS: dict[str, Any] = {"memory_mb": 768}
 """The module's template: options of its own, so it never touches the default one."""
-
-
-def make_vm(**overrides: Any) -> UtilityVM:
-    options = UVMOptions(
-        id="tt-" + os.urandom(4).hex(), owner="pytest", **{**TEMPLATE_OPTIONS, **overrides}
-    )
-    return create(CTX, options)
 
 
 @pytest.fixture(scope="module")
@@ -93,22 +86,14 @@ def started(vm: UtilityVM) -> UtilityVM:
 
 
 @pytest.fixture
-def vms() -> Iterator[Callable[..., UtilityVM]]:
-    """``vms(**options)``: VMs made (not started) by the test, closed and checked at teardown."""
-    made: list[UtilityVM] = []
+def vms(make_uvm: MakeUVM) -> Callable[..., UtilityVM]:
+    """``vms(**options)``: VMs on the module's template options, made (not started) by the
+    test through ``make_uvm``, so closed and checked at teardown."""
 
     def make(**overrides: Any) -> UtilityVM:
-        vm = make_vm(**overrides)
-        made.append(vm)
-        return vm
+        return make_uvm(start=False, **{**TEMPLATE_OPTIONS, **overrides})
 
-    try:
-        yield make
-    finally:
-        for vm in made:
-            vm.close()
-        for vm in made:
-            assert_vm_gone(vm)
+    return make
 
 
 # -- restored VMs are VMs ------------------------------------------------------
