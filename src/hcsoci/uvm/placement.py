@@ -36,17 +36,19 @@ The resource kinds live in :mod:`hcsoci.uvm.guest_resources`, layer images in
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import shlex
 import subprocess
 import uuid
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import msgspec
 
-from hcsoci import container_table, hns, oci
+from hcsoci import container_table, oci
 from hcsoci.context import Context
 from hcsoci.errors import HcsociError, InvalidArgumentError, NotFoundError, StateError
 from hcsoci.etcfiles import etc_file_contents, etc_file_mount, wanted_etc_files
@@ -148,6 +150,11 @@ def _check_input(options: Any) -> None:
             raise NotFoundError(f"{field}.source: {mount.source!r} does not exist on the host")
 
 
+def _hns() -> ModuleType:
+    """:mod:`hcsoci.hns`, imported only for a container with endpoints (it brings pyroute2)."""
+    return importlib.import_module("hcsoci.hns")
+
+
 def _endpoint_ids(spec: oci.Spec) -> list[str]:
     network = spec.windows.network if spec.windows is not None else None
     return list(network.endpoint_list or []) if network is not None else []
@@ -155,7 +162,10 @@ def _endpoint_ids(spec: oci.Spec) -> list[str]:
 
 def _check_endpoints(vm: UtilityVM, endpoint_ids: list[str]) -> None:
     """Refuse unknown or busy endpoints before anything is allocated."""
+    if not endpoint_ids:
+        return
     field = "spec.windows.network.endpoint_list"
+    hns = _hns()
     for index, endpoint_id in enumerate(endpoint_ids):
         try:
             endpoint = hns.get_endpoint_by_id(endpoint_id)
@@ -188,6 +198,7 @@ def _allocate_network(ctx: Context, vm: UtilityVM, spec: oci.Spec, resources: Re
     endpoint_ids = _endpoint_ids(spec)
     if not endpoint_ids:
         return
+    hns = _hns()
     vm_id = vm.id()
     namespace_id = str(uuid.uuid4())
     resources.add(CreatedNamespace(namespace_id=namespace_id))
@@ -228,7 +239,8 @@ def _add_guest_etc_files(
     wanted = wanted_etc_files(spec, given_root)
     if not wanted:
         return
-    endpoints = [hns.get_endpoint_by_id(endpoint_id) for endpoint_id in _endpoint_ids(spec)]
+    endpoint_ids = _endpoint_ids(spec)
+    endpoints = [_hns().get_endpoint_by_id(e) for e in endpoint_ids] if endpoint_ids else []
     contents = etc_file_contents(spec.hostname or container_id[:12], endpoints)
     etc = f"{root}/etc"
     script = f"mkdir -p {shlex.quote(etc)}" + "".join(
