@@ -280,17 +280,32 @@ class GuestConnection:
             )  # fmt: skip
 
     def create_container(
-        self, ctx: Context, container_id: str, bundle: str, spec: dict[str, Any] | None = None
+        self,
+        ctx: Context,
+        container_id: str,
+        bundle: str,
+        spec: dict[str, Any] | None = None,
+        files: dict[str, str] | None = None,
     ) -> None:
         """Register a container with the agent (hcsshim's ``CreateContainer``).
 
         ``bundle`` is a guest directory; the agent writes ``spec`` (an OCI spec
         as JSON builtins, guest paths) to its ``config.json``, or, when
-        ``spec`` is None, uses the ``config.json`` already there.  Nothing runs
-        until :meth:`start_container`.
+        ``spec`` is None, uses the ``config.json`` already there; and each of
+        ``files`` (guest path inside ``bundle`` -> text, protocol version
+        :data:`~hcsoci.gcs.protocol.FILES_VERSION`).  Nothing runs until
+        :meth:`start_container`.
         """
         self._check_containers("create_container")
-        self.request(ctx, "create_container", {"id": container_id, "bundle": bundle, "spec": spec})
+        args: dict[str, Any] = {"id": container_id, "bundle": bundle, "spec": spec}
+        if files:
+            if self.version < protocol.FILES_VERSION:
+                raise GuestError(
+                    "create_container", f"the guest agent speaks protocol {self.version}, "
+                    f"files need {protocol.FILES_VERSION}", errno_module.EOPNOTSUPP
+                )  # fmt: skip
+            args["files"] = sorted(files.items())
+        self.request(ctx, "create_container", args)
 
     def start_container(
         self,
