@@ -28,6 +28,7 @@ from fixtures_uvm import MakeUVM, assert_vm_gone, qemu_processes
 from hcsoci import Cmd, CreateOptions, command, context, create_container, oci, release_resources
 from hcsoci.gcs.connection import GuestConnection, GuestTimeoutError
 from hcsoci.uvm import BootAssets, UtilityVM, UVMOptions, UVMStartError, ensure_template
+from hcsoci.uvm.accel import qemu_version
 from hcsoci.uvm.template import file_crc32
 
 CTX = context.background()
@@ -317,3 +318,26 @@ def test_template_files_are_roots_alone(template: Path) -> None:
     assert template.parent.stat().st_mode & 0o777 == 0o700
     for path in template.iterdir():
         assert path.stat().st_mode & 0o077 == 0, path
+
+
+def test_qemu_version_is_asked_once_per_binary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kept in the asset cache by the binary's stat: a start spends no process on it."""
+    monkeypatch.setenv("HCSOCI_ASSETS", str(tmp_path))
+    cache = tmp_path / "qemu-version.json"
+    qemu_version.cache_clear()
+    try:
+        real = qemu_version()
+        assert real.startswith("QEMU emulator version"), real
+        saved = json.loads(cache.read_text())
+        assert cache.stat().st_mode & 0o077 == 0
+        cache.write_text(json.dumps({**saved, "version": "QEMU emulator version 0.0 (kept)"}))
+        qemu_version.cache_clear()
+        assert qemu_version() == "QEMU emulator version 0.0 (kept)"  # no process asked
+        cache.write_text(json.dumps({**saved, "binary": saved["binary"] + "0", "version": "x"}))
+        qemu_version.cache_clear()
+        assert qemu_version() == real  # another binary (an upgrade): asked again
+        assert json.loads(cache.read_text()) == saved
+    finally:
+        qemu_version.cache_clear()
