@@ -492,7 +492,9 @@ class GuestConnection:
 
     # -- the heartbeat ------------------------------------------------------
 
-    def start_heartbeat(self, interval: float, misses: int) -> None:
+    def start_heartbeat(
+        self, interval: float, misses: int, detail: Callable[[], str] | None = None
+    ) -> None:
         """Declare the bridge dead after ``misses`` pings in a row get no answer.
 
         While anything waits on the guest (a request, a process, a container
@@ -504,14 +506,15 @@ class GuestConnection:
         Misses are counted in pings, not in seconds since the guest was last
         heard: when this process (or the whole machine) stood still, the
         guest had no ping to answer, and the next round pings it again
-        instead of declaring it dead.
+        instead of declaring it dead.  ``detail()`` is appended to the failure's
+        reason (the VM's console tail: what the guest said before it went quiet).
         """
         if self._heartbeat is not None:
             raise StateError(f"bridge {self.name}: the heartbeat runs already")
         self._last_heard = time.monotonic()
         self._heartbeat = threading.Thread(
             target=self._heartbeat_loop,
-            args=(interval, misses),
+            args=(interval, misses, detail),
             name=f"gcs-heartbeat-{self.name}",
             daemon=True,
         )
@@ -521,7 +524,9 @@ class GuestConnection:
         with self._lock:
             return bool(self._pending or self._processes or self._container_waiters)
 
-    def _heartbeat_loop(self, interval: float, misses: int) -> None:
+    def _heartbeat_loop(
+        self, interval: float, misses: int, detail: Callable[[], str] | None
+    ) -> None:
         heard, unanswered = self._last_heard, 0
         while not self._stopped.wait(interval):
             now = time.monotonic()
@@ -535,7 +540,7 @@ class GuestConnection:
                 self.fail(
                     f"VM {self.name}: the guest agent has not answered for {now - heard:.0f} s "
                     f"({unanswered} heartbeats missed, one every {interval:g} s): "
-                    "the guest is frozen or dead"
+                    "the guest is frozen or dead" + (detail() if detail is not None else "")
                 )
                 with contextlib.suppress(OSError):  # unblocks a writer stuck on a full socket
                     self._sock.shutdown(socket.SHUT_RDWR)
