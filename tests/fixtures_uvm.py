@@ -3,7 +3,8 @@
 ``uvm`` boots one VM per test module (booting costs seconds under TCG) and
 terminates it at the end of the module, then checks that no QEMU process,
 state directory, record or host mount of it is left.  ``make_uvm`` is for
-tests that need a VM of their own (crash tests); it has the same checks.
+tests that need a VM of their own (crash tests, templates); it has the same
+checks, and ``make_uvm(start=False, ...)`` leaves the start to the test.
 Both start with ``UVMOptions.template`` from ``$HCSOCI_TEST_UVM_TEMPLATE``
 (default ``auto``: restored from the template once the first VM saved it).
 """
@@ -59,21 +60,20 @@ def assert_vm_gone(vm: UtilityVM) -> None:
     assert rows == [], f"vms row of {vm.id()} left behind"
 
 
-def _boot(assets: BootAssets, **overrides: Any) -> UtilityVM:
+def _made(**overrides: Any) -> UtilityVM:
     # The VM test modules run on restored VMs (once a template exists);
     # HCSOCI_TEST_UVM_TEMPLATE=never runs them on booted ones.
     overrides.setdefault("template", os.environ.get("HCSOCI_TEST_UVM_TEMPLATE", "auto"))
     options = UVMOptions(id="t-" + secrets.token_hex(4), owner="pytest", **overrides)
-    vm = create(context.background(), options)
-    vm.start(context.background())
-    return vm
+    return create(context.background(), options)
 
 
 @pytest.fixture(scope="module")
 def uvm(uvm_assets: BootAssets) -> Iterator[UtilityVM]:
     """One running VM shared by the tests of a module (3 SCSI targets, 4 Plan9 slots)."""
-    vm = _boot(uvm_assets, scsi_luns=3, plan9_slots=4, request_timeout=60.0)
+    vm = _made(scsi_luns=3, plan9_slots=4, request_timeout=60.0)
     try:
+        vm.start(context.background())
         yield vm
     finally:
         vm.close()
@@ -82,12 +82,17 @@ def uvm(uvm_assets: BootAssets) -> Iterator[UtilityVM]:
 
 @pytest.fixture
 def make_uvm(uvm_assets: BootAssets) -> Iterator[MakeUVM]:
-    """``make_uvm(**UVMOptions fields)``: a VM of the test's own, closed at teardown."""
+    """``make_uvm(start=True, **UVMOptions fields)``: a VM of the test's own, closed at teardown.
+
+    With ``start=False`` it is only made: the test starts it (and may expect that to fail).
+    """
     made: list[UtilityVM] = []
 
-    def make(**overrides: Any) -> UtilityVM:
-        vm = _boot(uvm_assets, **overrides)
+    def make(start: bool = True, **overrides: Any) -> UtilityVM:
+        vm = _made(**overrides)
         made.append(vm)
+        if start:
+            vm.start(context.background())
         return vm
 
     try:

@@ -319,6 +319,7 @@ def test_frozen_guest_fails_every_waiter(make_uvm: MakeUVM, container_spec: Spec
             assert errors and isinstance(errors[0], BridgeClosedError), errors
             message = str(errors[0])
             assert vm.id() in message and "has not answered for" in message, message
+            assert "\n--- console (" in message, message  # what the guest said last
         assert not vm.is_running()
         with pytest.raises(BridgeClosedError):
             command(vm, "true").run()

@@ -5,17 +5,23 @@ The VM here is this module's own: the test breaks its agent on purpose.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
+import subprocess
+import sys
+import textwrap
 import time
 
 import pytest
 
-from fixtures_uvm import MakeUVM, assert_vm_gone
+from fixtures_uvm import MakeUVM, assert_vm_gone, qemu_processes
 from hcsoci import ProcessParameters, command, context
+from hcsoci.errors import NotFoundError
 from hcsoci.gcs import BridgeClosedError, GuestTimeoutError
-from hcsoci.uvm import BootAssets, UVMOptions, UVMStartError, create, reap_dead_vms
+from hcsoci.store import open_store
+from hcsoci.uvm import BootAssets, UVMOptions, UVMStartError, create, reap_dead_vms, remove_vm
 from hcsoci.uvm.vm import hand_over_vm
 
 
@@ -98,3 +104,58 @@ def test_agent_that_dies_while_booting_fails_the_start_at_once(uvm_assets: BootA
         vm.start(context.background())
     assert "hcsoci-stage2: guest agent exited" in str(info.value)  # the console's tail
     assert_vm_gone(vm)
+
+
+_STALLED_HOST = textwrap.dedent(
+    """
+    import sys
+    from hcsoci import command, context
+    from hcsoci.uvm import UVMOptions, create
+
+    ctx = context.background()
+    options = UVMOptions(owner="pytest", heartbeat_interval=0.5, heartbeat_misses=4)
+    with create(ctx, options) as vm:
+        vm.start(ctx)
+        guest = command(vm, "sleep", "8")
+        guest.start()
+        print("ready", vm.id(), flush=True)
+        try:
+            guest.wait()
+            print("exited", guest.exit_state.exit_code, flush=True)
+        except Exception as err:
+            print("failed", type(err).__name__, err, flush=True)
+    """
+)
+
+
+def test_a_host_process_that_stood_still_keeps_its_bridge(uvm_assets: BootAssets) -> None:
+    """A host stall is not a dead guest: the guest had no ping to answer meanwhile.
+
+    The process holding the bridge is stopped (SIGSTOP) for twice the
+    heartbeat's silence bound while its guest runs on; once it runs again it
+    must ping the guest, not declare it dead (it used to, at once).
+    """
+    child = subprocess.Popen(
+        [sys.executable, "-c", _STALLED_HOST], stdout=subprocess.PIPE, text=True
+    )
+    vm_id = ""
+    try:
+        assert child.stdout is not None
+        ready = child.stdout.readline().split()
+        assert ready[:1] == ["ready"], ready
+        vm_id = ready[1]
+        time.sleep(0.5)
+        child.send_signal(signal.SIGSTOP)
+        time.sleep(4.0)  # the bound is 0.5 s * 4 misses
+        child.send_signal(signal.SIGCONT)
+        result = child.stdout.readline().strip()
+        assert result == "exited 0", result
+        assert child.wait(60) == 0
+    finally:
+        child.kill()
+        child.wait()
+        if vm_id:
+            with contextlib.suppress(NotFoundError):  # gone already: the child closed it
+                remove_vm(vm_id)
+    assert qemu_processes(vm_id) == []
+    assert open_store().query("SELECT id FROM vms WHERE id = ?", (vm_id,)) == []

@@ -157,13 +157,19 @@ def test_bridge_container_ops(vm: UtilityVM, container_spec: SpecFactory) -> Non
     """The agent's container requests, straight through the GuestConnection."""
     ctx = context.background()
     gcs = vm.gcs
-    assert gcs.version == protocol.CONTAINER_VERSION == max(protocol.PROTOCOL_VERSIONS)
+    assert gcs.version == protocol.FILES_VERSION == max(protocol.PROTOCOL_VERSIONS)
     spec = container_spec(["sh", "-c", "read line; echo got-$line; exit 5"])
     container, resources = make(vm, spec)
     cid = container.id()
     try:
         with pytest.raises(GuestError, match="in use"):  # create_container registered it
             gcs.create_container(ctx, cid, container.root)
+        other = "/run/gcs/c/not-made"
+        for outside in ("/etc/passwd", f"{other}/../../../../etc/passwd", f"{other}x/etc/hosts"):
+            with pytest.raises(GuestError, match="not inside the bundle"):
+                gcs.create_container(ctx, "not-made", other, None, {outside: "x\n"})
+        assert command(vm, "cat", "/etc/passwd").output() != b"x\n"
+        assert command(vm, "sh", "-c", f"test -e {other} || echo none").output() == b"none\n"
         with pytest.raises(GuestNotFoundError):
             gcs.start_container(ctx, "no-such-container", ProcessParameters(command_args=["x"]))
         stdio = ProcessParameters(

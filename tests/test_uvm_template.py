@@ -24,22 +24,16 @@ import pytest
 
 from fixtures_containers import SpecFactory
 from fixtures_hns import HnsLab
-from fixtures_uvm import assert_vm_gone, qemu_processes
+from fixtures_uvm import MakeUVM, assert_vm_gone, qemu_processes
 from hcsoci import Cmd, CreateOptions, command, context, create_container, oci, release_resources
 from hcsoci.gcs.connection import GuestConnection, GuestTimeoutError
-from hcsoci.uvm import BootAssets, UtilityVM, UVMOptions, UVMStartError, create, ensure_template
+from hcsoci.uvm import BootAssets, UtilityVM, UVMOptions, UVMStartError, ensure_template
+from hcsoci.uvm.accel import qemu_version
 from hcsoci.uvm.template import file_crc32
 
 CTX = context.background()
 TEMPLATE_OPTIONS: dict[str, Any] = {"memory_mb": 768}
 """The module's template: options of its own, so it never touches the default one."""
-
-
-def make_vm(**overrides: Any) -> UtilityVM:
-    options = UVMOptions(
-        id="tt-" + os.urandom(4).hex(), owner="pytest", **{**TEMPLATE_OPTIONS, **overrides}
-    )
-    return create(CTX, options)
 
 
 @pytest.fixture(scope="module")
@@ -93,22 +87,14 @@ def started(vm: UtilityVM) -> UtilityVM:
 
 
 @pytest.fixture
-def vms() -> Iterator[Callable[..., UtilityVM]]:
-    """``vms(**options)``: VMs made (not started) by the test, closed and checked at teardown."""
-    made: list[UtilityVM] = []
+def vms(make_uvm: MakeUVM) -> Callable[..., UtilityVM]:
+    """``vms(**options)``: VMs on the module's template options, made (not started) by the
+    test through ``make_uvm``, so closed and checked at teardown."""
 
     def make(**overrides: Any) -> UtilityVM:
-        vm = make_vm(**overrides)
-        made.append(vm)
-        return vm
+        return make_uvm(start=False, **{**TEMPLATE_OPTIONS, **overrides})
 
-    try:
-        yield make
-    finally:
-        for vm in made:
-            vm.close()
-        for vm in made:
-            assert_vm_gone(vm)
+    return make
 
 
 # -- restored VMs are VMs ------------------------------------------------------
@@ -332,3 +318,26 @@ def test_template_files_are_roots_alone(template: Path) -> None:
     assert template.parent.stat().st_mode & 0o777 == 0o700
     for path in template.iterdir():
         assert path.stat().st_mode & 0o077 == 0, path
+
+
+def test_qemu_version_is_asked_once_per_binary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kept in the asset cache by the binary's stat: a start spends no process on it."""
+    monkeypatch.setenv("HCSOCI_ASSETS", str(tmp_path))
+    cache = tmp_path / "qemu-version.json"
+    qemu_version.cache_clear()
+    try:
+        real = qemu_version()
+        assert real.startswith("QEMU emulator version"), real
+        saved = json.loads(cache.read_text())
+        assert cache.stat().st_mode & 0o077 == 0
+        cache.write_text(json.dumps({**saved, "version": "QEMU emulator version 0.0 (kept)"}))
+        qemu_version.cache_clear()
+        assert qemu_version() == "QEMU emulator version 0.0 (kept)"  # no process asked
+        cache.write_text(json.dumps({**saved, "binary": saved["binary"] + "0", "version": "x"}))
+        qemu_version.cache_clear()
+        assert qemu_version() == real  # another binary (an upgrade): asked again
+        assert json.loads(cache.read_text()) == saved
+    finally:
+        qemu_version.cache_clear()

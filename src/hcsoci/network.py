@@ -13,18 +13,20 @@ Either way the spec's ``network`` namespace is pointed at the namespace's file.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import uuid
+from types import ModuleType
 from typing import TYPE_CHECKING
 
-from hcsoci import hns, oci
+from hcsoci import oci
 from hcsoci.context import Context
 from hcsoci.errors import NotFoundError, StateError
-from hcsoci.hns.netlink import is_netns
 from hcsoci.resources import Resource, Resources
 
 if TYPE_CHECKING:
+    from hcsoci import hns
     from hcsoci.uvm import UtilityVM
 
 __all__ = [
@@ -41,6 +43,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+def _hns() -> ModuleType:
+    """:mod:`hcsoci.hns`, imported on first use: it brings pyroute2 (a tenth of a second),
+    which a container without networking (in a VM or not) never needs."""
+    return importlib.import_module("hcsoci.hns")
+
+
 class CreatedNamespace(Resource, kw_only=True):
     """A network namespace created for a container: removed on release."""
 
@@ -49,7 +57,7 @@ class CreatedNamespace(Resource, kw_only=True):
 
     def release(self, ctx: Context, vm: UtilityVM | None) -> None:
         with contextlib.suppress(NotFoundError):
-            hns.remove_namespace(self.namespace_id)
+            _hns().remove_namespace(self.namespace_id)
 
 
 class NamespaceEndpoint(Resource, kw_only=True):
@@ -62,7 +70,7 @@ class NamespaceEndpoint(Resource, kw_only=True):
     def release(self, ctx: Context, vm: UtilityVM | None) -> None:
         # NotFoundError: never added, already removed, or its namespace/endpoint is gone.
         with contextlib.suppress(NotFoundError):
-            hns.remove_namespace_endpoint(self.namespace_id, self.endpoint_id)
+            _hns().remove_namespace_endpoint(self.namespace_id, self.endpoint_id)
 
 
 class CreatedEndpoint(Resource, kw_only=True):
@@ -73,14 +81,17 @@ class CreatedEndpoint(Resource, kw_only=True):
 
     def release(self, ctx: Context, vm: UtilityVM | None) -> None:
         with contextlib.suppress(NotFoundError):
-            hns.delete_endpoint(self.endpoint_id)
+            _hns().delete_endpoint(self.endpoint_id)
 
 
 def namespace_file(network_namespace: str) -> str:
     """The nsfs file of ``network_namespace``: an hns namespace id, or a namespace file path."""
     try:
-        return hns.get_namespace(network_namespace).path
+        path: str = _hns().get_namespace(network_namespace).path
+        return path
     except NotFoundError:
+        from hcsoci.hns.netlink import is_netns
+
         if os.path.isabs(network_namespace) and is_netns(network_namespace):
             return network_namespace
         raise NotFoundError(
@@ -110,15 +121,15 @@ def setup_container_network(
         _check_endpoints(endpoint_ids)
         namespace_id = str(uuid.uuid4())
         resources.add(CreatedNamespace(namespace_id=namespace_id))
-        hns.create_namespace(namespace_id)
+        _hns().create_namespace(namespace_id)
         resources.net_ns = namespace_id
         log.info("created network namespace %s for container %s", namespace_id, resources.owner_id)
         for endpoint_id in endpoint_ids:
             ctx.check()
             resources.add(NamespaceEndpoint(namespace_id=namespace_id, endpoint_id=endpoint_id))
-            hns.add_namespace_endpoint(namespace_id, endpoint_id)
+            _hns().add_namespace_endpoint(namespace_id, endpoint_id)
             log.info("added network endpoint %s to namespace %s", endpoint_id, namespace_id)
-        path = hns.namespace_path(namespace_id)
+        path = _hns().namespace_path(namespace_id)
     else:
         return
     point_spec_at_namespace(spec, path)
@@ -128,7 +139,7 @@ def _check_endpoints(endpoint_ids: list[str]) -> None:
     """Refuse unknown or busy endpoints before anything is allocated."""
     for index, endpoint_id in enumerate(endpoint_ids):
         try:
-            endpoint = hns.get_endpoint_by_id(endpoint_id)
+            endpoint = _hns().get_endpoint_by_id(endpoint_id)
         except NotFoundError:
             raise NotFoundError(
                 f"spec.windows.network.endpoint_list[{index}]: endpoint {endpoint_id!r} not found"
@@ -161,10 +172,10 @@ def create_container_endpoint(resources: Resources, spec: oci.Spec, network: str
     deletes it (after the namespace that holds it is gone): how
     ``hcsoci run --network NAME`` gets a throwaway endpoint.
     """
-    target = hns.get_network(network)
+    target = _hns().get_network(network)
     endpoint_id = str(uuid.uuid4())
     resources.add(CreatedEndpoint(endpoint_id=endpoint_id))
-    endpoint = hns.create_endpoint(target.id, endpoint_id=endpoint_id)
+    endpoint: hns.Endpoint = _hns().create_endpoint(target.id, endpoint_id=endpoint_id)
     if spec.windows is None:
         spec.windows = oci.Windows()
     if spec.windows.network is None:
@@ -179,6 +190,9 @@ def get_namespace_endpoints(ctx: Context, net_ns: str) -> list[hns.Endpoint]:
     Unlike :func:`hcsoci.hns.get_namespace_endpoints`, which gives ids, these
     are full :class:`hcsoci.hns.Endpoint` records.
     """
-    return [
-        hns.get_endpoint_by_id(endpoint_id) for endpoint_id in hns.get_namespace_endpoints(net_ns)
+    hns_module = _hns()
+    endpoints: list[hns.Endpoint] = [
+        hns_module.get_endpoint_by_id(endpoint_id)
+        for endpoint_id in hns_module.get_namespace_endpoints(net_ns)
     ]
+    return endpoints

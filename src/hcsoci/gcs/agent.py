@@ -474,7 +474,17 @@ class Agent:
         container_id, bundle = str(body["id"]), str(body["bundle"])
         if not container_id or "/" in container_id or container_id in self.containers:
             raise RequestError(f"container id {container_id!r} is invalid or in use", errno.EEXIST)
+        files = [(os.path.normpath(str(path)), str(text)) for path, text in body.get("files") or []]
+        for path, _ in files:
+            if not path.startswith(bundle.rstrip("/") + "/"):
+                raise RequestError(
+                    f"file {path!r} is not inside the bundle {bundle!r}", errno.EINVAL
+                )
         _ensure_dir(bundle)
+        for path, text in files:  # the container's /etc files, say: no process is needed
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as file:
+                file.write(text)
         if body.get("spec") is not None:
             import json
 

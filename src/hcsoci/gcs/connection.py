@@ -9,7 +9,7 @@ control window, so the reader thread never blocks on a slow consumer.
 A heartbeat (:meth:`GuestConnection.start_heartbeat`) bounds how long anyone
 waits on a frozen or dead guest: while a request, a process or a container
 wait is outstanding, the host pings an agent that has been silent for an
-interval; after the given number of unanswered pings the bridge is declared
+interval; after the given number of unanswered pings in a row the bridge is declared
 dead and every waiter gets a :class:`BridgeClosedError` naming the VM and how
 long it was silent.
 """
@@ -280,17 +280,32 @@ class GuestConnection:
             )  # fmt: skip
 
     def create_container(
-        self, ctx: Context, container_id: str, bundle: str, spec: dict[str, Any] | None = None
+        self,
+        ctx: Context,
+        container_id: str,
+        bundle: str,
+        spec: dict[str, Any] | None = None,
+        files: dict[str, str] | None = None,
     ) -> None:
         """Register a container with the agent (hcsshim's ``CreateContainer``).
 
         ``bundle`` is a guest directory; the agent writes ``spec`` (an OCI spec
         as JSON builtins, guest paths) to its ``config.json``, or, when
-        ``spec`` is None, uses the ``config.json`` already there.  Nothing runs
-        until :meth:`start_container`.
+        ``spec`` is None, uses the ``config.json`` already there; and each of
+        ``files`` (guest path inside ``bundle`` -> text, protocol version
+        :data:`~hcsoci.gcs.protocol.FILES_VERSION`).  Nothing runs until
+        :meth:`start_container`.
         """
         self._check_containers("create_container")
-        self.request(ctx, "create_container", {"id": container_id, "bundle": bundle, "spec": spec})
+        args: dict[str, Any] = {"id": container_id, "bundle": bundle, "spec": spec}
+        if files:
+            if self.version < protocol.FILES_VERSION:
+                raise GuestError(
+                    "create_container", f"the guest agent speaks protocol {self.version}, "
+                    f"files need {protocol.FILES_VERSION}", errno_module.EOPNOTSUPP
+                )  # fmt: skip
+            args["files"] = sorted(files.items())
+        self.request(ctx, "create_container", args)
 
     def start_container(
         self,
@@ -477,21 +492,29 @@ class GuestConnection:
 
     # -- the heartbeat ------------------------------------------------------
 
-    def start_heartbeat(self, interval: float, misses: int) -> None:
+    def start_heartbeat(
+        self, interval: float, misses: int, detail: Callable[[], str] | None = None
+    ) -> None:
         """Declare the bridge dead after ``misses`` pings in a row get no answer.
 
         While anything waits on the guest (a request, a process, a container
-        wait), an agent silent for ``interval`` seconds is pinged; any frame
-        from it counts as an answer.  After ``interval * misses`` seconds of
-        silence the connection fails every waiter with a
-        :class:`BridgeClosedError` naming the VM and the silence.
+        wait), an agent silent for ``interval`` seconds is pinged, once per
+        interval; any frame from it counts as an answer.  When ``misses``
+        pings in a row went unanswered (``interval * misses`` seconds of
+        silence while this process ran) the connection fails every waiter
+        with a :class:`BridgeClosedError` naming the VM and the silence.
+        Misses are counted in pings, not in seconds since the guest was last
+        heard: when this process (or the whole machine) stood still, the
+        guest had no ping to answer, and the next round pings it again
+        instead of declaring it dead.  ``detail()`` is appended to the failure's
+        reason (the VM's console tail: what the guest said before it went quiet).
         """
         if self._heartbeat is not None:
             raise StateError(f"bridge {self.name}: the heartbeat runs already")
         self._last_heard = time.monotonic()
         self._heartbeat = threading.Thread(
             target=self._heartbeat_loop,
-            args=(interval, misses),
+            args=(interval, misses, detail),
             name=f"gcs-heartbeat-{self.name}",
             daemon=True,
         )
@@ -501,24 +524,29 @@ class GuestConnection:
         with self._lock:
             return bool(self._pending or self._processes or self._container_waiters)
 
-    def _heartbeat_loop(self, interval: float, misses: int) -> None:
+    def _heartbeat_loop(
+        self, interval: float, misses: int, detail: Callable[[], str] | None
+    ) -> None:
+        heard, unanswered = self._last_heard, 0
         while not self._stopped.wait(interval):
             now = time.monotonic()
             if not self._busy():
                 self._last_heard = now  # nobody waits: silence is fine
+            if self._last_heard != heard:
+                heard, unanswered = self._last_heard, 0  # the guest spoke since the last round
+            if now - heard < interval:
                 continue
-            silent = now - self._last_heard
-            if silent >= interval * misses:
+            if unanswered >= misses:
                 self.fail(
-                    f"VM {self.name}: the guest agent has not answered for {silent:.0f} s "
-                    f"({misses} heartbeats missed, one every {interval:g} s): "
-                    "the guest is frozen or dead"
+                    f"VM {self.name}: the guest agent has not answered for {now - heard:.0f} s "
+                    f"({unanswered} heartbeats missed, one every {interval:g} s): "
+                    "the guest is frozen or dead" + (detail() if detail is not None else "")
                 )
                 with contextlib.suppress(OSError):  # unblocks a writer stuck on a full socket
                     self._sock.shutdown(socket.SHUT_RDWR)
                 return
-            if silent >= interval:
-                self._ping()
+            self._ping()
+            unanswered += 1
 
     def _ping(self) -> None:
         """Send a ping without ever blocking (a frozen guest stops draining the socket)."""

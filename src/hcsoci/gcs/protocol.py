@@ -32,17 +32,21 @@ TYPE_CHECKING = False  # the agent imports this module: typing costs time there
 if TYPE_CHECKING:
     from typing import Any
 
-PROTOCOL_VERSIONS = (1, 2)
+PROTOCOL_VERSIONS = (1, 2, 3)
 """Versions this build speaks, oldest first; the host picks the newest both know.
 
 Version 2 added the container requests (``create_container``,
 ``start_container``, ``exec_in_container``, ``signal_container``,
 ``signal_container_process``, ``container_state``, ``delete_container``) and
-the ``container_exit`` notification.
+the ``container_exit`` notification.  Version 3: ``create_container`` also
+writes ``files`` (``[guest path, text]`` pairs inside the bundle).
 """
 
 CONTAINER_VERSION = 2
 """The first version with the container requests."""
+
+FILES_VERSION = 3
+"""The first version whose ``create_container`` writes the bundle's ``files``."""
 
 PORT_NAME = "hcsoci.gcs"
 """The virtio-serial port name the agent looks for under /sys/class/virtio-ports."""

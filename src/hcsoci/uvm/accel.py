@@ -9,20 +9,22 @@ QEMU version.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
+import shutil
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from hcsoci.errors import InvalidArgumentError
+from hcsoci.errors import HcsociError, InvalidArgumentError
 from hcsoci.paths import write_private_file
-from hcsoci.uvm.assets import TRIVIAL_INIT_MARKER, BootAssets
+from hcsoci.uvm.assets import TRIVIAL_INIT_MARKER, BootAssets, assets_dir
 
-__all__ = ["QEMU_BINARY", "probe_kvm", "resolve_accel", "trivial_boot_command"]
+__all__ = ["QEMU_BINARY", "probe_kvm", "qemu_version", "resolve_accel", "trivial_boot_command"]
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +74,48 @@ def _verdict_path(assets: BootAssets) -> Path:
     return assets.directory.parent / "accel-verdict.json"
 
 
+def _binary_stat() -> str:
+    """``path:size:mtime_ns`` of the QEMU binary ('' when it is not found)."""
+    binary = shutil.which(QEMU_BINARY)
+    if binary is None:
+        return ""
+    try:
+        real = os.path.realpath(binary)
+        info = os.stat(real)
+    except OSError:
+        return ""
+    return f"{real}:{info.st_size}:{info.st_mtime_ns}"
+
+
+@functools.cache
+def qemu_version() -> str:
+    """The first line of QEMU's ``--version``.
+
+    Asked of each QEMU binary once: the line is kept in the asset cache
+    (``qemu-version.json``) with the binary's path, size and mtime, so that a
+    VM start spends no process on it while that binary stays the same.
+    """
+    stat = _binary_stat()
+    cache = assets_dir() / "qemu-version.json"
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        saved = json.loads(cache.read_text())
+        if stat and saved["binary"] == stat:
+            return str(saved["version"])
+    output = subprocess.run([QEMU_BINARY, "--version"], capture_output=True, text=True).stdout
+    line = output.splitlines()[0] if output else "?"
+    if stat and line != "?" and cache.parent.is_dir():
+        partial = cache.with_name(f".qemu-version-{os.getpid()}.json")
+        try:
+            write_private_file(partial, json.dumps({"binary": stat, "version": line}).encode())
+            partial.replace(cache)
+        except (OSError, HcsociError):
+            partial.unlink(missing_ok=True)  # asked again next time
+    return line
+
+
 @functools.cache
 def _host_signature() -> str:
-    qemu = subprocess.run([QEMU_BINARY, "--version"], capture_output=True, text=True).stdout
-    return f"{os.uname().release} {qemu.splitlines()[0] if qemu else '?'}"
+    return f"{os.uname().release} {qemu_version()}"
 
 
 def probe_kvm(assets: BootAssets, deadline: float = KVM_PROBE_DEADLINE) -> bool:

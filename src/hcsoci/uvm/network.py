@@ -31,13 +31,13 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from hcsoci import hns
 from hcsoci.context import Context
 from hcsoci.errors import AlreadyExistsError, HcsociError, NotFoundError
 from hcsoci.resources import Resource
 from hcsoci.uvm.devices import DeviceRecords
 
 if TYPE_CHECKING:
+    from hcsoci import hns
     from hcsoci.uvm.vm import UtilityVM
 
 __all__ = [
@@ -160,6 +160,9 @@ class GuestNetworks:
             self._add(ctx, ns_id, namespace, endpoint)
 
     def _add(self, ctx: Context, ns_id: str, namespace: _Namespace, ep: hns.Endpoint) -> None:
+        # Imported here: hns brings pyroute2 (a tenth of a second), and most VMs have no NIC.
+        from hcsoci import hns
+
         network = hns.get_network_by_id(ep.virtual_network)
         tap, device, netdev = _nic_names(self._vm.id(), ep.id)
         with self._lock:

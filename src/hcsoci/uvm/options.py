@@ -52,8 +52,8 @@ class UVMOptions:
     heartbeat_interval: float = 2.0
     """Seconds between the host's pings of a silent guest agent while anything waits on it."""
     heartbeat_misses: int = 10
-    """Pings gone unanswered (``heartbeat_misses * heartbeat_interval`` seconds of silence)
-    after which the bridge is declared dead and every waiter gets an error."""
+    """Pings in a row gone unanswered (about ``(heartbeat_misses + 1) * heartbeat_interval``
+    seconds of silence) after which the bridge is declared dead and every waiter gets an error."""
     template: str = "auto"
     """Restore from a saved template instead of booting (:mod:`hcsoci.uvm.template`):
     ``auto`` restores a template matching these options and the assets when one

@@ -36,20 +36,23 @@ The resource kinds live in :mod:`hcsoci.uvm.guest_resources`, layer images in
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import shlex
 import subprocess
 import uuid
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import msgspec
 
-from hcsoci import container_table, hns, oci
+from hcsoci import container_table, oci
 from hcsoci.context import Context
 from hcsoci.errors import HcsociError, InvalidArgumentError, NotFoundError, StateError
 from hcsoci.etcfiles import etc_file_contents, etc_file_mount, wanted_etc_files
+from hcsoci.gcs.protocol import FILES_VERSION
 from hcsoci.network import CreatedNamespace, point_spec_at_namespace
 from hcsoci.resources import Resources
 from hcsoci.store import Store
@@ -148,6 +151,11 @@ def _check_input(options: Any) -> None:
             raise NotFoundError(f"{field}.source: {mount.source!r} does not exist on the host")
 
 
+def _hns() -> ModuleType:
+    """:mod:`hcsoci.hns`, imported only for a container with endpoints (it brings pyroute2)."""
+    return importlib.import_module("hcsoci.hns")
+
+
 def _endpoint_ids(spec: oci.Spec) -> list[str]:
     network = spec.windows.network if spec.windows is not None else None
     return list(network.endpoint_list or []) if network is not None else []
@@ -155,7 +163,10 @@ def _endpoint_ids(spec: oci.Spec) -> list[str]:
 
 def _check_endpoints(vm: UtilityVM, endpoint_ids: list[str]) -> None:
     """Refuse unknown or busy endpoints before anything is allocated."""
+    if not endpoint_ids:
+        return
     field = "spec.windows.network.endpoint_list"
+    hns = _hns()
     for index, endpoint_id in enumerate(endpoint_ids):
         try:
             endpoint = hns.get_endpoint_by_id(endpoint_id)
@@ -188,6 +199,7 @@ def _allocate_network(ctx: Context, vm: UtilityVM, spec: oci.Spec, resources: Re
     endpoint_ids = _endpoint_ids(spec)
     if not endpoint_ids:
         return
+    hns = _hns()
     vm_id = vm.id()
     namespace_id = str(uuid.uuid4())
     resources.add(CreatedNamespace(namespace_id=namespace_id))
@@ -219,24 +231,30 @@ def _add_guest_etc_files(
     container_id: str,
     root: str,
     given_root: str | None,
-) -> None:
+) -> dict[str, str]:
     """The container's /etc/hostname, hosts and resolv.conf, as a host container's.
 
-    Written by the guest into ``<root>/etc`` (removed with ``root``) and bound
-    read-only into the container: no Plan9 slot is spent on them.
+    Bound read-only into the container from ``<root>/etc`` (removed with
+    ``root``): no Plan9 slot is spent on them.  Returned (guest path -> text)
+    for the agent's ``create_container`` to write; an agent older than
+    :data:`~hcsoci.gcs.protocol.FILES_VERSION` gets them from a guest ``sh``.
     """
     wanted = wanted_etc_files(spec, given_root)
     if not wanted:
-        return
-    endpoints = [hns.get_endpoint_by_id(endpoint_id) for endpoint_id in _endpoint_ids(spec)]
+        return {}
+    endpoint_ids = _endpoint_ids(spec)
+    endpoints = [_hns().get_endpoint_by_id(e) for e in endpoint_ids] if endpoint_ids else []
     contents = etc_file_contents(spec.hostname or container_id[:12], endpoints)
     etc = f"{root}/etc"
+    spec.mounts = [*(spec.mounts or []), *(etc_file_mount(n, f"{etc}/{n}") for n in wanted)]
+    files = {f"{etc}/{name}": contents[name].decode() for name in wanted}
+    if vm.gcs.version >= FILES_VERSION:
+        return files
     script = f"mkdir -p {shlex.quote(etc)}" + "".join(
-        f" && printf %s {shlex.quote(contents[name].decode())} > {shlex.quote(f'{etc}/{name}')}"
-        for name in wanted
+        f" && printf %s {shlex.quote(text)} > {shlex.quote(path)}" for path, text in files.items()
     )
     guest_run(ctx, vm, script)
-    spec.mounts = [*(spec.mounts or []), *(etc_file_mount(n, f"{etc}/{n}") for n in wanted)]
+    return {}
 
 
 def _allocate(
@@ -245,8 +263,7 @@ def _allocate(
     """Make every allocation in the VM; ``spec`` (create_container's private copy) is resolved."""
     vm_id = vm.id()
     _allocate_network(ctx, vm, spec, resources)
-    resources.add(VMGuestDir(vm_id=vm_id, path=root))
-    guest_run(ctx, vm, f"mkdir -p {shlex.quote(root)}/rootfs")
+    resources.add(VMGuestDir(vm_id=vm_id, path=root))  # made by the first mount in it
     rootfs = f"{root}/rootfs"
     readonly = spec.root.readonly if spec.root is not None else False
     layers = spec.windows.layer_folders if spec.windows is not None else None
@@ -300,7 +317,7 @@ def _allocate(
         for index, mount in enumerate(spec.mounts or [])
     ]
     given_root = spec.root.path if spec.root is not None and not layers else None
-    _add_guest_etc_files(ctx, vm, spec, resources.owner_id, root, given_root)
+    files = _add_guest_etc_files(ctx, vm, spec, resources.owner_id, root, given_root)
     spec.root = oci.Root(path=rootfs, readonly=readonly)
     spec.hooks = None
     spec.windows = None
@@ -308,7 +325,7 @@ def _allocate(
         spec.linux.cgroups_path = ""
     resources.add(VMGuestContainer(vm_id=vm_id, container_id=resources.owner_id))
     vm.gcs.create_container(
-        ctx, resources.owner_id, root, msgspec.json.decode(oci.encode_spec(spec))
+        ctx, resources.owner_id, root, msgspec.json.decode(oci.encode_spec(spec)), files
     )
     container_table.set_state(resources.store, resources.owner_id, "created")
     return spec

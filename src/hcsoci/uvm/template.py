@@ -39,7 +39,7 @@ from typing import Any
 
 from hcsoci.errors import HcsociError
 from hcsoci.paths import make_private_dir, remove_tree, write_private_file
-from hcsoci.uvm.accel import QEMU_BINARY
+from hcsoci.uvm.accel import QEMU_BINARY, qemu_version
 from hcsoci.uvm.assets import BootAssets
 from hcsoci.uvm.options import TEMPLATE_MODES
 
@@ -99,11 +99,7 @@ def qemu_signature() -> str:
             real = os.path.realpath(path)
             info = os.stat(real)
             parts.append(f"{real}:{info.st_size}:{info.st_mtime_ns}")
-    import subprocess
-
-    version = subprocess.run([QEMU_BINARY, "--version"], capture_output=True, text=True).stdout
-    first = version.splitlines()[0] if version else "?"
-    return first + " " + hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+    return qemu_version() + " " + hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -482,7 +482,9 @@ class UtilityVM:
                 clone=clone,
             )
             self._gcs.start_heartbeat(
-                self.options.heartbeat_interval, self.options.heartbeat_misses
+                self.options.heartbeat_interval,
+                self.options.heartbeat_misses,
+                self._failure_detail,
             )
         except Canceled as err:
             if ctx.err() is not None:
