@@ -51,9 +51,11 @@ class UVMOptions:
     kernel_args: str = ""
     heartbeat_interval: float = 2.0
     """Seconds between the host's pings of a silent guest agent while anything waits on it."""
-    heartbeat_misses: int = 10
+    heartbeat_misses: int = 15
     """Pings in a row gone unanswered (about ``(heartbeat_misses + 1) * heartbeat_interval``
-    seconds of silence) after which the bridge is declared dead and every waiter gets an error."""
+    seconds of silence) after which the bridge is declared dead and every waiter gets an error.
+    Above the guest kernel's 21 s RCU stall report, which ends a stalled idle vCPU's
+    wait under TCG (docs/uvm.md): such a stall is a delay, not a dead VM."""
     template: str = "auto"
     """Restore from a saved template instead of booting (:mod:`hcsoci.uvm.template`):
     ``auto`` restores a template matching these options and the assets when one
