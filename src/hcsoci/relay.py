@@ -220,7 +220,8 @@ def _copy_descriptors(
                 n = move(in_fd, out_fd)
             except BlockingIOError:
                 _wait(src, in_fd, select.POLLIN)
-                _wait(dst, out_fd, select.POLLOUT)
+                if not isinstance(move, _ReadWrite):  # its file write never blocks
+                    _wait(dst, out_fd, select.POLLOUT)
                 continue
             except OSError as err:
                 # A failed write after readv has lost what it read: no fallback then.
