@@ -146,6 +146,21 @@ def test_controller_identity_guards_pid_reuse() -> None:
     assert controller_alive(0, 0)  # handed over to the user: never garbage
 
 
+def test_a_controller_that_exited_but_is_not_reaped_is_not_alive() -> None:
+    """A zombie (under an engine's subreaper shim that has not reaped it yet) runs no more."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        start = process_start_time(child.pid)
+        assert start is not None and controller_alive(child.pid, start)
+        os.kill(child.pid, signal.SIGKILL)
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # exited, still unreaped
+        assert process_start_time(child.pid) is None
+        assert not controller_alive(child.pid, start)
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_every_resource_kind_is_registered_in_a_fresh_process() -> None:
     """hcsoci.resource_kinds lists every module that defines a kind: none is found only by luck."""
     import ast

@@ -15,7 +15,8 @@ __all__ = ["controller_alive", "controller_identity", "process_alive", "process_
 
 
 def process_start_time(pid: int) -> int | None:
-    """The start time (clock ticks since boot) of ``pid``, or None when it does not exist."""
+    """The start time (clock ticks since boot) of ``pid``; None when it does not exist or
+    has exited (a zombie waiting for its parent to reap it runs no more)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
             data = stat.read()
@@ -23,6 +24,8 @@ def process_start_time(pid: int) -> int | None:
         return None
     # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
     fields = data[data.rindex(b")") + 2 :].split()
+    if fields[0] in (b"Z", b"X"):  # field 3: the state
+        return None
     return int(fields[19])  # field 22 overall
 
 
