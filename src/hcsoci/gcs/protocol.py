@@ -32,17 +32,22 @@ TYPE_CHECKING = False  # the agent imports this module: typing costs time there
 if TYPE_CHECKING:
     from typing import Any
 
-PROTOCOL_VERSIONS = (1, 2)
+PROTOCOL_VERSIONS = (1, 2, 3)
 """Versions this build speaks, oldest first; the host picks the newest both know.
 
 Version 2 added the container requests (``create_container``,
 ``start_container``, ``exec_in_container``, ``signal_container``,
 ``signal_container_process``, ``container_state``, ``delete_container``) and
-the ``container_exit`` notification.
+the ``container_exit`` notification.  Version 3 added ``pause_container``,
+``resume_container`` and ``update_container`` (the guest's ``runc pause``,
+``resume`` and ``update``).
 """
 
 CONTAINER_VERSION = 2
 """The first version with the container requests."""
+
+CONTAINER_CONTROL_VERSION = 3
+"""The first version with pause, resume and update of a container."""
 
 PORT_NAME = "hcsoci.gcs"
 """The virtio-serial port name the agent looks for under /sys/class/virtio-ports."""
