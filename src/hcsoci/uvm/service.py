@@ -28,8 +28,16 @@ away (``SIGPIPE``) behave as for any ``Cmd``; the request's connection then
 carries the exit code and closes.  Signals and terminal resizes name the
 process by the token the reply gave.
 
+Pods: a create request may carry ``pod`` (see
+:meth:`hcsoci.uvm.remote.ControllerClient.create`): the sandbox comes first
+in a VM of its own, and each container of its pod is created with its
+``join`` namespaces pointed at those of the sandbox's init in the guest
+(``/proc/PID/ns/...``).  ``pause``, ``resume`` and ``update`` are the guest's
+``runc pause``/``resume``/``update`` on a running container.
+
 The controller ends, closing the VM, when the VM's last container is deleted
-(or when no container came within :data:`FIRST_CONTAINER_GRACE` seconds of
+-- in a pod, when its sandbox is, releasing any other container of the pod
+with the VM -- (or when no container came within :data:`FIRST_CONTAINER_GRACE` seconds of
 its start, or a create left none), unless it attached to a handed-over VM:
 that one it keeps serving until the VM stops.  SIGTERM ends it too, releasing
 every container it hosts.
