@@ -21,6 +21,7 @@ import json
 import os
 import pty
 import select
+import shlex
 import shutil
 import signal
 import subprocess
@@ -270,11 +271,14 @@ def podman_engine(tag: str, runtime_root: Path) -> Iterator[Engine]:
     (state / "storage.conf").write_text(
         f'[storage]\ndriver = "overlay"\ngraphroot = "{data}"\nrunroot = "{state}/runroot"\n'
     )
+    # podman's environment is its own: the VM assets the tests use are named in the wrapper.
+    assets = os.environ.get("HCSOCI_ASSETS")
+    env = f"HCSOCI_ASSETS={shlex.quote(assets)} " if assets else ""
     wrapper = state / "hcsoci-runc"
-    wrapper.write_text(f'#!/bin/sh\nexec {RUNTIME} --root {runtime_root} "$@"\n')
+    wrapper.write_text(f'#!/bin/sh\n{env}exec {RUNTIME} --root {runtime_root} "$@"\n')
     wrapper.chmod(0o700)
     vm_wrapper = state / "hcsoci-runc-vm"  # named so: VM isolation
-    vm_wrapper.write_text(f'#!/bin/sh\nexec {RUNTIME_VM} --root {runtime_root} "$@"\n')
+    vm_wrapper.write_text(f'#!/bin/sh\n{env}exec {RUNTIME_VM} --root {runtime_root} "$@"\n')
     vm_wrapper.chmod(0o700)
     os.environ["CONTAINERS_CONF"] = str(state / "containers.conf")
     os.environ["CONTAINERS_STORAGE_CONF"] = str(state / "storage.conf")

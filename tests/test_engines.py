@@ -379,11 +379,13 @@ def test_terminal(isolated: Driver) -> None:
 def test_detached_exec_ps_kill(isolated: Driver) -> None:
     container_id = isolated.run_detached(["sleep", "300"])
     assert isolated.exec(container_id, ["echo", "from exec"]).strip() == "from exec"
-    pids = isolated.host_pids(container_id)
-    assert pids, "ps gave no pid"
-    if not in_vm(isolated):  # in a VM the one host pid is the stand-in, in no cgroup of its own
+    if not in_vm(isolated):
+        pids = isolated.host_pids(container_id)
+        assert pids, "ps gave no pid"
         runtime_id = isolated.runtime_id(container_id)
         assert all(runtime_id in Path(f"/proc/{pid}/cgroup").read_text() for pid in pids)
+    elif isolated.name != "podman":  # podman's top reads the host cgroup a VM container lacks
+        assert len(isolated.host_pids(container_id)) == 1  # the stand-in (`ps --format json`)
     isolated.kill(container_id, "SIGKILL")
     assert isolated.wait(container_id) == 137
 
@@ -480,11 +482,17 @@ def test_ten_in_a_row(gone_after: Driver) -> None:
         assert (result.returncode, result.stdout.strip()) == (0, str(number).encode())
 
 
-def test_vm_pod(gone_after: Driver) -> None:
+def test_vm_pod(gone_after: Driver, request: pytest.FixtureRequest) -> None:
     """CRI annotations through the engine: a sandbox on hcsoci-runc-vm, and a container of
     its pod through plain hcsoci-runc: it follows the sandbox into its VM and network."""
     if gone_after.name == "docker":
         pytest.skip("docker 20.10 cannot set OCI annotations (interop/CLI-SURFACE.md)")
+    if gone_after.name == "podman":
+        reason = (
+            "not done: podman's bind mounts (hosts, hostname, resolv.conf, .containerenv) take "
+            "a Plan9 slot each, and two containers exhaust a VM's 8 (UVMOptions.plan9_slots)"
+        )
+        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
     vm = on_vm(gone_after)
     kind = "io.kubernetes.cri.container-type"
     sandbox = vm.run_detached(["sleep", "300"], flags=["--annotation", f"{kind}=sandbox"])
