@@ -10,7 +10,11 @@ For each engine, interleaved in one run, medians:
   ``docker run --rm --network none busybox true``;
 * ``podman --runtime hcsoci-runc run --rm --network none busybox true`` against
   ``podman --runtime /usr/sbin/runc run ...``;
-* ``hcsoci-runc state ID`` of a running container, against ``runc state ID``.
+* ``hcsoci-runc state ID`` of a running container, against ``runc state ID``;
+* VM isolation (``--only vm``, fewer rounds: each container is a utility VM,
+  restored from the template): ``docker run --rm --network none --runtime
+  hcsoci-vm busybox true`` and ``hcsoci run --isolation vm --rm -- true``
+  beside ``docker run --rm --network none busybox true`` (runc).
 
 The daemons are the tests' (tests/fixtures_engines.py: a containerd and a
 dockerd of our own, podman with storage of its own), started here and stopped
@@ -37,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from fixtures_engines import (
     RUNTIME,
+    RUNTIME_VM,
     containerd_daemon,
     docker_daemon,
     podman_engine,
@@ -147,15 +152,39 @@ def bench_state(stack: contextlib.ExitStack, rounds: int) -> None:
     report("state of a running container", samples, "runc state")
 
 
+def bench_vm(stack: contextlib.ExitStack, archive: Path, rounds: int) -> None:
+    socket, _ = stack.enter_context(containerd_daemon("bench-containerd-vm"))
+    docker = stack.enter_context(docker_daemon(socket, "bench-dockerd-vm"))
+    docker.check("load", "--input", str(archive))
+    root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-vm-", dir="/run")))
+    hcsoci = ["env", f"HCSOCI_ROOT={root}", str(Path(RUNTIME_VM).parent / "hcsoci")]
+    run = [*docker.client, "run", "--rm", "--network", "none"]
+    samples = interleaved(
+        max(3, rounds // 3),
+        {
+            "docker run --rm (runc)": checked([*run, "busybox", "true"]),
+            "docker run --rm (hcsoci-runc-vm)": checked(
+                [*run, "--runtime", "hcsoci-vm", "busybox", "true"]
+            ),
+            "hcsoci run --isolation vm --rm": checked(
+                [*hcsoci, "run", "--isolation", "vm", "--rm", "--", "true"]
+            ),
+        },
+    )
+    title = "VM isolation: docker run --rm --network none busybox true, hcsoci run --isolation vm"
+    report(title, samples, "docker run --rm (runc)")
+    report(title, samples, "hcsoci run --isolation vm --rm")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--only", choices=["ctr", "docker", "podman", "state"])
+    parser.add_argument("--only", choices=["ctr", "docker", "podman", "state", "vm"])
     options = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-image-") as directory:
         archive = Path(directory) / "busybox.tar"
         write_archive(archive)
-        for part in ("ctr", "docker", "podman", "state"):
+        for part in ("ctr", "docker", "podman", "state", "vm"):
             if options.only not in (None, part):
                 continue
             with contextlib.ExitStack() as stack:
@@ -165,6 +194,8 @@ def main() -> None:
                     bench_docker(stack, archive, options.rounds)
                 elif part == "podman":
                     bench_podman(stack, archive, options.rounds)
+                elif part == "vm":
+                    bench_vm(stack, archive, options.rounds)
                 else:
                     bench_state(stack, options.rounds)
 

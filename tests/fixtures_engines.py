@@ -17,9 +17,11 @@ benchmark's baseline.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pty
 import select
+import shlex
 import shutil
 import signal
 import subprocess
@@ -269,11 +271,14 @@ def podman_engine(tag: str, runtime_root: Path) -> Iterator[Engine]:
     (state / "storage.conf").write_text(
         f'[storage]\ndriver = "overlay"\ngraphroot = "{data}"\nrunroot = "{state}/runroot"\n'
     )
+    # podman's environment is its own: the VM assets the tests use are named in the wrapper.
+    assets = os.environ.get("HCSOCI_ASSETS")
+    env = f"HCSOCI_ASSETS={shlex.quote(assets)} " if assets else ""
     wrapper = state / "hcsoci-runc"
-    wrapper.write_text(f'#!/bin/sh\nexec {RUNTIME} --root {runtime_root} "$@"\n')
+    wrapper.write_text(f'#!/bin/sh\n{env}exec {RUNTIME} --root {runtime_root} "$@"\n')
     wrapper.chmod(0o700)
     vm_wrapper = state / "hcsoci-runc-vm"  # named so: VM isolation
-    vm_wrapper.write_text(f'#!/bin/sh\nexec {RUNTIME_VM} --root {runtime_root} "$@"\n')
+    vm_wrapper.write_text(f'#!/bin/sh\n{env}exec {RUNTIME_VM} --root {runtime_root} "$@"\n')
     vm_wrapper.chmod(0o700)
     os.environ["CONTAINERS_CONF"] = str(state / "containers.conf")
     os.environ["CONTAINERS_STORAGE_CONF"] = str(state / "storage.conf")
@@ -356,6 +361,77 @@ def memory_limit_of(pid: int) -> int:
             text = Path(f"/sys/fs/cgroup/unified{line[3:]}/memory.max").read_text().strip()
             return -1 if text == "max" else int(text)
     raise AssertionError(f"no memory cgroup for {pid}: {lines}")
+
+
+def _kill_and_wait(pids: list[int], timeout: float = 10.0) -> None:
+    """SIGKILL each of ``pids`` and wait until it is gone: reaped when it is our child (a
+    subreaper's adoptee), else ended (a zombie of its own parent's counts as ended)."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    break  # ours, reaped
+                ours = True
+            except ChildProcessError:
+                ours = False
+            try:
+                with open(f"/proc/{pid}/stat") as stat:
+                    zombie = stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+            except FileNotFoundError:
+                break
+            if zombie and not ours:
+                break
+            time.sleep(0.05)
+
+
+def release_runtime_leftovers(root: Path) -> None:
+    """Release what a failed test left under hcsoci-runc's state root ``root``.
+
+    The VM containers' stand-ins, the VMs' controllers and their QEMU
+    processes are killed by pid (from the records under ``root`` alone);
+    then ``hcsoci gc`` on ``root`` releases the containers and VMs (their
+    state directories, log tmpfs and rows), and ``hcsoci-runc delete
+    --force`` drops hcsoci-runc's own files.
+    """
+    from fixtures_uvm import qemu_processes
+
+    vm_dir = root / "hcsoci-runc-vm"
+    ids = sorted(os.listdir(vm_dir)) if vm_dir.is_dir() else []
+    standins = []
+    for entry in ids:
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            standins.append(int(json.loads((vm_dir / entry / "container.json").read_text())["pid"]))
+    _kill_and_wait([pid for pid in standins if pid > 0])
+    database = root / "state.db"
+    vms: list[tuple[str, int]] = []
+    if database.exists():
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(database)) as conn:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+            if "vms" in tables:
+                vms = [
+                    (str(r[0]), int(r[1]))
+                    for r in conn.execute("SELECT id, controller_pid FROM vms")
+                ]
+    _kill_and_wait([pid for _, pid in vms if pid > 0])
+    _kill_and_wait([pid for vm_id, _ in vms for pid in qemu_processes(vm_id)])
+    if database.exists():
+        hcsoci = str(Path(sys.executable).parent / "hcsoci")
+        env = {**os.environ, "HCSOCI_ROOT": str(root)}
+        done = subprocess.run([hcsoci, "gc"], env=env, capture_output=True, timeout=120)
+        print(f"hcsoci gc on {root}: exit {done.returncode}", done.stdout, done.stderr)
+    for entry in ids:
+        subprocess.run(
+            [RUNTIME, "--root", str(root), "delete", "--force", entry],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
 
 
 def runtime_leftovers(root: Path) -> list[str]:

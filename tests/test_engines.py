@@ -321,43 +321,82 @@ def gone_after(driver: Driver) -> Iterator[Driver]:
     assert mounts == [], mounts
 
 
-def test_output_and_exit_code(gone_after: Driver) -> None:
-    result = gone_after.run(["sh", "-c", "echo out; echo err >&2; exit 3"])
+def on_vm(driver: Driver) -> Driver:
+    """The engine's driver with ``hcsoci-runc-vm`` as its runtime (a utility VM per container)."""
+    chosen = copy.copy(driver)
+    engine = chosen.engine
+    if isinstance(chosen, CtrDriver):
+        chosen.runtime_flags = [
+            RUNTIME_VM if flag == RUNTIME else flag for flag in chosen.runtime_flags
+        ]
+    elif engine.name == "docker":
+        flags = ["hcsoci-vm" if flag == "hcsoci" else flag for flag in engine.run_flags]
+        chosen.engine = dataclasses.replace(engine, run_flags=flags)
+    else:
+        client = [flag + "-vm" if flag.endswith("/hcsoci-runc") else flag for flag in engine.client]
+        chosen.engine = dataclasses.replace(engine, client=client)
+    return chosen
+
+
+@pytest.fixture(params=["process", "vm"])
+def isolated(request: pytest.FixtureRequest, gone_after: Driver) -> Driver:
+    """The scenarios both isolations run: the driver on hcsoci-runc, then on hcsoci-runc-vm
+    (the same nothing-left checks after each)."""
+    return gone_after if request.param == "process" else on_vm(gone_after)
+
+
+def in_vm(driver: Driver) -> bool:
+    """Whether the driver runs its containers in utility VMs."""
+    return (
+        RUNTIME_VM in getattr(driver, "runtime_flags", [])
+        or "hcsoci-vm" in driver.engine.run_flags
+        or any(flag.endswith("/hcsoci-runc-vm") for flag in driver.engine.client)
+    )
+
+
+def test_output_and_exit_code(isolated: Driver) -> None:
+    result = isolated.run(["sh", "-c", "echo out; echo err >&2; uname -r; exit 3"])
     assert result.returncode == 3, result.stderr
-    assert b"out" in result.stdout
+    lines = result.stdout.decode().split()
+    assert lines[0] == "out", lines
+    # In a utility VM, the guest's own kernel; else the host's.
+    assert (lines[1] != os.uname().release) == in_vm(isolated), lines
 
 
-def test_stdin(gone_after: Driver) -> None:
-    result = gone_after.run(["head", "-c", "5"], flags=gone_after.stdin_flags(), input=b"hello")
+def test_stdin(isolated: Driver) -> None:
+    result = isolated.run(["head", "-c", "5"], flags=isolated.stdin_flags(), input=b"hello")
     assert result.returncode == 0, result.stderr
     assert result.stdout == b"hello"
 
 
-def test_terminal(gone_after: Driver) -> None:
-    argv = gone_after.run_argv(["sh", "-c", "tty; exit 4"], flags=["--tty"])
+def test_terminal(isolated: Driver) -> None:
+    argv = isolated.run_argv(["sh", "-c", "tty; exit 4"], flags=["--tty"])
     code, output = run_in_pty(argv)
     assert code == 4, output
     assert b"/dev/pts/" in output or b"/dev/console" in output, output
 
 
-def test_detached_exec_ps_kill(gone_after: Driver) -> None:
-    container_id = gone_after.run_detached(["sleep", "300"])
-    assert gone_after.exec(container_id, ["echo", "from exec"]).strip() == "from exec"
-    pids = gone_after.host_pids(container_id)
-    assert pids, "ps gave no pid"
-    runtime_id = gone_after.runtime_id(container_id)
-    assert all(runtime_id in Path(f"/proc/{pid}/cgroup").read_text() for pid in pids)
-    gone_after.kill(container_id, "SIGKILL")
-    assert gone_after.wait(container_id) == 137
+def test_detached_exec_ps_kill(isolated: Driver) -> None:
+    container_id = isolated.run_detached(["sleep", "300"])
+    assert isolated.exec(container_id, ["echo", "from exec"]).strip() == "from exec"
+    if not in_vm(isolated):
+        pids = isolated.host_pids(container_id)
+        assert pids, "ps gave no pid"
+        runtime_id = isolated.runtime_id(container_id)
+        assert all(runtime_id in Path(f"/proc/{pid}/cgroup").read_text() for pid in pids)
+    elif isolated.name != "podman":  # podman's top reads the host cgroup a VM container lacks
+        assert len(isolated.host_pids(container_id)) == 1  # the stand-in (`ps --format json`)
+    isolated.kill(container_id, "SIGKILL")
+    assert isolated.wait(container_id) == 137
 
 
-def test_exec_with_a_terminal(gone_after: Driver) -> None:
-    container_id = gone_after.run_detached(["sleep", "300"])
-    code, output = run_in_pty(gone_after.exec_tty_argv(container_id, ["sh", "-c", "tty; exit 6"]))
+def test_exec_with_a_terminal(isolated: Driver) -> None:
+    container_id = isolated.run_detached(["sleep", "300"])
+    code, output = run_in_pty(isolated.exec_tty_argv(container_id, ["sh", "-c", "tty; exit 6"]))
     assert code == 6, output
     assert b"/dev/pts/" in output, output
-    gone_after.kill(container_id, "SIGKILL")
-    gone_after.wait(container_id)
+    isolated.kill(container_id, "SIGKILL")
+    assert isolated.wait(container_id) == 137
 
 
 def test_stop_term_then_kill(gone_after: Driver) -> None:
@@ -378,7 +417,8 @@ def test_logs(gone_after: Driver) -> None:
     assert "logged line" in gone_after.logs(container_id)
 
 
-def test_pause_resume(gone_after: Driver) -> None:
+def test_pause_resume(isolated: Driver) -> None:
+    gone_after = isolated
     container_id = gone_after.run_detached(["sleep", "300"])
     gone_after.pause(container_id)
     state = json.loads(
@@ -442,59 +482,30 @@ def test_ten_in_a_row(gone_after: Driver) -> None:
         assert (result.returncode, result.stdout.strip()) == (0, str(number).encode())
 
 
-# -- VM isolation: the same engines on hcsoci-runc-vm (a utility VM per container) -------------
-
-
-@pytest.fixture
-def vm_driver(gone_after: Driver) -> Driver:
-    """The engine's driver with ``hcsoci-runc-vm`` as its runtime (same checks afterwards)."""
-    chosen = copy.copy(gone_after)
-    engine = chosen.engine
-    if isinstance(chosen, CtrDriver):
-        chosen.runtime_flags = [
-            RUNTIME_VM if flag == RUNTIME else flag for flag in chosen.runtime_flags
-        ]
-    elif engine.name == "docker":
-        flags = ["hcsoci-vm" if flag == "hcsoci" else flag for flag in engine.run_flags]
-        chosen.engine = dataclasses.replace(engine, run_flags=flags)
-    else:
-        client = [flag + "-vm" if flag.endswith("/hcsoci-runc") else flag for flag in engine.client]
-        chosen.engine = dataclasses.replace(engine, client=client)
-    return chosen
-
-
-def test_vm_output_and_exit_code(vm_driver: Driver) -> None:
-    result = vm_driver.run(["sh", "-c", "echo out; uname -r; exit 3"])
-    assert result.returncode == 3, result.stderr
-    lines = result.stdout.decode().split()
-    assert lines[0] == "out", lines
-    assert lines[1] != os.uname().release, "not in a utility VM"  # the guest's own kernel
-
-
-def test_vm_stdin(vm_driver: Driver) -> None:
-    result = vm_driver.run(["head", "-c", "5"], flags=vm_driver.stdin_flags(), input=b"hello")
+def test_vm_pod(gone_after: Driver, request: pytest.FixtureRequest) -> None:
+    """CRI annotations through the engine: a sandbox on hcsoci-runc-vm, and a container of
+    its pod through plain hcsoci-runc: it follows the sandbox into its VM and network."""
+    if gone_after.name == "docker":
+        pytest.skip("docker 20.10 cannot set OCI annotations (interop/CLI-SURFACE.md)")
+    if gone_after.name == "podman":
+        reason = (
+            "not done: podman's bind mounts (hosts, hostname, resolv.conf, .containerenv) take "
+            "a Plan9 slot each, and two containers exhaust a VM's 8 (UVMOptions.plan9_slots)"
+        )
+        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+    vm = on_vm(gone_after)
+    kind = "io.kubernetes.cri.container-type"
+    sandbox = vm.run_detached(["sleep", "300"], flags=["--annotation", f"{kind}=sandbox"])
+    member = [
+        "--annotation", f"{kind}=container",
+        "--annotation", f"io.kubernetes.cri.sandbox-id={vm.runtime_id(sandbox)}",
+    ]  # fmt: skip
+    facts = "cat /proc/sys/kernel/random/boot_id; readlink /proc/self/ns/net"
+    result = gone_after.run(["sh", "-c", facts], flags=member)
     assert result.returncode == 0, result.stderr
-    assert result.stdout == b"hello"
-
-
-def test_vm_terminal(vm_driver: Driver) -> None:
-    argv = vm_driver.run_argv(["sh", "-c", "tty; exit 4"], flags=["--tty"])
-    code, output = run_in_pty(argv)
-    assert code == 4, output
-    assert b"/dev/pts/" in output, output
-
-
-def test_vm_detached_exec_kill(vm_driver: Driver) -> None:
-    container_id = vm_driver.run_detached(["sleep", "300"])
-    assert vm_driver.exec(container_id, ["sh", "-c", "echo from exec"]).strip() == "from exec"
-    vm_driver.kill(container_id, "SIGKILL")
-    assert vm_driver.wait(container_id) == 137
-
-
-def test_vm_exec_with_a_terminal(vm_driver: Driver) -> None:
-    container_id = vm_driver.run_detached(["sleep", "300"])
-    code, output = run_in_pty(vm_driver.exec_tty_argv(container_id, ["sh", "-c", "tty; exit 6"]))
-    assert code == 6, output
-    assert b"/dev/pts/" in output, output
-    vm_driver.kill(container_id, "SIGKILL")
-    assert vm_driver.wait(container_id) == 137
+    in_sandbox = vm.exec(sandbox, ["sh", "-c", facts])
+    host_boot = Path("/proc/sys/kernel/random/boot_id").read_text()
+    assert result.stdout.decode() == in_sandbox, (result.stdout, in_sandbox)  # one VM, one net
+    assert not in_sandbox.startswith(host_boot), "not in a utility VM"
+    vm.kill(sandbox, "SIGKILL")
+    assert vm.wait(sandbox) == 137

@@ -29,7 +29,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fixtures_engines import RUNTIME, runtime_leftovers
+from fixtures_engines import RUNTIME, release_runtime_leftovers, runtime_leftovers
 from hcsoci import container_table, context
 from hcsoci.errors import InvalidArgumentError
 from hcsoci.gc import collect
@@ -39,6 +39,10 @@ from hcsoci.paths import ID_PATTERN
 from hcsoci.store import Store
 
 pytestmark = pytest.mark.timeout(120)
+
+POD_TYPE = "io.kubernetes.cri.container-type"
+POD_SANDBOX = "io.kubernetes.cri.sandbox-id"
+"""containerd's CRI sandbox annotations (a pod's sandbox, or a container naming it)."""
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +63,8 @@ def root(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "state"
     yield path
     left = runtime_leftovers(path)
+    if left:  # a failed test: release it all (stand-ins, controllers, QEMU, gc), then say so
+        release_runtime_leftovers(path)
     for name in os.listdir(path / "runc") if (path / "runc").is_dir() else []:
         subprocess.run(["runc", "--root", str(path / "runc"), "delete", "--force", name])
     assert left == [], left
@@ -118,6 +124,35 @@ def assert_one_line_error(result: subprocess.CompletedProcess[bytes], *words: st
     for word in words:
         assert word in text, text
     return text.strip()
+
+
+@contextlib.contextmanager
+def console_socket(path: str, timeout: float = 60) -> Iterator[list[int]]:
+    """A ``--console-socket`` listening at ``path``, as an engine's: yields the list that
+    receives the pty master sent over it (SCM_RIGHTS) by the time the block ends."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    listener.settimeout(timeout)
+    received: list[int] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            connection, _ = listener.accept()
+            with connection:
+                _, fds, _, _ = socket.recv_fds(connection, 1024, 1)
+                received.extend(fds)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield received
+    finally:
+        thread.join(timeout=5)  # the runtime returned: what it sent is there
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)  # wakes an accept nobody answered
+        thread.join(timeout=timeout)
+        listener.close()
 
 
 def running(pid: int) -> bool:
@@ -238,23 +273,9 @@ def test_preserve_fds_reach_the_container(root: Path, rootfs: Path, tmp_path: Pa
 def test_console_socket_gets_the_pty(root: Path, rootfs: Path, tmp_path: Path) -> None:
     bundle = make_bundle(tmp_path / "bundle", rootfs, ["sh", "-c", "tty; exit 0"], terminal=True)
     path = str(tmp_path / "console.sock")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen(1)
-    received: list[int] = []
-
-    def accept() -> None:
-        connection, _ = listener.accept()
-        with connection:
-            _, fds, _, _ = socket.recv_fds(connection, 1024, 1)
-            received.extend(fds)
-
-    thread = threading.Thread(target=accept)
-    thread.start()
-    args = ["create", "--bundle", str(bundle), "--console-socket", path]
-    created = runtime(root, *args, "--pid-file", str(tmp_path / "pid"), "t1")
-    thread.join(timeout=30)
-    listener.close()
+    with console_socket(path) as received:
+        args = ["create", "--bundle", str(bundle), "--console-socket", path]
+        created = runtime(root, *args, "--pid-file", str(tmp_path / "pid"), "t1")
     assert created.returncode == 0, created.stderr
     assert len(received) == 1
     master = received[0]
@@ -291,6 +312,11 @@ def test_console_socket_gets_the_pty(root: Path, rootfs: Path, tmp_path: Path) -
         ("vm console socket refuses", ["nobody-listens.sock", "console socket"]),
         ("vm annotation, no root.path", ["root.path"]),
         ("bad id", ["container id", "is not a valid id"]),
+        ("unknown sandbox", ["io.kubernetes.cri.sandbox-id", "'nosuch'", "no such sandbox"]),
+        ("hostile sandbox id", ["io.kubernetes.cri-o.SandboxID", "is not a valid id"]),
+        ("bad pod role", ["io.kubernetes.cri.container-type", "'pause'", "not a pod role"]),
+        ("sandbox of another id", ["io.kubernetes.cri.sandbox-id", "own id"]),
+        ("pod container, no sandbox", ["io.kubernetes.cri.sandbox-id", "missing"]),
     ],
 )
 def test_bad_create_leaves_nothing(
@@ -325,6 +351,23 @@ def test_bad_create_leaves_nothing(
         config["annotations"] = {"io.hcsoci.isolation": "both"}
     elif case == "bad id":
         container_id = "../escape"
+    elif case == "unknown sandbox":
+        global_flags = ["--isolation", "vm"]
+        config["annotations"] = {POD_TYPE: "container", POD_SANDBOX: "nosuch"}
+    elif case == "hostile sandbox id":  # any isolation: checked before it names a path
+        config["annotations"] = {
+            "io.kubernetes.cri-o.ContainerType": "container",
+            "io.kubernetes.cri-o.SandboxID": "../../etc",
+        }
+    elif case == "bad pod role":
+        global_flags = ["--isolation", "vm"]
+        config["annotations"] = {POD_TYPE: "pause", POD_SANDBOX: "bad1"}
+    elif case == "sandbox of another id":
+        global_flags = ["--isolation", "vm"]
+        config["annotations"] = {POD_TYPE: "sandbox", POD_SANDBOX: "other"}
+    elif case == "pod container, no sandbox":
+        global_flags = ["--isolation", "vm"]
+        config["annotations"] = {POD_TYPE: "container"}
     if case not in ("no config.json", "not JSON", "not an object"):
         (bundle / "config.json").write_text(json.dumps(config))
     log = tmp_path / "log.json"
@@ -604,7 +647,7 @@ def test_vm_lifecycle(root: Path, rootfs: Path, tmp_path: Path, subreaper: None)
     wait_until(lambda: "sleep 222" not in guest_commands(root, "v1"))
 
     assert_one_line_error(runtime(root, "delete", "v1"), "not stopped")
-    assert_one_line_error(runtime(root, "pause", "v1"), "not supported")
+    assert_one_line_error(runtime(root, "events", "v1"), "not supported")
     assert runtime(root, "kill", "v1", "KILL").returncode == 0
     assert reap(pid) == 128 + signal.SIGKILL  # the guest init's status, through the stand-in
     assert state_of(root, "v1")["status"] == "stopped"
@@ -622,26 +665,12 @@ def test_vm_console_socket_and_exit_code(
     script = "tty; stty size; read line; echo typed $line; exit 3"
     bundle = make_bundle(tmp_path / "bundle", rootfs, ["sh", "-c", script], terminal=True)
     path = str(tmp_path / "console.sock")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen(1)
-    received: list[int] = []
-
-    def accept() -> None:
-        connection, _ = listener.accept()
-        with connection:
-            _, fds, _, _ = socket.recv_fds(connection, 1024, 1)
-            received.extend(fds)
-
-    thread = threading.Thread(target=accept)
-    thread.start()
     pid_file = tmp_path / "pid"
-    created = runtime(
-        root, "--isolation", "vm", "create", "--bundle", str(bundle),
-        "--console-socket", path, "--pid-file", str(pid_file), "t1",
-    )  # fmt: skip
-    thread.join(timeout=30)
-    listener.close()
+    with console_socket(path) as received:
+        created = runtime(
+            root, "--isolation", "vm", "create", "--bundle", str(bundle),
+            "--console-socket", path, "--pid-file", str(pid_file), "t1",
+        )  # fmt: skip
     assert created.returncode == 0, created.stderr
     assert len(received) == 1
     master = received[0]
@@ -708,3 +737,209 @@ def test_vm_controller_that_died(
     reap_dead_vms(Store(root))
     assert vm_rows(root) == []
     assert runtime(root, "delete", "d1").returncode == 0
+
+
+# -- pods: a sandbox and its containers, as containerd's CRI creates them ---------------------
+
+
+def pod_bundle(
+    directory: Path,
+    rootfs: Path,
+    args: list[str],
+    annotations: dict[str, str],
+    join: dict[str, str] | None = None,
+) -> Path:
+    """A bundle with CRI annotations; ``join`` maps namespace types to the paths the engine
+    gives them (the sandbox's ``/proc/PID/ns/...`` on the host)."""
+    bundle = make_bundle(directory, rootfs, args)
+    config = json.loads((bundle / "config.json").read_text())
+    config["annotations"] = annotations
+    for namespace in config["linux"]["namespaces"]:
+        if namespace["type"] in (join or {}):
+            namespace["path"] = (join or {})[namespace["type"]]
+    (bundle / "config.json").write_text(json.dumps(config))
+    return bundle
+
+
+def create_vm(
+    root: Path,
+    bundle: Path,
+    container_id: str,
+    pid_file: Path,
+    stdout: Path | None = None,
+    *flags: str,
+) -> subprocess.CompletedProcess[bytes]:
+    """``create`` as a shim calls it; the container's stdout goes to ``stdout`` (or nowhere)."""
+    with open(stdout or os.devnull, "wb") as out, tempfile.TemporaryFile() as err:
+        result = subprocess.run(
+            [RUNTIME, "--root", str(root), *flags, "create", "--bundle", str(bundle),
+             "--pid-file", str(pid_file), container_id],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=err, timeout=120, check=False,
+        )  # fmt: skip
+        err.seek(0)
+        return subprocess.CompletedProcess(result.args, result.returncode, b"", err.read())
+
+
+def guest_facts(root: Path, container_id: str) -> list[str]:
+    """The guest's boot id and the container's network and ipc namespaces, from an exec."""
+    script = (
+        "cat /proc/sys/kernel/random/boot_id; for n in net ipc; do readlink /proc/self/ns/$n; done"
+    )
+    result = runtime(root, "exec", container_id, "sh", "-c", script)
+    assert result.returncode == 0, result
+    lines = result.stdout.decode().split()
+    assert len(lines) == 3 and lines[1].startswith("net:["), lines
+    return lines
+
+
+@pytest.mark.timeout(300)
+def test_vm_pod_shares_one_vm(root: Path, rootfs: Path, tmp_path: Path, subreaper: None) -> None:
+    """A sandbox and two containers of its pod: one VM, one network namespace; pause, resume
+    and update in the guest; the VM goes with the sandbox, killing what is left in it."""
+    sandbox = pod_bundle(
+        tmp_path / "sandbox", rootfs, ["sleep", "600"], {POD_TYPE: "sandbox", POD_SANDBOX: "pod1"}
+    )
+    created = create_vm(root, sandbox, "pod1", tmp_path / "pod1.pid", None, "--isolation", "vm")
+    assert created.returncode == 0, created.stderr
+    sandbox_pid = int((tmp_path / "pod1.pid").read_text())
+    assert runtime(root, "start", "pod1").returncode == 0
+    member = {POD_TYPE: "container", POD_SANDBOX: "pod1"}
+    # c1 as containerd's CRI makes a pod's container: network, ipc and uts are the sandbox's.
+    shared = {kind: f"/proc/{sandbox_pid}/ns/{name}" for kind, name in
+              (("network", "net"), ("ipc", "ipc"), ("uts", "uts"))}  # fmt: skip
+    c1 = pod_bundle(tmp_path / "c1", rootfs, ["sleep", "600"], member, shared)
+    # No --isolation: a pod's container follows its sandbox into the VM.
+    created = create_vm(root, c1, "c1", tmp_path / "c1.pid")
+    assert created.returncode == 0, created.stderr
+    counter = "i=0; while :; do i=$((i+1)); echo $i; sleep 0.2; done"
+    c2 = pod_bundle(tmp_path / "c2", rootfs, ["sh", "-c", counter], member)
+    out = tmp_path / "c2.out"
+    created = create_vm(root, c2, "c2", tmp_path / "c2.pid", out, "--isolation", "vm")
+    assert created.returncode == 0, created.stderr
+    c2_pid = int((tmp_path / "c2.pid").read_text())
+    for container_id in ("c1", "c2"):
+        assert runtime(root, "start", container_id).returncode == 0
+    assert_one_line_error(
+        runtime(root, "--isolation", "process", "create", "--bundle", str(c1), "c3"),
+        POD_SANDBOX, "'pod1'", "cannot be process-isolated",
+    )  # fmt: skip
+
+    # One VM: one row, the same guest boot, every container on it.
+    hosts = {container_table.get(Store(root), cid).host for cid in ("pod1", "c1", "c2")}  # type: ignore[union-attr]
+    assert len(hosts) == 1 and vm_rows(root) == list(hosts)
+    facts = {cid: guest_facts(root, cid) for cid in ("pod1", "c1", "c2")}
+    assert len({boot for boot, _, _ in facts.values()}) == 1, facts
+    # One network namespace (the sandbox's own, not the guest's: runc made it for pod1).
+    assert len({net for _, net, _ in facts.values()}) == 1, facts
+    assert facts["c1"][2] == facts["pod1"][2] != facts["c2"][2], facts  # ipc: as the spec says
+
+    # pause freezes c2's cgroup in the guest: its counter stops, and goes on after resume.
+    wait_until(lambda: out.read_bytes().count(b"\n") >= 3)
+    assert runtime(root, "pause", "c2").returncode == 0
+    assert state_of(root, "c2")["status"] == "paused"
+    frozen = out.read_bytes()
+    time.sleep(2)
+    assert out.read_bytes() == frozen
+    assert runtime(root, "resume", "c2").returncode == 0
+    assert state_of(root, "c2")["status"] == "running"
+    wait_until(lambda: out.read_bytes().count(b"\n") >= frozen.count(b"\n") + 3)
+
+    # update: runc's flags and -r (JSON on stdin), seen in c2's cgroup in the guest.
+    assert runtime(root, "update", "--memory", "64m", "c2").returncode == 0
+    update = runtime(
+        root, "update", "-r", "-", "c2", input=b'{"cpu": {"quota": 50000, "period": 100000}}'
+    )
+    assert update.returncode == 0, update.stderr
+    # The container's cgroup (0::PATH) in the guest's cgroup2 mount, as the container sees it.
+    script = "g=/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup); cat $g/memory.max $g/cpu.max"
+    limits = runtime(root, "exec", "c2", "sh", "-c", script)
+    assert limits.stdout.decode().split() == [str(64 << 20), "50000", "100000"], limits
+    assert_one_line_error(runtime(root, "update", "--memory", "lots", "c2"), "lots")
+
+    # c1 goes: the VM stays, for its sandbox.
+    assert runtime(root, "kill", "c1", "KILL").returncode == 0
+    assert reap(int((tmp_path / "c1.pid").read_text())) == 128 + signal.SIGKILL
+    assert runtime(root, "delete", "c1").returncode == 0
+    assert vm_rows(root) == list(hosts)
+    assert guest_facts(root, "pod1")[0] == facts["pod1"][0]
+
+    # The sandbox goes: so does the VM, and c2 (still running) with it.
+    assert runtime(root, "kill", "pod1", "KILL").returncode == 0
+    assert reap(sandbox_pid) == 128 + signal.SIGKILL
+    assert runtime(root, "delete", "pod1").returncode == 0
+    assert vm_rows(root) == []
+    assert reap(c2_pid) in (128 + signal.SIGKILL, 255)  # its guest process, or its lost VM
+    from fixtures_uvm import qemu_processes
+
+    assert qemu_processes(hosts.pop()) == []
+    gone = create_vm(root, c2, "c4", tmp_path / "c4.pid", None, "--isolation", "vm")
+    assert_one_line_error(gone, POD_SANDBOX, "'pod1'", "no such sandbox")
+    assert runtime(root, "delete", "c2").returncode == 0
+
+
+@pytest.mark.timeout(240)
+def test_vm_pod_sandbox_whose_controller_died(
+    root: Path, rootfs: Path, tmp_path: Path, subreaper: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A container of a sandbox whose VM controller died: one line naming the annotation,
+    nothing of the container made; gc then reclaims the sandbox."""
+    sandbox = pod_bundle(
+        tmp_path / "sandbox", rootfs, ["sleep", "600"],
+        {"io.kubernetes.cri-o.ContainerType": "sandbox", "io.kubernetes.cri-o.SandboxID": "pod2"},
+    )  # fmt: skip
+    created = create_vm(root, sandbox, "pod2", tmp_path / "pod2.pid", None, "--isolation", "vm")
+    assert created.returncode == 0, created.stderr
+    controller = Store(root).query("SELECT controller_pid FROM vms")[0]["controller_pid"]
+    os.kill(controller, signal.SIGKILL)
+    reap(controller)
+    member = {
+        "io.kubernetes.cri-o.ContainerType": "container",
+        "io.kubernetes.cri-o.SandboxID": "pod2",
+    }
+    bundle = pod_bundle(tmp_path / "c1", rootfs, ["true"], member)
+    result = create_vm(root, bundle, "c1", tmp_path / "c1.pid")
+    assert_one_line_error(result, "io.kubernetes.cri-o.SandboxID", "'pod2'", "utility VM is gone")
+    assert not (tmp_path / "c1.pid").exists()
+    assert sorted(os.listdir(root / "hcsoci-runc-vm")) == ["pod2"]
+    assert container_table.get(Store(root), "c1") is None
+    monkeypatch.setenv("HCSOCI_ROOT", str(root))
+    assert collect(context.background(), Store(root)) == ["pod2"]
+    from hcsoci.uvm.vm import reap_dead_vms
+
+    reap_dead_vms(Store(root))
+    assert vm_rows(root) == []
+    assert runtime(root, "delete", "--force", "pod2").returncode == 0  # the engine's cleanup
+    assert reap(int((tmp_path / "pod2.pid").read_text())) == 128 + signal.SIGKILL
+
+
+def test_process_pod_shares_the_sandbox_namespaces(
+    root: Path, rootfs: Path, tmp_path: Path
+) -> None:
+    """Process isolation: the annotations change nothing; runc joins the namespaces the
+    spec names (the sandbox's), as for any container."""
+    sandbox = pod_bundle(
+        tmp_path / "sandbox", rootfs, ["sleep", "600"], {POD_TYPE: "sandbox", POD_SANDBOX: "pp1"}
+    )
+    pid_file = tmp_path / "pp1.pid"
+    assert (
+        runtime(
+            root, "create", "--bundle", str(sandbox), "--pid-file", str(pid_file), "pp1"
+        ).returncode
+        == 0
+    )
+    sandbox_pid = int(pid_file.read_text())
+    member = pod_bundle(
+        tmp_path / "c1", rootfs, ["sleep", "600"], {POD_TYPE: "container", POD_SANDBOX: "pp1"},
+        {"network": f"/proc/{sandbox_pid}/ns/net"},
+    )  # fmt: skip
+    created = runtime(
+        root, "create", "--bundle", str(member), "--pid-file", str(tmp_path / "c1.pid"), "pc1"
+    )
+    assert created.returncode == 0, created.stderr
+    member_pid = int((tmp_path / "c1.pid").read_text())
+    assert os.readlink(f"/proc/{member_pid}/ns/net") == os.readlink(f"/proc/{sandbox_pid}/ns/net")
+    assert os.readlink(f"/proc/{member_pid}/ns/net") != os.readlink("/proc/self/ns/net")
+    assert os.readlink(f"/proc/{member_pid}/ns/ipc") != os.readlink(f"/proc/{sandbox_pid}/ns/ipc")
+    assert not (root / "hcsoci-runc-vm").exists()  # no VM for a process pod
+    for container_id in ("pc1", "pp1"):
+        assert runtime(root, "delete", "--force", container_id).returncode == 0

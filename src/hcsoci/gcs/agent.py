@@ -130,6 +130,9 @@ class Agent:
             "signal_container_process": self.op_signal_container_process,
             "container_state": self.op_container_state,
             "delete_container": self.op_delete_container,
+            "pause_container": op_pause_container,
+            "resume_container": op_resume_container,
+            "update_container": op_update_container,
         }
         # Started in the loop, answered from a worker thread once the second part returns.
         self.split_ops: dict[str, tuple[Callable[[dict[str, Any]], Any], Callable[[Any], Any]]] = {
@@ -837,6 +840,35 @@ def op_signal_container(body: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def op_pause_container(body: dict[str, Any]) -> dict[str, Any]:
+    """``runc pause``: freeze every process of the container (its cgroup's freezer)."""
+    _run(["runc", "--root", _RUNC_ROOT, "pause", str(body["id"])], {"PATH": _PATH})
+    return {}
+
+
+def op_resume_container(body: dict[str, Any]) -> dict[str, Any]:
+    """``runc resume``: thaw what ``pause`` froze."""
+    _run(["runc", "--root", _RUNC_ROOT, "resume", str(body["id"])], {"PATH": _PATH})
+    return {}
+
+
+def op_update_container(body: dict[str, Any]) -> dict[str, Any]:
+    """``runc update``: ``flags`` (``--memory=...`` tokens, runc's own) and, when given,
+    ``resources`` (an OCI LinuxResources object, on runc's stdin as ``-r -``)."""
+    flags = [str(flag) for flag in body.get("flags") or []]
+    if any(not flag.startswith("--") or "=" not in flag for flag in flags):
+        raise RequestError(f"update flags {flags!r}: not --name=value tokens", errno.EINVAL)
+    argv = ["runc", "--root", _RUNC_ROOT, "update", *flags]
+    data = None
+    if body.get("resources") is not None:
+        import json
+
+        argv += ["--resources", "-"]
+        data = json.dumps(body["resources"])
+    _run([*argv, "--", str(body["id"])], {"PATH": _PATH}, data)
+    return {}
+
+
 def op_container_state(body: dict[str, Any], bundle: str | None) -> dict[str, Any]:
     """``runc state`` and ``runc ps``: status, init pid and every process's pid, and
     the memory and CPU time of the container's cgroup while it runs.
@@ -980,10 +1012,10 @@ def _resolve_user(user: str) -> tuple[int | None, int | None, list[int]]:
 # -- slow requests: run on worker threads --------------------------------------
 
 
-def _run(argv: list[str], env: dict[str, str] | None = None) -> None:
+def _run(argv: list[str], env: dict[str, str] | None = None, data: str | None = None) -> None:
     import subprocess
 
-    done = subprocess.run(argv, capture_output=True, text=True, env=env)
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, input=data)
     if done.returncode != 0:
         message = (done.stderr or done.stdout).strip() or f"exit status {done.returncode}"
         raise RequestError(f"{' '.join(argv)}: {message}", errno.EIO)

@@ -354,6 +354,37 @@ class GuestConnection:
         args = {"id": container_id, "signal": int(sig), "all": all_processes}
         self.request(ctx, "signal_container", args)
 
+    def _check_control(self, op: str) -> None:
+        if self.version < protocol.CONTAINER_CONTROL_VERSION:
+            raise GuestError(
+                op, f"the guest agent speaks protocol {self.version}, {op} needs "
+                f"{protocol.CONTAINER_CONTROL_VERSION}", errno_module.EOPNOTSUPP
+            )  # fmt: skip
+
+    def pause_container(self, ctx: Context, container_id: str) -> None:
+        """``runc pause``: freeze the container's processes (its cgroup in the guest)."""
+        self._check_control("pause_container")
+        self.request(ctx, "pause_container", {"id": container_id})
+
+    def resume_container(self, ctx: Context, container_id: str) -> None:
+        """``runc resume``: thaw the container's processes."""
+        self._check_control("resume_container")
+        self.request(ctx, "resume_container", {"id": container_id})
+
+    def update_container(
+        self,
+        ctx: Context,
+        container_id: str,
+        flags: list[str],
+        resources: dict[str, Any] | None = None,
+    ) -> None:
+        """``runc update`` in the guest: ``flags`` are runc's ``--name=value`` tokens
+        (``--memory=64m``, ``--cpu-quota=50000``); ``resources`` an OCI
+        LinuxResources object as JSON builtins (runc's ``--resources``)."""
+        self._check_control("update_container")
+        args = {"id": container_id, "flags": list(flags), "resources": resources}
+        self.request(ctx, "update_container", args)
+
     def container_state(self, ctx: Context, container_id: str) -> GuestContainerState:
         """The container's runc state and processes; GuestNotFoundError when runc has none."""
         self._check_containers("container_state")

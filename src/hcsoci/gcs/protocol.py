@@ -39,7 +39,9 @@ Version 2 added the container requests (``create_container``,
 ``start_container``, ``exec_in_container``, ``signal_container``,
 ``signal_container_process``, ``container_state``, ``delete_container``) and
 the ``container_exit`` notification.  Version 3: ``create_container`` also
-writes ``files`` (``[guest path, text]`` pairs inside the bundle).
+writes ``files`` (``[guest path, text]`` pairs inside the bundle), and
+``pause_container``, ``resume_container`` and ``update_container`` (the
+guest's ``runc pause``, ``resume`` and ``update``) were added.
 """
 
 CONTAINER_VERSION = 2
@@ -47,6 +49,9 @@ CONTAINER_VERSION = 2
 
 FILES_VERSION = 3
 """The first version whose ``create_container`` writes the bundle's ``files``."""
+
+CONTAINER_CONTROL_VERSION = 3
+"""The first version with pause, resume and update of a container."""
 
 PORT_NAME = "hcsoci.gcs"
 """The virtio-serial port name the agent looks for under /sys/class/virtio-ports."""

@@ -147,6 +147,10 @@ def _create(command: str) -> Handler:
             from hcsoci.runtime_cli import containers
 
             isolation = containers.check_isolation_annotation(bundle, config)
+        if isolation != "vm" and b"io.kubernetes." in config:
+            from hcsoci.runtime_cli import pods  # a pod's container follows its sandbox
+
+            isolation = pods.isolation_for_pod(invocation.root, wanted, bundle, config, isolation)
         if isolation == "vm":
             if command == "run":
                 raise CommandError("run: not supported with VM isolation (use create and start)")

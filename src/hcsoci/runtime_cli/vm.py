@@ -16,6 +16,15 @@ The marker (:mod:`hcsoci.runtime_cli.markers`) is made first and removed last,
 as for process isolation; the store's row is the controller's (owner
 ``hcsoci-runc``, host = the VM).  ``delete`` releases the container through
 the controller, which ends (closing the VM) with its last container.
+
+Pods (:mod:`hcsoci.runtime_cli.pods`): a sandbox gets a new VM, as any
+container; a pod's container is created in its sandbox's VM, through the
+sandbox's controller, sharing the sandbox init's network namespace (and its
+ipc, uts and pid ones when the engine's spec joins them).  As runhcs (and
+kata): the VM is the sandbox's, so deleting the sandbox ends the VM, killing
+any container of the pod still in it; deleting a pod's container leaves the
+VM to its sandbox.  ``pause``, ``resume`` and ``update`` are the guest's
+``runc`` on the container's cgroup in the guest, through the controller.
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ from typing import Any
 
 from hcsoci.controller import process_alive, process_start_time
 from hcsoci.paths import make_private_dir
-from hcsoci.runtime_cli import markers
+from hcsoci.runtime_cli import markers, pods
 from hcsoci.runtime_cli.argv import CommandLine
 from hcsoci.runtime_cli.commands import CommandError, Invocation, check_parent, container_id
 
@@ -58,6 +67,8 @@ DIRECTORY = "hcsoci-runc-vm"
 OWNER = "hcsoci-runc"
 RECORD = "container.json"
 START_SOCKET = "start.sock"
+PAUSED = "paused"
+"""In a VM container's directory while its processes are frozen (``pause`` until ``resume``)."""
 START_TIMEOUT = 120.0
 """Seconds ``start`` (and ``exec --detach``) wait for the guest process to be running."""
 
@@ -227,13 +238,21 @@ def _create(invocation: Invocation, line: CommandLine, wanted: str, bundle: str)
             raise CommandError(f"bundle {bundle!r}: config.json is not valid JSON: {err}") from None
     if not isinstance(config, dict):
         raise CommandError(f"bundle {bundle!r}: config.json is not a JSON object")
+    pod = pods.pod_of(wanted, config.get("annotations"))
+    joined = pods.joined_namespaces(config) if pod is not None else []  # before paths go
     spec = guest_spec(bundle, config)
     tty = bool(spec.process is not None and spec.process.terminal)
     if tty and not console:
         raise CommandError("cannot allocate tty if runc will detach without setting console socket")
     if console and not tty:
         raise CommandError("cannot use console socket if runc will not detach or allocate tty")
-    if invocation.held_by_runc(wanted) or not markers.make(invocation.root, wanted):
+    if invocation.held_by_runc(wanted) or is_vm_container(invocation.root, wanted):
+        raise CommandError(f"container with id exists: {wanted}")
+    _controller_env(invocation)
+    sandbox = None
+    if pod is not None and pod.role == "container":
+        sandbox = _sandbox_controller(invocation.root, pod)  # before anything is made
+    if not markers.make(invocation.root, wanted):
         raise CommandError(f"container with id exists: {wanted}")
     directory = _directory(invocation.root, wanted)
     client = None
@@ -242,11 +261,16 @@ def _create(invocation: Invocation, line: CommandLine, wanted: str, bundle: str)
     try:
         make_private_dir(directory.parent)
         directory.mkdir(mode=0o700)
-        _controller_env(invocation)
         stdio = _console_stdio(tty, console, fds)
-        client = start_controller(UVMOptions())
-        controller = int(client.call("hello")["pid"])
-        client.create(wanted, spec, owner=OWNER)
+        request: dict[str, Any] | None = None
+        if sandbox is not None and pod is not None:
+            client, controller = sandbox
+            request = {"role": "container", "sandbox": pod.sandbox, "join": joined}
+        else:
+            client = start_controller(UVMOptions())
+            controller = int(client.call("hello")["pid"])
+            request = {"role": "sandbox"} if pod is not None else None
+        client.create(wanted, spec, owner=OWNER, pod=request)
         listener = bind_socket(directory / START_SOCKET, backlog=4)
         fds.append(listener.detach())
         standin = _spawn_standin(
@@ -271,6 +295,7 @@ def _create(invocation: Invocation, line: CommandLine, wanted: str, bundle: str)
             "bundle": bundle,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime()),
             "annotations": config.get("annotations") or {},
+            "pod": pod.describe() if pod is not None else None,
         }
         _write_private(directory / RECORD, json.dumps(record).encode())
         _write_pid_file(pid_file, standin)
@@ -291,6 +316,34 @@ def _create(invocation: Invocation, line: CommandLine, wanted: str, bundle: str)
     return 0
 
 
+def _sandbox_controller(root: str, pod: pods.Pod) -> tuple[Any, int]:
+    """The client of the controller serving ``pod``'s sandbox, and its pid.
+
+    A one-line error naming the annotation and its value when there is no
+    such sandbox under ``root``, it is not a sandbox, or its VM is gone.
+    """
+    from hcsoci.errors import HcsociError
+
+    named = f"annotation {pod.annotation}: {pod.sandbox!r}"
+    if not is_vm_container(root, pod.sandbox):
+        raise CommandError(f"{named}: no such sandbox in a utility VM (under {root})")
+    try:
+        record = _read_record(root, pod.sandbox)
+    except CommandError as err:
+        raise CommandError(f"{named}: {err}") from None
+    role = (record.get("pod") or {}).get("role") if isinstance(record.get("pod"), dict) else None
+    if role != "sandbox":
+        raise CommandError(f"{named}: that container is not a pod's sandbox")
+    client = _client(record)
+    try:
+        controller = int(client.call("hello")["pid"])
+    except HcsociError as err:
+        raise CommandError(f"{named}: the sandbox's utility VM is gone: {err}") from None
+    if controller != int(record.get("controller", 0)):
+        raise CommandError(f"{named}: the sandbox's utility VM is gone (another controller serves)")
+    return client, controller
+
+
 def _exited(pid: int, start: int) -> bool:
     """Whether the stand-in (pid, start time) is gone or a zombie (exited, not yet reaped)."""
     if not process_alive(pid, start):
@@ -307,6 +360,8 @@ def _status(root: str, wanted: str, record: dict[str, Any]) -> str:
         return "stopped"
     if (_directory(root, wanted) / START_SOCKET).exists():
         return "created"
+    if (_directory(root, wanted) / PAUSED).exists():
+        return "paused"
     return "running"
 
 
@@ -432,11 +487,17 @@ def _delete(invocation: Invocation, line: CommandLine) -> int:
             failure = str(err)
     if failure:
         raise CommandError(f"container {wanted}: {failure}")
-    if record:
+    if record and not _in_pod_of_other(record):
         _wait_for_controller_end(int(record.get("controller", 0)))
     shutil.rmtree(directory, ignore_errors=True)
     markers.remove(invocation.root, wanted)
     return 0
+
+
+def _in_pod_of_other(record: dict[str, Any]) -> bool:
+    """Whether the container is a pod's container (not its sandbox): its VM outlives it."""
+    pod = record.get("pod")
+    return isinstance(pod, dict) and pod.get("role") == "container"
 
 
 CONTROLLER_END_TIMEOUT = 30.0
@@ -570,7 +631,7 @@ def _exec(invocation: Invocation, line: CommandLine) -> int:
 def _ps(invocation: Invocation, line: CommandLine) -> int:
     wanted = container_id(line, "ps")
     record = _read_record(invocation.root, wanted)
-    running = _status(invocation.root, wanted, record) == "running"
+    running = _status(invocation.root, wanted, record) in ("running", "paused")
     if line.value("format") == "json":
         # Host pids, as engines expect: the stand-in is the container's one host process.
         sys.stdout.write(json.dumps([int(record["pid"])] if running else []) + "\n")
@@ -579,6 +640,74 @@ def _ps(invocation: Invocation, line: CommandLine) -> int:
     if running:
         for found in _client(record).call("processes", id=wanted)["processes"]:
             sys.stdout.write(f"{int(found['pid']):<5} {found['command']}\n")
+    return 0
+
+
+def _running_record(invocation: Invocation, line: CommandLine, command: str) -> tuple[str, Any]:
+    wanted = container_id(line, command)
+    record = _read_record(invocation.root, wanted)
+    status = _status(invocation.root, wanted, record)
+    if status not in ("running", "paused"):
+        raise CommandError(f"container {wanted} is not running: {status}")
+    return wanted, record
+
+
+def _call(record: dict[str, Any], op: str, **args: Any) -> None:
+    from hcsoci.errors import HcsociError
+
+    try:
+        _client(record).call(op, **args)
+    except HcsociError as err:
+        raise CommandError(str(err)) from None
+
+
+def _pause(invocation: Invocation, line: CommandLine) -> int:
+    """Freeze the container's processes in the guest (its cgroup), as ``runc pause``."""
+    wanted, record = _running_record(invocation, line, "pause")
+    _call(record, "pause", id=wanted)
+    _write_private(_directory(invocation.root, wanted) / PAUSED, b"")
+    return 0
+
+
+def _resume(invocation: Invocation, line: CommandLine) -> int:
+    """Thaw them, as ``runc resume``."""
+    wanted, record = _running_record(invocation, line, "resume")
+    _call(record, "resume", id=wanted)
+    with contextlib.suppress(FileNotFoundError):
+        (_directory(invocation.root, wanted) / PAUSED).unlink()
+    return 0
+
+
+def _update(invocation: Invocation, line: CommandLine) -> int:
+    """``runc update`` in the guest: runc's limit flags as given, ``-r FILE|-`` as JSON."""
+    wanted, record = _running_record(invocation, line, "update")
+    if len(line.args) > 1:
+        raise CommandError(f"update: one container id, not {line.args!r}")
+    flags = [
+        f"--{name}={value}"
+        for name, values in line.flags.items()
+        if name not in ("resources", "help")
+        for value in values
+    ]
+    resources = None
+    source = line.value("resources")
+    if source:
+        try:
+            if source == "-":
+                text = sys.stdin.buffer.read()
+            else:
+                with open(source, "rb") as file:
+                    text = file.read()
+            resources = json.loads(text)
+        except OSError as err:
+            raise CommandError(f"--resources {source!r}: {err.strerror or err}") from None
+        except ValueError as err:
+            raise CommandError(f"--resources {source!r}: not valid JSON: {err}") from None
+        if not isinstance(resources, dict):
+            raise CommandError(f"--resources {source!r}: not a JSON object")
+    if not flags and resources is None:
+        raise CommandError("update: give --resources or a limit flag (--memory, --cpu-quota...)")
+    _call(record, "update", id=wanted, flags=flags, resources=resources)
     return 0
 
 
@@ -597,9 +726,9 @@ _COMMANDS: dict[str, Callable[[Invocation, CommandLine], int]] = {
     "delete": _delete,
     "exec": _exec,
     "ps": _ps,
-    "pause": _unsupported("pause"),
-    "resume": _unsupported("resume"),
-    "update": _unsupported("update"),
+    "pause": _pause,
+    "resume": _resume,
+    "update": _update,
     "events": _unsupported("events"),
     "run": _unsupported("run"),
 }

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+from typing import Any
 
 import msgspec
 
@@ -124,6 +125,33 @@ class VMContainer(ContainerLifecycle[VMContainerProcess]):
                 props.memory_usage_bytes = guest_state.memory_usage_bytes
                 props.cpu_usage_ns = guest_state.cpu_usage_ns
         return props
+
+    def _check_running(self, action: str) -> None:
+        state = self.state_type().name
+        if state not in ("running", "paused"):
+            raise StateError(f"container {self._id}: cannot {action} a container that is {state}")
+
+    def pause(self, ctx: Context) -> None:
+        """Freeze every process of the container (``runc pause`` in the guest)."""
+        self._check_running("pause")
+        self.vm.gcs.pause_container(ctx, self._id)
+
+    def resume(self, ctx: Context) -> None:
+        """Thaw the processes :meth:`pause` froze (``runc resume`` in the guest)."""
+        self._check_running("resume")
+        self.vm.gcs.resume_container(ctx, self._id)
+
+    def update(
+        self, ctx: Context, flags: list[str], resources: dict[str, Any] | None = None
+    ) -> None:
+        """Change the container's resource limits (``runc update`` in the guest).
+
+        ``flags`` are runc's ``--name=value`` tokens, ``resources`` an OCI
+        LinuxResources object as JSON builtins (see
+        :meth:`~hcsoci.gcs.connection.GuestConnection.update_container`).
+        """
+        self._check_running("update")
+        self.vm.gcs.update_container(ctx, self._id, flags, resources)
 
     # -- what the lifecycle asks of this host --
 

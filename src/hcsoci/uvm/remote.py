@@ -140,15 +140,29 @@ class ControllerClient:
             return self.request(sock, {"op": op, **args})
 
     def create(
-        self, container_id: str, spec: oci.Spec, owner: str = "", networks: tuple[str, ...] = ()
+        self,
+        container_id: str,
+        spec: oci.Spec,
+        owner: str = "",
+        networks: tuple[str, ...] = (),
+        pod: dict[str, Any] | None = None,
     ) -> RemoteContainer:
-        """Create a container in the VM (as ``create_container`` with ``hosting_system``)."""
+        """Create a container in the VM (as ``create_container`` with ``hosting_system``).
+
+        ``pod``: ``{"role": "sandbox"}`` for a pod's sandbox (the first container
+        of a new VM; deleting it ends the VM, with any container of the pod
+        still there), or ``{"role": "container", "sandbox": ID, "join": [...]}``
+        for a container of that pod, which shares the namespaces ``join`` names
+        (``network`` always; ``ipc``, ``uts``, ``pid``) with the sandbox's init.
+        """
+        args: dict[str, Any] = {"pod": pod} if pod is not None else {}
         self.call(
             "create",
             id=container_id,
             owner=owner,
             networks=list(networks),
             spec=json.loads(oci.encode_spec(spec)),
+            **args,
         )
         return self.container(container_id)
 
@@ -446,6 +460,24 @@ class RemoteContainer:
         ctx.check()
         found = self.client.call("processes", id=self._id)["processes"]
         return [(int(p["pid"]), str(p["command"])) for p in found]
+
+    def pause(self, ctx: Context) -> None:
+        """Freeze every process of the container (its cgroup in the guest)."""
+        ctx.check()
+        self.client.call("pause", id=self._id)
+
+    def resume(self, ctx: Context) -> None:
+        """Thaw what :meth:`pause` froze."""
+        ctx.check()
+        self.client.call("resume", id=self._id)
+
+    def update(
+        self, ctx: Context, flags: list[str] | None = None, resources: dict[str, Any] | None = None
+    ) -> None:
+        """New limits, as ``runc update``: ``flags`` its ``--name=value`` tokens
+        (``["--memory=64m"]``), ``resources`` an OCI LinuxResources object."""
+        ctx.check()
+        self.client.call("update", id=self._id, flags=list(flags or []), resources=resources)
 
     def delete(self, ctx: Context | None = None, force: bool = False) -> None:
         """Release the container and everything it holds (``force``: even while it runs)."""

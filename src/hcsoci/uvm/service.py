@@ -28,8 +28,16 @@ away (``SIGPIPE``) behave as for any ``Cmd``; the request's connection then
 carries the exit code and closes.  Signals and terminal resizes name the
 process by the token the reply gave.
 
+Pods: a create request may carry ``pod`` (see
+:meth:`hcsoci.uvm.remote.ControllerClient.create`): the sandbox comes first
+in a VM of its own, and each container of its pod is created with its
+``join`` namespaces pointed at those of the sandbox's init in the guest
+(``/proc/PID/ns/...``).  ``pause``, ``resume`` and ``update`` are the guest's
+``runc pause``/``resume``/``update`` on a running container.
+
 The controller ends, closing the VM, when the VM's last container is deleted
-(or when no container came within :data:`FIRST_CONTAINER_GRACE` seconds of
+-- in a pod, when its sandbox is, releasing any other container of the pod
+with the VM -- (or when no container came within :data:`FIRST_CONTAINER_GRACE` seconds of
 its start, or a create left none), unless it attached to a handed-over VM:
 that one it keeps serving until the VM stops.  SIGTERM ends it too, releasing
 every container it hosts.
@@ -79,7 +87,7 @@ from hcsoci.uvm.container import VMContainer
 from hcsoci.uvm.options import UVMOptions
 from hcsoci.uvm.vm import UtilityVM, create, open_vm
 
-__all__ = ["FIRST_CONTAINER_GRACE", "VMService", "main"]
+__all__ = ["FIRST_CONTAINER_GRACE", "UPDATE_FLAGS", "VMService", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +192,61 @@ def _token(request: dict[str, Any]) -> str:
     return value
 
 
+UPDATE_FLAGS = frozenset(
+    (
+        "blkio-weight", "cpu-period", "cpu-quota", "cpu-share", "cpu-rt-period",
+        "cpu-rt-runtime", "cpuset-cpus", "cpuset-mems", "kernel-memory", "kernel-memory-tcp",
+        "memory", "memory-reservation", "memory-swap", "pids-limit", "l3-cache-schema",
+        "mem-bw-schema",
+    )
+)  # fmt: skip
+"""``runc update``'s limit flags, as ``update`` requests may carry them (``--name=value``)."""
+
+_NAMESPACE_FILES = {"network": "net", "ipc": "ipc", "uts": "uts", "pid": "pid"}
+"""The namespaces a pod's container may share with its sandbox, and their ``/proc/PID/ns`` names."""
+
+
+@dataclass(frozen=True)
+class _Pod:
+    """A create request's ``pod``: the sandbox itself, or a container joining ``sandbox``."""
+
+    role: str
+    sandbox: str
+    join: tuple[str, ...]
+
+    def __str__(self) -> str:
+        if self.role == "sandbox":
+            return "a pod's sandbox"
+        return f"in pod {self.sandbox}, sharing {', '.join(self.join)}"
+
+
+def _pod(request: dict[str, Any]) -> _Pod | None:
+    """The request's ``pod`` (``{"role": "sandbox"}`` or ``{"role": "container",
+    "sandbox": ID, "join": [namespace types]}``), checked; None without one."""
+    pod = request.get("pod")
+    if pod is None:
+        return None
+    if not isinstance(pod, dict):
+        raise InvalidArgumentError(f"request.pod: {pod!r} is not an object")
+    role = pod.get("role")
+    if role == "sandbox":
+        return _Pod("sandbox", _id(request), ())
+    if role != "container":
+        raise InvalidArgumentError(f"request.pod.role: {role!r} is not sandbox or container")
+    sandbox = check_id(pod.get("sandbox"), "request.pod.sandbox")
+    join = pod.get("join", ["network"])
+    if (
+        not isinstance(join, list)
+        or not all(isinstance(kind, str) and kind in _NAMESPACE_FILES for kind in join)
+        or "network" not in join
+    ):
+        raise InvalidArgumentError(
+            f"request.pod.join: {join!r} is not a list of {sorted(_NAMESPACE_FILES)} "
+            "holding network"
+        )
+    return _Pod("container", sandbox, tuple(dict.fromkeys(join)))
+
+
 class VMService:
     """Serves the containers of one utility VM over its controller socket.
 
@@ -203,6 +266,8 @@ class VMService:
         self._devices = threading.Lock()  # creates and deletes change the VM's devices: one at once
         self._stopping = threading.Event()
         self._tried_create = False
+        self._sandbox = ""  # the pod's sandbox container: deleting it ends the VM
+        self._pod_over = False
         self._connections = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._ops: dict[str, Callable[[dict[str, Any], list[int], socket.socket], Any]] = {
@@ -220,6 +285,9 @@ class VMService:
             "close_stdin": self._close_stdin,
             "delete": self._delete,
             "list": self._list,
+            "pause": self._pause,
+            "resume": self._resume,
+            "update": self._update,
         }
 
     # -- the loop ------------------------------------------------------------
@@ -284,7 +352,11 @@ class VMService:
     def _check_idle(self) -> None:
         with self._lock:
             idle = not self._containers
-        if idle and not self.persistent and self._tried_create:
+            pod_over = self._pod_over
+        if pod_over:
+            log.info("the pod's sandbox is deleted: ending, with the pod's other containers")
+            self.stop()
+        elif idle and not self.persistent and self._tried_create:
             log.info("the VM's last container is gone: ending")
             self.stop()
 
@@ -362,22 +434,56 @@ class VMService:
         if not isinstance(spec_data, dict):
             raise InvalidArgumentError("request.spec: not an OCI spec object")
         spec = oci.decode_spec(spec_data)
-        options = CreateOptions(
-            id=container_id, owner=owner, spec=spec, hosting_system=self.vm, networks=networks
-        )
+        pod = _pod(request)
         with self._devices:
-            if self._stopping.is_set():
+            if self._stopping.is_set() or self._pod_over:
                 raise StateError(f"the controller of utility VM {self.vm.id()} is ending")
             with self._lock:
                 if container_id in self._containers:
                     raise StateError(f"CreateOptions.id: container {container_id!r} exists")
+                if pod is not None and pod.role == "sandbox" and self._containers:
+                    raise StateError(
+                        f"request.pod: utility VM {self.vm.id()} hosts containers already; "
+                        "a pod's sandbox comes first, in a VM of its own"
+                    )
                 self._tried_create = True  # from now on, no container left means: end
+            if pod is not None and pod.role == "container":
+                self._join_sandbox(spec, pod)
+            options = CreateOptions(
+                id=container_id, owner=owner, spec=spec, hosting_system=self.vm, networks=networks
+            )
             container, resources = create_container(background(), options)
             assert isinstance(container, VMContainer)
             with self._lock:
                 self._containers[container_id] = _Hosted(container, resources)
-        log.info("created container %s", container_id)
+                if pod is not None and pod.role == "sandbox":
+                    self._sandbox = container_id
+        log.info("created container %s%s", container_id, f" ({pod})" if pod else "")
         return {"id": container_id}
+
+    def _join_sandbox(self, spec: oci.Spec, pod: _Pod) -> None:
+        """Point the spec's ``pod.join`` namespaces at those of the sandbox's init in the guest."""
+        with self._lock:
+            is_sandbox = pod.sandbox == self._sandbox and pod.sandbox in self._containers
+        if not is_sandbox:
+            raise NotFoundError(
+                f"request.pod.sandbox: {pod.sandbox!r} is not the sandbox of utility VM "
+                f"{self.vm.id()}"
+            )
+        state = self.vm.gcs.container_state(background(), pod.sandbox)
+        if state.status not in ("running", "paused") or state.pid <= 0:
+            raise StateError(f"request.pod.sandbox: sandbox {pod.sandbox} is {state.status}")
+        if spec.linux is None:
+            spec.linux = oci.Linux()
+        namespaces = spec.linux.namespaces = list(spec.linux.namespaces or [])
+        for kind in pod.join:
+            path = f"/proc/{state.pid}/ns/{_NAMESPACE_FILES[kind]}"
+            for namespace in namespaces:
+                if namespace.type == kind:
+                    namespace.path = path
+                    break
+            else:
+                namespaces.append(oci.LinuxNamespace(type=kind, path=path))
 
     def _get_op(self, request: dict[str, Any], fds: list[int], conn: socket.socket) -> Any:
         hosted = self._hosted(_id(request))
@@ -557,7 +663,51 @@ class VMService:
             if state in ("running", "paused") and not force:
                 raise StateError(f"container {container_id} is {state}; use delete -f")
             self._release(container_id, hosted, all_resources=True)
+            if container_id == self._sandbox:
+                with self._lock:
+                    self._pod_over = True  # the VM ends once this reply is sent
         log.info("deleted container %s", container_id)
+        return {}
+
+    def _running(self, request: dict[str, Any]) -> tuple[str, VMContainer]:
+        container_id = _id(request)
+        return container_id, self._hosted(container_id).container
+
+    def _pause(self, request: dict[str, Any], fds: list[int], conn: socket.socket) -> Any:
+        """Freeze the container's processes (the guest's ``runc pause``)."""
+        _, container = self._running(request)
+        container.pause(background())
+        return {}
+
+    def _resume(self, request: dict[str, Any], fds: list[int], conn: socket.socket) -> Any:
+        """Thaw them (the guest's ``runc resume``)."""
+        _, container = self._running(request)
+        container.resume(background())
+        return {}
+
+    def _update(self, request: dict[str, Any], fds: list[int], conn: socket.socket) -> Any:
+        """New resource limits: ``flags`` (runc update's ``--name=value``), ``resources``
+        (an OCI LinuxResources object), either or both."""
+        _, container = self._running(request)
+        flags = request.get("flags", [])
+        if not isinstance(flags, list) or len(flags) > 32:
+            raise InvalidArgumentError("request.flags: not a list of at most 32 flags")
+        for flag in flags:
+            name = flag[2:].partition("=")[0] if isinstance(flag, str) else ""
+            if not isinstance(flag, str) or not flag.startswith("--") or "=" not in flag:
+                raise InvalidArgumentError(f"request.flags: {flag!r} is not --name=value")
+            if name not in UPDATE_FLAGS:
+                raise InvalidArgumentError(f"request.flags: {flag!r}: runc update has no --{name}")
+        resources: dict[str, Any] | None = None
+        if request.get("resources") is not None:
+            try:
+                checked = msgspec.convert(request["resources"], oci.LinuxResources)
+            except msgspec.ValidationError as err:
+                raise InvalidArgumentError(f"request.resources: {err}") from None
+            resources = msgspec.json.decode(msgspec.json.encode(checked))
+        if not flags and resources is None:
+            raise InvalidArgumentError("request: no flags and no resources: nothing to update")
+        container.update(background(), list(flags), resources)
         return {}
 
     def _list(self, request: dict[str, Any], fds: list[int], conn: socket.socket) -> Any:
