@@ -272,12 +272,16 @@ class GuestConnection:
 
     # -- containers (protocol version 2) ---------------------------------------
 
-    def _check_containers(self, op: str) -> None:
-        if self.version < protocol.CONTAINER_VERSION:
+    def _require(self, op: str, version: int, what: str) -> None:
+        """Refuse ``op`` (EOPNOTSUPP) unless the agent speaks ``version``, which ``what`` need."""
+        if self.version < version:
             raise GuestError(
-                op, f"the guest agent speaks protocol {self.version}, containers need "
-                f"{protocol.CONTAINER_VERSION}", errno_module.EOPNOTSUPP
+                op, f"the guest agent speaks protocol {self.version}, {what} need {version}",
+                errno_module.EOPNOTSUPP,
             )  # fmt: skip
+
+    def _check_containers(self, op: str) -> None:
+        self._require(op, protocol.CONTAINER_VERSION, "containers")
 
     def create_container(
         self,
@@ -299,11 +303,7 @@ class GuestConnection:
         self._check_containers("create_container")
         args: dict[str, Any] = {"id": container_id, "bundle": bundle, "spec": spec}
         if files:
-            if self.version < protocol.FILES_VERSION:
-                raise GuestError(
-                    "create_container", f"the guest agent speaks protocol {self.version}, "
-                    f"files need {protocol.FILES_VERSION}", errno_module.EOPNOTSUPP
-                )  # fmt: skip
+            self._require("create_container", protocol.FILES_VERSION, "files")
             args["files"] = sorted(files.items())
         self.request(ctx, "create_container", args)
 
@@ -355,11 +355,7 @@ class GuestConnection:
         self.request(ctx, "signal_container", args)
 
     def _check_control(self, op: str) -> None:
-        if self.version < protocol.CONTAINER_CONTROL_VERSION:
-            raise GuestError(
-                op, f"the guest agent speaks protocol {self.version}, {op} needs "
-                f"{protocol.CONTAINER_CONTROL_VERSION}", errno_module.EOPNOTSUPP
-            )  # fmt: skip
+        self._require(op, protocol.CONTAINER_CONTROL_VERSION, "pause, resume and update")
 
     def pause_container(self, ctx: Context, container_id: str) -> None:
         """``runc pause``: freeze the container's processes (its cgroup in the guest)."""
