@@ -296,11 +296,24 @@ class _RuntimeProcess:
         """Whether the process is known to have been reaped (its pid may be reused)."""
         raise NotImplementedError
 
+    def _drop_pidfd(self) -> None:
+        """Close the pidfd (the lock held): the pid is no longer ours to signal."""
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    def _mark_closed(self) -> bool:
+        """Mark the handle closed and drop its pidfd; False when it was closed already."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._closed = True
+            self._drop_pidfd()
+        return True
+
     def _exited(self) -> None:
         with self._lock:
-            if self._pidfd is not None:
-                os.close(self._pidfd)
-                self._pidfd = None
+            self._drop_pidfd()
         if self._is_init:
             self._container._init_exited(self)
 
@@ -415,13 +428,8 @@ class ContainerProcess(_RuntimeProcess):
         then writes into a pipe nobody reads, as it would on this machine
         once the caller closed its end.
         """
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            if self._pidfd is not None:
-                os.close(self._pidfd)
-                self._pidfd = None
+        if not self._mark_closed():
+            return
         if self._logged_status is not None and self._popen.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self._popen.kill()
@@ -536,13 +544,8 @@ class DetachedProcess(_RuntimeProcess):
 
     def close(self) -> None:
         """Release our handles and pipe ends; the process keeps running if it still does."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            if self._pidfd is not None:
-                os.close(self._pidfd)
-                self._pidfd = None
+        if not self._mark_closed():
+            return
         self._subreaper.forget(self._token)
         self._stdio.close()
         self._remove_scratch_files()
@@ -813,11 +816,10 @@ class Container(ContainerLifecycle["ContainerProcess | DetachedProcess"]):
         fds = stdio.child_fds
         try:
             launched = subreaper.launch(command, pid_file, (fds[0], fds[1], fds[2]))
-        except LaunchFailed as err:
+        except BaseException as err:
             stdio.close()
-            raise _startup_error(self, args, runtime_log, err.code) from None
-        except BaseException:
-            stdio.close()
+            if isinstance(err, LaunchFailed):
+                raise _startup_error(self, args, runtime_log, err.code) from None
             raise
         finally:
             stdio.close_child_ends()
