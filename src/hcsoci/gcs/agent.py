@@ -831,24 +831,27 @@ def _read_pid(path: str) -> int:
     return int(text) if text.isdigit() else 0
 
 
+def _runc(*args: str, data: str | None = None) -> None:
+    """The guest's runc on the agent's state root; a failure as a RequestError."""
+    _run(["runc", "--root", _RUNC_ROOT, *args], {"PATH": _PATH}, data)
+
+
 def op_signal_container(body: dict[str, Any]) -> dict[str, Any]:
     """``runc kill`` (its init, or with ``all`` every process of the container)."""
-    argv = ["runc", "--root", _RUNC_ROOT, "kill"]
-    if body.get("all"):
-        argv.append("--all")
-    _run([*argv, str(body["id"]), str(int(body["signal"]))], {"PATH": _PATH})
+    every = ["--all"] if body.get("all") else []
+    _runc("kill", *every, str(body["id"]), str(int(body["signal"])))
     return {}
 
 
 def op_pause_container(body: dict[str, Any]) -> dict[str, Any]:
     """``runc pause``: freeze every process of the container (its cgroup's freezer)."""
-    _run(["runc", "--root", _RUNC_ROOT, "pause", str(body["id"])], {"PATH": _PATH})
+    _runc("pause", str(body["id"]))
     return {}
 
 
 def op_resume_container(body: dict[str, Any]) -> dict[str, Any]:
     """``runc resume``: thaw what ``pause`` froze."""
-    _run(["runc", "--root", _RUNC_ROOT, "resume", str(body["id"])], {"PATH": _PATH})
+    _runc("resume", str(body["id"]))
     return {}
 
 
@@ -858,14 +861,13 @@ def op_update_container(body: dict[str, Any]) -> dict[str, Any]:
     flags = [str(flag) for flag in body.get("flags") or []]
     if any(not flag.startswith("--") or "=" not in flag for flag in flags):
         raise RequestError(f"update flags {flags!r}: not --name=value tokens", errno.EINVAL)
-    argv = ["runc", "--root", _RUNC_ROOT, "update", *flags]
     data = None
     if body.get("resources") is not None:
         import json
 
-        argv += ["--resources", "-"]
+        flags += ["--resources", "-"]
         data = json.dumps(body["resources"])
-    _run([*argv, "--", str(body["id"])], {"PATH": _PATH}, data)
+    _runc("update", *flags, "--", str(body["id"]), data=data)
     return {}
 
 
