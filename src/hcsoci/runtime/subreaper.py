@@ -78,6 +78,11 @@ class _Slot:
     abandoned: bool = False  # nobody waits for the launch any more: kill what starts
     forgotten: bool = False  # nobody waits for the exit any more: drop it when it comes
 
+    @property
+    def ended(self) -> bool:
+        """Nothing more will come for it: the runtime failed, the process was reaped."""
+        return self.failed is not None or self.exited is not None
+
 
 class Subreaper:
     """The client of one subreaper process (started on first use, again after a fork)."""
@@ -139,7 +144,7 @@ class Subreaper:
             slot = self._slots.get(token)
             if slot is None:
                 return
-            if slot.exited is not None or slot.failed is not None or slot.lost:
+            if slot.ended or slot.lost:
                 del self._slots[token]
             else:
                 slot.forgotten = True
@@ -187,7 +192,7 @@ class Subreaper:
     def _lose_connection(self) -> None:
         """The subreaper process is gone (the lock held): every open slot is lost."""
         for slot in self._slots.values():
-            if slot.exited is None and slot.failed is None:
+            if not slot.ended:
                 slot.lost = True
         if self._sock is not None:
             self._sock.close()
@@ -251,9 +256,7 @@ class Subreaper:
             slot.error = str(message.get("error", ""))
         elif "exited" in message:
             slot.exited = int(message["exited"])
-        if (slot.abandoned or slot.forgotten) and (
-            slot.exited is not None or slot.failed is not None
-        ):
+        if (slot.abandoned or slot.forgotten) and slot.ended:
             if slot.pidfd is not None:
                 os.close(slot.pidfd)
             del self._slots[str(message["token"])]
@@ -263,7 +266,7 @@ class Subreaper:
             slot = self._slots.get(token)
             if slot is None:
                 return
-            if slot.failed is not None or slot.lost or slot.exited is not None:
+            if slot.ended or slot.lost:
                 if slot.pidfd is not None:
                     os.close(slot.pidfd)
                 del self._slots[token]
