@@ -52,7 +52,14 @@ def build_assets_command(compress: bool, no_probe: bool, no_template: bool) -> N
 @uvm_group.command("create")
 @click.option("--id", "uvm_id", default="", help="VM id (default: generated).")
 @click.option("--memory", "memory_mb", default=1024, show_default=True, help="Memory, MiB.")
-@click.option("--cpus", "cpu_count", default=2, show_default=True, help="Virtual CPUs.")
+@click.option(
+    "--cpus",
+    "cpu_count",
+    type=click.IntRange(0, 64),
+    default=0,
+    show_default=True,
+    help="Virtual CPUs (0: 2 under KVM, 1 under TCG).",
+)
 @click.option(
     "--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto", show_default=True
 )

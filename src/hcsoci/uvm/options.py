@@ -36,7 +36,9 @@ class UVMOptions:
     id: str = ""
     owner: str = ""
     memory_mb: int = 1024
-    cpu_count: int = 2
+    cpu_count: int = 0
+    """Virtual CPUs; 0 (the default) is 2 under KVM and 1 under TCG, where a
+    second vCPU livelocks the guest now and then (docs/uvm.md, "One vCPU under TCG")."""
     accel: str = "auto"
     boot_timeout: float = 120.0
     request_timeout: float = 60.0
@@ -54,8 +56,8 @@ class UVMOptions:
     heartbeat_misses: int = 15
     """Pings in a row gone unanswered (about ``(heartbeat_misses + 1) * heartbeat_interval``
     seconds of silence) after which the bridge is declared dead and every waiter gets an error.
-    Above the guest kernel's 21 s RCU stall report, which ends a stalled idle vCPU's
-    wait under TCG (docs/uvm.md): such a stall is a delay, not a dead VM."""
+    Above the guest kernel's 21 s RCU stall report, which can end a two-vCPU TCG guest's
+    stall (docs/uvm.md, "One vCPU under TCG"): such a stall is a delay, not a dead VM."""
     template: str = "auto"
     """Restore from a saved template instead of booting (:mod:`hcsoci.uvm.template`):
     ``auto`` restores a template matching these options and the assets when one
@@ -74,7 +76,7 @@ class UVMOptions:
             )
         checks: list[tuple[str, object, bool]] = [
             ("memory_mb", self.memory_mb, 128 <= self.memory_mb <= 65536),
-            ("cpu_count", self.cpu_count, 1 <= self.cpu_count <= 64),
+            ("cpu_count", self.cpu_count, 0 <= self.cpu_count <= 64),
             ("accel", self.accel, self.accel in ACCELERATORS),
             ("boot_timeout", self.boot_timeout, self.boot_timeout > 0),
             ("request_timeout", self.request_timeout, self.request_timeout > 0),

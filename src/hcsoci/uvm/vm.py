@@ -45,7 +45,7 @@ from hcsoci.mounts import MS_NODEV, MS_NOEXEC, MS_NOSUID, is_mounted, mount, mou
 from hcsoci.paths import child, make_private_dir, remove_tree
 from hcsoci.resources import forget_vm_records
 from hcsoci.store import Store, open_store, state_root
-from hcsoci.uvm.accel import QEMU_BINARY, machine_args, resolve_accel
+from hcsoci.uvm.accel import QEMU_BINARY, machine_args, resolve_accel, vcpu_count
 from hcsoci.uvm.assets import GUEST_AGENT, BootAssets, load_assets
 from hcsoci.uvm.devices import forget_vm_devices
 from hcsoci.uvm.network import GuestNetworks, VMNic, delete_vm_taps
@@ -199,7 +199,7 @@ class UtilityVM:
             "-m",
             memory_argument(self.options.memory_mb, self._vpmem_slots()),
             "-smp",
-            str(self.options.cpu_count),
+            str(vcpu_count(self.options.cpu_count, accel)),
             "-display",
             "none",
             "-nodefaults",
@@ -257,7 +257,7 @@ class UtilityVM:
                 self.assets,
                 self.accel,
                 self.options.memory_mb,
-                self.options.cpu_count,
+                vcpu_count(self.options.cpu_count, self.accel),
                 self.qemu_command(self.accel),
             )
             folder = templates_dir(self.assets)
@@ -877,7 +877,7 @@ def ensure_template(ctx: Context, options: UVMOptions | None = None) -> Path:
         accel = resolve_accel(vm.options.accel, vm.assets)
         command = vm.qemu_command(accel)
         identity = TemplateIdentity.of(
-            vm.assets, accel, vm.options.memory_mb, vm.options.cpu_count, command
+            vm.assets, accel, vm.options.memory_mb, vcpu_count(vm.options.cpu_count, accel), command
         )
         folder = templates_dir(vm.assets)
         if find_template(identity, folder) is None:
