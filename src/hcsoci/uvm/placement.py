@@ -21,8 +21,9 @@ here.  The container's root in the guest is ``/run/gcs/c/<id>``:
   endpoint (``add_net_ns`` / ``add_endpoints_to_ns``), joined by the guest
   container (``/run/netns/<id>``).
 
-The spec sent to the guest drops hooks, ``cgroupsPath`` and the ``windows``
-section and points ``root.path`` at the guest rootfs.  The guest agent runs
+The spec sent to the guest drops its hooks but ``startContainer`` (those run
+in the container: the guest's runc runs them), ``cgroupsPath`` and the
+``windows`` section, and points ``root.path`` at the guest rootfs.  The guest agent runs
 the container with the guest root's ``runc`` (the host's, copied into the
 boot assets), state under ``/run/gcs/runc``, through the bridge's container
 requests (:meth:`~hcsoci.gcs.connection.GuestConnection.create_container`,
@@ -313,7 +314,10 @@ def _allocate(
     given_root = spec.root.path if spec.root is not None and not layers else None
     files = _add_guest_etc_files(ctx, vm, spec, resources.owner_id, root, given_root)
     spec.root = oci.Root(path=rootfs, readonly=readonly)
-    spec.hooks = None
+    # startContainer hooks run in the container, so the guest's runc runs them; the
+    # others run in the runtime's namespaces, which are not the guest's.
+    kept = spec.hooks.start_container if spec.hooks is not None else None
+    spec.hooks = oci.Hooks(start_container=kept) if kept else None
     spec.windows = None
     if spec.linux is not None:
         spec.linux.cgroups_path = ""
