@@ -887,6 +887,28 @@ def test_vm_bad_hooks_are_one_line_and_make_nothing(
     assert not (root / "state.db").exists() or vm_rows(root) == []
 
 
+@pytest.mark.timeout(240)
+def test_vm_standin_network_namespace_path_checked(
+    root: Path, rootfs: Path, tmp_path: Path, subreaper: None
+) -> None:
+    """A network namespace path the stand-in cannot join fails create in one line naming
+    the field and value, leaving nothing (a missing one before any VM is made)."""
+    not_a_namespace = tmp_path / "plain-file"
+    not_a_namespace.write_text("")
+    cases = {
+        str(tmp_path / "missing"): "does not exist",
+        str(not_a_namespace): "is not a network namespace",
+    }
+    for number, (path, words) in enumerate(cases.items()):
+        bundle = pod_bundle(tmp_path / f"b{number}", rootfs, ["true"], {}, {"network": path})
+        namespaces = json.loads((bundle / "config.json").read_text())["linux"]["namespaces"]
+        index = [n["type"] for n in namespaces].index("network")
+        result = create_vm(root, bundle, f"n{number}", tmp_path / "pid", None, "--isolation", "vm")
+        assert_one_line_error(result, f"linux.namespaces[{index}].path", repr(path), words)
+        assert not (tmp_path / "pid").exists()
+        assert not (root / "state.db").exists() or vm_rows(root) == []
+
+
 def test_process_hooks_get_the_same_state_from_runc(
     root: Path, rootfs: Path, tmp_path: Path
 ) -> None:

@@ -164,9 +164,9 @@ def _standin_network(config: dict[str, Any]) -> tuple[str, str] | None:
 
     ``None``: none (the host's, as runc's init would have); ``(field, '')``:
     a new one; ``(field, path)``: the one at ``path`` (``field`` names the
-    spec's entry).  A hook that configures
-    ``/proc/PID/ns/net`` (docker's ``libnetwork-setkey``) then works on the
-    namespace the engine meant, as with runc, never on the host's.
+    spec's entry).  A hook that configures ``/proc/PID/ns/net`` (docker's
+    ``libnetwork-setkey``) then works on the namespace the engine meant, as
+    with runc, never on the host's.
     """
     linux = config.get("linux")
     namespaces = linux.get("namespaces") if isinstance(linux, dict) else None
@@ -176,6 +176,8 @@ def _standin_network(config: dict[str, Any]) -> tuple[str, str] | None:
             field = f"linux.namespaces[{index}]"
             if path and not (isinstance(path, str) and os.path.isabs(path)):
                 raise CommandError(f"{field}.path: {path!r} is not an absolute path")
+            if path and not os.path.exists(path):
+                raise CommandError(f"{field}.path: {path!r} does not exist")
             return field, str(path)
     return None
 
@@ -408,7 +410,8 @@ def _create(invocation: Invocation, line: CommandLine, wanted: str, bundle: str)
         shutil.rmtree(directory, ignore_errors=True)
         markers.remove(invocation.root, wanted)
         if created:  # as runc: a container made and then failed is deleted, poststop run
-            _poststop(invocation, wanted, bundle, annotations, host_hooks)
+            with contextlib.suppress(Exception):  # the create's own error is the one to say
+                _poststop(invocation, wanted, bundle, annotations, host_hooks)
         raise
     finally:
         for fd in fds:
