@@ -11,6 +11,11 @@ For each engine, interleaved in one run, medians:
 * ``podman --runtime hcsoci-runc run --rm --network none busybox true`` against
   ``podman --runtime /usr/sbin/runc run ...``;
 * ``hcsoci-runc state ID`` of a running container, against ``runc state ID``;
+* in each of those runs, the floor of a Python runtime: ``python-exec-runc``,
+  a ``python -IS`` script that only execs runc (:func:`floor_runtime`),
+  installed as hcsoci-runc is (``--runc-binary``, ``--add-runtime``,
+  podman's ``--runtime`` wrapper): the interpreter's start, 3-4 times per
+  container, that any runtime written in Python pays before its first line;
 * VM isolation (``--only vm``, fewer rounds: each container is a utility VM,
   restored from the template): ``docker run --rm --network none --runtime
   hcsoci-vm busybox true`` and ``hcsoci run --isolation vm --rm -- true``
@@ -28,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -48,6 +54,23 @@ from fixtures_engines import (
 )
 from hcsoci.images.default import build_layer, write_archive
 
+FLOOR = "python-exec-runc"
+"""The floor's name, as a runtime of each engine."""
+
+
+def floor_runtime(directory: Path) -> str:
+    """Install the floor into ``directory``: this interpreter, isolated (``-IS``: no site, no
+    environment), exec'ing runc with the engine's arguments; its path."""
+    runc = shutil.which("runc")
+    if runc is None:
+        raise RuntimeError("runc is not on PATH")
+    path = directory / FLOOR
+    path.write_text(
+        f"#!{sys.executable} -IS\nimport os, sys\nos.execv({runc!r}, [{runc!r}, *sys.argv[1:]])\n"
+    )
+    path.chmod(0o755)
+    return str(path)
+
 
 def checked(argv: list[str]) -> Callable[[], None]:
     """A contender: run ``argv`` (a fresh container name each time) and insist on success."""
@@ -61,11 +84,11 @@ def checked(argv: list[str]) -> Callable[[], None]:
     return run
 
 
-def bench_ctr(stack: contextlib.ExitStack, archive: Path, rounds: int) -> None:
+def bench_ctr(stack: contextlib.ExitStack, archive: Path, floor: str, rounds: int) -> None:
     socket, _ = stack.enter_context(containerd_daemon("bench-containerd"))
     ctr = ["ctr", "--address", str(socket), "--namespace", f"bench-{uuid.uuid4().hex[:6]}"]
     subprocess.run([*ctr, "images", "import", str(archive)], capture_output=True, check=True)
-    # Both runtimes' state in a directory of the benchmark's (not /run/containerd/runc).
+    # Every runtime's state in a directory of the benchmark's (not /run/containerd/runc).
     roots = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-ctr-", dir="/run")))
     run = [*ctr, "run", "--rm"]
     image = ["busybox:latest", "{id}", "true"]
@@ -76,14 +99,17 @@ def bench_ctr(stack: contextlib.ExitStack, archive: Path, rounds: int) -> None:
             "ctr run --rm (hcsoci-runc)": checked(
                 [*run, "--runc-binary", RUNTIME, "--runc-root", f"{roots}/hcsoci", *image]
             ),
+            f"ctr run --rm ({FLOOR})": checked(
+                [*run, "--runc-binary", floor, "--runc-root", f"{roots}/floor", *image]
+            ),
         },
     )
     report("ctr run --rm busybox true", samples, "ctr run --rm (runc)")
 
 
-def bench_docker(stack: contextlib.ExitStack, archive: Path, rounds: int) -> None:
+def bench_docker(stack: contextlib.ExitStack, archive: Path, floor: str, rounds: int) -> None:
     socket, _ = stack.enter_context(containerd_daemon("bench-containerd-docker"))
-    docker = stack.enter_context(docker_daemon(socket, "bench-dockerd"))
+    docker = stack.enter_context(docker_daemon(socket, "bench-dockerd", {FLOOR: floor}))
     docker.check("load", "--input", str(archive))
     run = [*docker.client, "run", "--rm", "--network", "none"]
     samples = interleaved(
@@ -93,34 +119,38 @@ def bench_docker(stack: contextlib.ExitStack, archive: Path, rounds: int) -> Non
             "docker run --rm (hcsoci-runc)": checked(
                 [*run, "--runtime", "hcsoci", "busybox", "true"]
             ),
+            f"docker run --rm ({FLOOR})": checked([*run, "--runtime", FLOOR, "busybox", "true"]),
         },
     )
     report("docker run --rm --network none busybox true", samples, "docker run --rm (runc)")
 
 
-def bench_podman(stack: contextlib.ExitStack, archive: Path, rounds: int) -> None:
+def bench_podman(stack: contextlib.ExitStack, archive: Path, floor: str, rounds: int) -> None:
     root = Path(
         stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-hcsoci-", dir="/run"))
     )
     podman = stack.enter_context(podman_engine("bench-podman", root))
     podman.check("load", "--input", str(archive))
     # The engine's client names the runtime through the tests' wrapper (--root ROOT);
-    # the baseline replaces it with runc itself.
+    # the baseline replaces it with runc itself, the floor with a wrapper of the floor.
     client = podman.client
-    plain = [*client[: client.index("--runtime")], "--runtime", "/usr/sbin/runc"]
+    base = client[: client.index("--runtime")]
+    wrapper = Path(floor).with_name(f"podman-{FLOOR}")
+    wrapper.write_text(f'#!/bin/sh\nexec {floor} --root {root}/floor "$@"\n')
+    wrapper.chmod(0o700)
+    args = ["run", "--rm", "--network", "none", "busybox", "true"]
     samples = interleaved(
         rounds,
         {
-            "podman run --rm (runc)": checked([*plain, "run", "--rm", "--network", "none",
-                                               "busybox", "true"]),
-            "podman run --rm (hcsoci-runc)": checked([*client, "run", "--rm", "--network", "none",
-                                                      "busybox", "true"]),
+            "podman run --rm (runc)": checked([*base, "--runtime", "/usr/sbin/runc", *args]),
+            "podman run --rm (hcsoci-runc)": checked([*client, *args]),
+            f"podman run --rm ({FLOOR})": checked([*base, "--runtime", str(wrapper), *args]),
         },
-    )  # fmt: skip
+    )
     report("podman run --rm --network none busybox true", samples, "podman run --rm (runc)")
 
 
-def bench_state(stack: contextlib.ExitStack, rounds: int) -> None:
+def bench_state(stack: contextlib.ExitStack, floor: str, rounds: int) -> None:
     root = Path(
         stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-hcsoci-", dir="/run"))
     )
@@ -147,6 +177,7 @@ def bench_state(stack: contextlib.ExitStack, rounds: int) -> None:
         {
             "runc state": checked([*runc, "state", "runc-s1"]),
             "hcsoci-runc state": checked([*hcsoci, "state", "hcsoci-s1"]),
+            f"{FLOOR} state": checked([floor, "--root", str(root / "runc"), "state", "runc-s1"]),
         },
     )
     report("state of a running container", samples, "runc state")
@@ -184,20 +215,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-image-") as directory:
         archive = Path(directory) / "busybox.tar"
         write_archive(archive)
+        floor = floor_runtime(Path(directory))
         for part in ("ctr", "docker", "podman", "state", "vm"):
             if options.only not in (None, part):
                 continue
             with contextlib.ExitStack() as stack:
                 if part == "ctr":
-                    bench_ctr(stack, archive, options.rounds)
+                    bench_ctr(stack, archive, floor, options.rounds)
                 elif part == "docker":
-                    bench_docker(stack, archive, options.rounds)
+                    bench_docker(stack, archive, floor, options.rounds)
                 elif part == "podman":
-                    bench_podman(stack, archive, options.rounds)
+                    bench_podman(stack, archive, floor, options.rounds)
                 elif part == "vm":
                     bench_vm(stack, archive, options.rounds)
                 else:
-                    bench_state(stack, options.rounds)
+                    bench_state(stack, floor, options.rounds)
 
 
 if __name__ == "__main__":

@@ -203,8 +203,11 @@ def containerd_daemon(tag: str) -> Iterator[tuple[Path, list[Path]]]:
 
 
 @contextlib.contextmanager
-def docker_daemon(containerd_socket: Path, tag: str) -> Iterator[Engine]:
-    """A dockerd of our own on ``containerd_socket``, with hcsoci-runc as runtime ``hcsoci``."""
+def docker_daemon(
+    containerd_socket: Path, tag: str, runtimes: dict[str, str] | None = None
+) -> Iterator[Engine]:
+    """A dockerd of our own on ``containerd_socket``, with hcsoci-runc as runtime ``hcsoci``
+    (``hcsoci-vm`` for VM isolation) and the other ``runtimes`` (name -> path) it is given."""
     state = Path(tempfile.mkdtemp(prefix=f"hcsoci-test-{tag}-", dir="/run"))
     data = Path(tempfile.mkdtemp(prefix=f"hcsoci-test-{tag}-", dir="/var/tmp"))
     socket = state / "docker.sock"
@@ -223,6 +226,7 @@ def docker_daemon(containerd_socket: Path, tag: str) -> Iterator[Engine]:
         "--storage-driver", "overlay2",
         "--add-runtime", f"hcsoci={RUNTIME}",
         "--add-runtime", f"hcsoci-vm={RUNTIME_VM}",
+        *(f"--add-runtime={name}={path}" for name, path in (runtimes or {}).items()),
     ]  # fmt: skip
     env = {**os.environ, "DOCKER_CONFIG": str(state / "client")}
     with open(log, "wb") as out:

@@ -482,17 +482,13 @@ def test_ten_in_a_row(gone_after: Driver) -> None:
         assert (result.returncode, result.stdout.strip()) == (0, str(number).encode())
 
 
-def test_vm_pod(gone_after: Driver, request: pytest.FixtureRequest) -> None:
+def test_vm_pod(gone_after: Driver) -> None:
     """CRI annotations through the engine: a sandbox on hcsoci-runc-vm, and a container of
-    its pod through plain hcsoci-runc: it follows the sandbox into its VM and network."""
+    its pod through plain hcsoci-runc: it follows the sandbox into its VM and network.
+    (podman binds four single files from each container's userdata directory: one Plan9
+    slot per container for them, not four.)"""
     if gone_after.name == "docker":
         pytest.skip("docker 20.10 cannot set OCI annotations (interop/CLI-SURFACE.md)")
-    if gone_after.name == "podman":
-        reason = (
-            "not done: podman's bind mounts (hosts, hostname, resolv.conf, .containerenv) take "
-            "a Plan9 slot each, and two containers exhaust a VM's 8 (UVMOptions.plan9_slots)"
-        )
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
     vm = on_vm(gone_after)
     kind = "io.kubernetes.cri.container-type"
     sandbox = vm.run_detached(["sleep", "300"], flags=["--annotation", f"{kind}=sandbox"])

@@ -22,7 +22,7 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -737,6 +737,204 @@ def test_vm_controller_that_died(
     reap_dead_vms(Store(root))
     assert vm_rows(root) == []
     assert runtime(root, "delete", "d1").returncode == 0
+
+
+# -- OCI hooks in VM mode: run on the host around the VM, startContainer in the guest ------------
+
+HOST_HOOKS = ("prestart", "createRuntime", "createContainer", "poststart", "poststop")
+
+
+def recording_hook(directory: Path, kind: str, **fields: object) -> dict[str, object]:
+    """A hook that writes its stdin to ``directory/KIND.json`` and its argv and env beside it."""
+    to = f'{directory}/"$1"'
+    script = f'cat > {to}.json; tr "\\0" " " < /proc/$$/cmdline > {to}.argv; env > {to}.env'
+    hook: dict[str, object] = {
+        "path": "/bin/sh",
+        "args": ["hook-argv0", "-c", script, "named", kind],
+    }
+    return {**hook, **fields}
+
+
+def hooked_bundle(
+    directory: Path, rootfs: Path, args: list[str], hooks: Mapping[str, object]
+) -> Path:
+    bundle = make_bundle(directory, rootfs, args)
+    config = json.loads((bundle / "config.json").read_text())
+    config["hooks"] = hooks
+    config["annotations"] = {"io.hcsoci.test": "hooks"}
+    (bundle / "config.json").write_text(json.dumps(config))
+    return bundle
+
+
+def hook_state(directory: Path, kind: str) -> dict[str, object]:
+    state = json.loads((directory / f"{kind}.json").read_text())
+    assert isinstance(state, dict)
+    return state
+
+
+@pytest.mark.timeout(300)
+def test_vm_hooks_run_on_the_host_with_the_stand_ins_state(
+    root: Path, rootfs: Path, tmp_path: Path, subreaper: None
+) -> None:
+    """prestart, createRuntime, createContainer at create, poststart after start, poststop
+    after delete: on the host, runc's state on stdin with the stand-in's pid, each hook's
+    args, env and timeout; startContainer in the guest, in the container."""
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    hooks: dict[str, object] = {
+        kind: [
+            recording_hook(seen, kind, env=[f"HOOK_KIND={kind}", "PATH=/usr/bin:/bin"], timeout=30)
+        ]
+        for kind in HOST_HOOKS
+    }
+    hooks["prestart"] = [recording_hook(seen, "prestart")]  # no env: the runtime's own
+    hooks["startContainer"] = [{"path": "/bin/sh", "args": ["sh", "-c", "cat > /dev/shm/started"]}]
+    bundle = hooked_bundle(
+        tmp_path / "bundle", rootfs, ["sh", "-c", "cat /dev/shm/started; exec sleep 300"], hooks
+    )
+    pid_file = tmp_path / "pid"
+    out = tmp_path / "out"
+    created = create_vm(root, bundle, "h1", pid_file, out, "--isolation", "vm")
+    assert created.returncode == 0, created.stderr
+    pid = int(pid_file.read_text())
+    expected = {
+        "ociVersion": "1.0.2-dev",
+        "id": "h1",
+        "status": "creating",
+        "pid": pid,
+        "bundle": str(bundle),
+        "annotations": {"io.hcsoci.test": "hooks"},
+    }
+    for kind in ("prestart", "createRuntime", "createContainer"):
+        assert hook_state(seen, kind) == expected, kind
+        argv = (seen / f"{kind}.argv").read_text()  # args as given, args[0] the argv[0]
+        assert argv.startswith("hook-argv0 -c ") and argv.endswith(f" named {kind} "), argv
+    assert not (seen / "poststart.json").exists()
+    env = (seen / "createRuntime.env").read_text().splitlines()
+    assert "HOOK_KIND=createRuntime" in env and not any(e.startswith("HOME=") for e in env), env
+    assert any(e.startswith("HCSOCI_ROOT=") for e in (seen / "prestart.env").read_text().split())
+    # The stand-in is in the new network namespace the spec asks for, not the host's.
+    assert os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
+
+    assert runtime(root, "start", "h1").returncode == 0
+    assert hook_state(seen, "poststart") == {**expected, "status": "running"}
+    wait_until(lambda: out.read_bytes() != b"")
+    in_guest = json.loads(out.read_bytes())  # the startContainer hook's stdin, in the guest
+    assert (in_guest["id"], in_guest["status"]) == ("h1", "created"), in_guest
+    assert in_guest["pid"] != pid  # the guest's runc's own view, not the stand-in
+
+    assert runtime(root, "kill", "h1", "KILL").returncode == 0
+    assert reap(pid) == 128 + signal.SIGKILL
+    assert not (seen / "poststop.json").exists()
+    assert runtime(root, "delete", "h1").returncode == 0
+    stopped = {key: value for key, value in expected.items() if key != "pid"}
+    assert hook_state(seen, "poststop") == {**stopped, "status": "stopped"}
+    assert vm_rows(root) == []
+
+
+@pytest.mark.timeout(300)
+def test_vm_failing_create_hook_fails_create_and_leaves_nothing(
+    root: Path, rootfs: Path, tmp_path: Path, subreaper: None
+) -> None:
+    """A createRuntime hook that fails (or runs past its timeout) fails create in one line
+    with runc's exit status; the container, its stand-in and its VM are gone, poststop ran."""
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    cases = {
+        "exit": ({"path": "/bin/sh", "args": ["sh", "-c", "echo hook-said-no >&2; exit 3"]},
+                 ["createRuntime hook #0", "/bin/sh", "exit status 3", "hook-said-no"]),
+        "timeout": ({"path": "/bin/sleep", "args": ["sleep", "60"], "timeout": 1},
+                    ["createRuntime hook #0", "ran past specified timeout of 1.0s"]),
+    }  # fmt: skip
+    for name, (failing, words) in cases.items():
+        hooks = {
+            "prestart": [recording_hook(seen, "prestart")],
+            "createRuntime": [failing],
+            "createContainer": [recording_hook(seen, "createContainer")],
+            "poststop": [recording_hook(seen, "poststop")],
+        }
+        bundle = hooked_bundle(tmp_path / name, rootfs, ["true"], hooks)
+        pid_file = tmp_path / f"{name}.pid"
+        created = create_vm(root, bundle, f"f-{name}", pid_file, None, "--isolation", "vm")
+        assert_one_line_error(created, *words)
+        assert not pid_file.exists()
+        standin = int(hook_state(seen, "prestart")["pid"])  # type: ignore[call-overload]
+        assert not os.path.exists(f"/proc/{standin}")  # killed and reaped by create
+        assert not (seen / "createContainer.json").exists()  # the hooks stop at the first failure
+        assert hook_state(seen, "poststop")["status"] == "stopped"
+        assert vm_rows(root) == []
+        assert runtime_leftovers(root) == []
+        for kind in ("prestart", "poststop"):
+            (seen / f"{kind}.json").unlink()
+
+
+@pytest.mark.parametrize(
+    ("hooks", "words"),
+    [
+        ({"prestart": [{"path": "relative/hook"}]}, ["$.hooks.prestart[0].path", "relative/hook"]),
+        ({"poststop": [{"path": "/bin/true", "timeout": 0}]}, ["$.hooks.poststop[0].timeout", "0"]),
+        ({"createRuntime": [{"path": "/bin/true", "env": ["NOEQUALS"]}]},
+         ["$.hooks.createRuntime[0].env[0]", "NOEQUALS"]),
+    ],
+)  # fmt: skip
+def test_vm_bad_hooks_are_one_line_and_make_nothing(
+    root: Path, rootfs: Path, tmp_path: Path, hooks: dict[str, object], words: list[str]
+) -> None:
+    bundle = hooked_bundle(tmp_path / "bundle", rootfs, ["true"], hooks)
+    result = create_vm(root, bundle, "bad1", tmp_path / "pid", None, "--isolation", "vm")
+    assert_one_line_error(result, *words)
+    assert not (tmp_path / "pid").exists()
+    assert not (root / "state.db").exists() or vm_rows(root) == []
+
+
+@pytest.mark.timeout(240)
+def test_vm_standin_network_namespace_path_checked(
+    root: Path, rootfs: Path, tmp_path: Path, subreaper: None
+) -> None:
+    """A network namespace path the stand-in cannot join fails create in one line naming
+    the field and value, leaving nothing (a missing one before any VM is made)."""
+    not_a_namespace = tmp_path / "plain-file"
+    not_a_namespace.write_text("")
+    cases = {
+        str(tmp_path / "missing"): "does not exist",
+        str(not_a_namespace): "is not a network namespace",
+    }
+    for number, (path, words) in enumerate(cases.items()):
+        bundle = pod_bundle(tmp_path / f"b{number}", rootfs, ["true"], {}, {"network": path})
+        namespaces = json.loads((bundle / "config.json").read_text())["linux"]["namespaces"]
+        index = [n["type"] for n in namespaces].index("network")
+        result = create_vm(root, bundle, f"n{number}", tmp_path / "pid", None, "--isolation", "vm")
+        assert_one_line_error(result, f"linux.namespaces[{index}].path", repr(path), words)
+        assert not (tmp_path / "pid").exists()
+        assert not (root / "state.db").exists() or vm_rows(root) == []
+
+
+def test_process_hooks_get_the_same_state_from_runc(
+    root: Path, rootfs: Path, tmp_path: Path
+) -> None:
+    """The same hooks under process isolation: runc runs them, with the same state fields."""
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    hooks = {
+        kind: [recording_hook(seen, kind)] for kind in ("prestart", "createRuntime", "poststop")
+    }
+    bundle = hooked_bundle(tmp_path / "bundle", rootfs, ["sleep", "300"], hooks)
+    pid_file = tmp_path / "pid"
+    created = runtime(root, "create", "--bundle", str(bundle), "--pid-file", str(pid_file), "p1")
+    assert created.returncode == 0, created.stderr
+    pid = int(pid_file.read_text())
+    expected = {
+        "ociVersion": "1.0.2-dev",
+        "id": "p1",
+        "status": "creating",
+        "pid": pid,
+        "bundle": str(bundle),
+        "annotations": {"io.hcsoci.test": "hooks"},
+    }
+    assert hook_state(seen, "prestart") == hook_state(seen, "createRuntime") == expected
+    assert runtime(root, "delete", "--force", "p1").returncode == 0
+    stopped = {key: value for key, value in expected.items() if key != "pid"}
+    assert hook_state(seen, "poststop") == {**stopped, "status": "stopped"}
 
 
 # -- pods: a sandbox and its containers, as containerd's CRI creates them ---------------------

@@ -250,6 +250,73 @@ def test_plan9_root_and_single_file_bind(
     assert_vm_clean(vm)
 
 
+ENGINE_FILES = ("hosts", "hostname", "resolv.conf", ".containerenv")
+"""The single files an engine binds from a container's own directory (podman's userdata)."""
+
+
+def test_single_file_binds_of_one_directory_take_one_slot(
+    vm: UtilityVM, container_spec: SpecFactory, tmp_path: Path
+) -> None:
+    """Four single-file binds from one directory: one restricted share (one slot) per
+    container, showing the guest those four files and nothing else of the directory."""
+    ctx = context.background()
+    made: list[tuple[VMContainer, Resources]] = []
+    try:
+        for number in range(2):  # the module's VM has 4 slots: a share per file would need 8
+            folder = tmp_path / f"userdata{number}"
+            folder.mkdir()
+            for name in ENGINE_FILES:
+                (folder / name).write_text(f"{name} of {number}\n")
+            (folder / "unlisted").write_text("not for the guest\n")
+            spec = container_spec(["sleep", "300"])
+            spec.mounts = [
+                *(spec.mounts or []),
+                oci.Mount(destination="/files", type="tmpfs", source="tmpfs"),
+                *(
+                    oci.Mount(
+                        destination=f"/files/{name}",
+                        type="bind",
+                        source=str(folder / name),
+                        options=["rbind", "rprivate"],
+                    )
+                    for name in ENGINE_FILES
+                ),
+            ]
+            made.append(make(vm, spec))
+            made[-1][0].start(ctx)
+        shares = vm.plan9.shares()
+        assert len(shares) == 2, shares
+        for number, share in enumerate(shares):
+            assert share.restrict and share.allowed_names == ENGINE_FILES
+            assert share.host_path == str(tmp_path / f"userdata{number}")
+        for number, (container, resources) in enumerate(made):
+            assert len(resources.find(VMPlan9Share)) == 1
+            script = "for f in /files/*; do cat $f; done; cat /files/.containerenv"
+            expected = "".join(f"{name} of {number}\n" for name in sorted(ENGINE_FILES[:3]))
+            expected += f".containerenv of {number}\n"
+            assert command(container, "sh", "-c", script).output().decode() == expected
+            guest_dir = f"{GUEST_ROOT}/{container.id()}/files/0"
+            listing = command(vm, "ls", "-a", guest_dir).output().decode().split()
+            assert sorted(listing) == sorted([".", "..", *ENGINE_FILES]), listing
+            with pytest.raises(ExitError):
+                command(vm, "cat", f"{guest_dir}/unlisted").run()
+            with pytest.raises(ExitError):  # nor can the guest add a file beside them
+                command(vm, "touch", f"{guest_dir}/added").run()
+        # the first container's share goes with it, exactly; the second keeps its own
+        first, first_resources = made.pop(0)
+        first.close()
+        release(vm, first_resources)
+        assert [s.host_path for s in vm.plan9.shares()] == [str(tmp_path / "userdata1")]
+        second = made[0][0]
+        assert command(second, "cat", "/files/hosts").output() == b"hosts of 1\n"
+    finally:
+        for container, resources in made:
+            container.close()
+            release(vm, resources)
+    assert not (tmp_path / "userdata0" / "added").exists()
+    assert_vm_clean(vm)
+
+
 def test_shared_layer_shares_the_disk_and_all_false_keeps_shares(
     vm: UtilityVM, container_spec: SpecFactory
 ) -> None:

@@ -16,6 +16,7 @@ import sys
 from hcsoci.ids import check_id
 from hcsoci.runtime_cli import markers
 from hcsoci.runtime_cli.argv import CommandLine, UsageError
+from hcsoci.runtime_cli.report import LogTarget
 from hcsoci.runtime_cli.runc import RuncCommand
 
 TYPE_CHECKING = False  # collections.abc and typing cost milliseconds at every engine call
@@ -55,7 +56,9 @@ def is_vm_container(root: str, wanted: str) -> bool:
 class Invocation:
     """One call of the runtime: hcsoci's state root, runc, and the chosen isolation."""
 
-    def __init__(self, root: str, runc: RuncCommand, isolation: str) -> None:
+    def __init__(
+        self, root: str, runc: RuncCommand, isolation: str, log: LogTarget | None = None
+    ) -> None:
         self.root = root
         """hcsoci's state root for this call (``--root``)."""
         self.runc_root = os.path.join(root, "runc")
@@ -63,6 +66,8 @@ class Invocation:
         self.runc = runc
         self.isolation = isolation
         """'process', or '' when neither flag nor name chose (the annotation decides)."""
+        self.log = log or LogTarget()
+        """Where ``--log`` sends records (a warning of our own goes there)."""
 
     def held_by_runc(self, container_id: str) -> bool:
         """Whether runc holds state for the (checked) id."""

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         if options.is_set("help") or not command:
             sys.stdout.write(_USAGE)
             return 0 if options.is_set("help") else 1
-        return _run(options.flags, options.value("isolation"), program, command, rest)
+        return _run(options.flags, options.value("isolation"), program, command, rest, target)
     except SystemExit:
         raise
     except KeyboardInterrupt:
@@ -88,7 +88,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(
-    flags: dict[str, list[str]], isolation: str, program: str, command: str, rest: list[str]
+    flags: dict[str, list[str]],
+    isolation: str,
+    program: str,
+    command: str,
+    rest: list[str],
+    target: LogTarget,
 ) -> int:
     from hcsoci.runtime_cli.commands import COMMANDS, Invocation, run_command
     from hcsoci.runtime_cli.runc import RuncCommand, find_runc
@@ -105,7 +110,7 @@ def _run(
         sys.stdout.write(_USAGE)
         return 0
     runc = RuncCommand(find_runc(), _runc_globals(flags, os.path.join(root, "runc")))
-    return run_command(Invocation(root, runc, isolation), command, line)
+    return run_command(Invocation(root, runc, isolation, target), command, line)
 
 
 def _default_root() -> str:

@@ -25,6 +25,13 @@ kata): the VM is the sandbox's, so deleting the sandbox ends the VM, killing
 any container of the pod still in it; deleting a pod's container leaves the
 VM to its sandbox.  ``pause``, ``resume`` and ``update`` are the guest's
 ``runc`` on the container's cgroup in the guest, through the controller.
+
+The spec's hooks (:mod:`~hcsoci.runtime_cli.hooks`) run on the host around
+the VM, as in Kata: ``create`` runs ``prestart``, ``createRuntime`` and
+``createContainer`` once the stand-in runs (in the network namespace the
+spec gives the container, so a hook handed its pid finds that one),
+``start`` runs ``poststart``, ``delete`` runs ``poststop``; the guest's runc
+runs ``startContainer`` in the container.
 """
 
 from __future__ import annotations
@@ -45,9 +52,10 @@ from typing import Any
 
 from hcsoci.controller import process_alive, process_start_time
 from hcsoci.paths import make_private_dir
-from hcsoci.runtime_cli import markers, pods
+from hcsoci.runtime_cli import hooks, markers, pods
 from hcsoci.runtime_cli.argv import CommandLine
 from hcsoci.runtime_cli.commands import CommandError, Invocation, check_parent, container_id
+from hcsoci.runtime_cli.report import report_warning
 
 __all__ = [
     "DIRECTORY",
@@ -115,12 +123,14 @@ def _write_pid_file(path: str, pid: int) -> None:
 
 
 def guest_spec(bundle: str, config: dict[str, Any]) -> Any:
-    """The engine's spec as it can apply in the guest (an ``oci.Spec``).
+    """The engine's spec as it can apply in the guest (an ``oci.Spec``), validated whole.
 
     Dropped: host namespace paths (the guest has its own namespaces), the
-    AppArmor profile and SELinux labels (the guest kernel has neither), hooks
-    and ``cgroupsPath`` (dropped by the VM's placement anyway).  ``root.path``
-    becomes absolute (a Plan9 share of that host directory).
+    AppArmor profile and SELinux labels (the guest kernel has neither), the
+    hooks but ``startContainer`` (the host runs the others:
+    :mod:`~hcsoci.runtime_cli.hooks`) and ``cgroupsPath`` (dropped by the
+    VM's placement anyway).  ``root.path`` becomes absolute (a Plan9 share of
+    that host directory).
     """
     from hcsoci import oci
 
@@ -130,7 +140,6 @@ def guest_spec(bundle: str, config: dict[str, Any]) -> Any:
     root["path"] = os.path.normpath(os.path.join(bundle, root["path"]))
     if not os.path.isdir(root["path"]):
         raise CommandError(f"bundle {bundle!r}: root.path {root['path']!r} is not a directory")
-    config.pop("hooks", None)
     process = config.get("process")
     if isinstance(process, dict):
         process.pop("apparmorProfile", None)
@@ -142,9 +151,65 @@ def guest_spec(bundle: str, config: dict[str, Any]) -> Any:
             if isinstance(namespace, dict):
                 namespace.pop("path", None)
     try:
-        return oci.decode_spec(config)
+        spec = oci.decode_spec(config)
     except Exception as err:
         raise CommandError(f"bundle {bundle!r}: config.json: {err}") from None
+    in_guest = spec.hooks.start_container if spec.hooks is not None else None
+    spec.hooks = oci.Hooks(start_container=in_guest) if in_guest else None
+    return spec
+
+
+def _standin_network(config: dict[str, Any]) -> tuple[str, str] | None:
+    """The network namespace the spec gives the container, for its stand-in.
+
+    ``None``: none (the host's, as runc's init would have); ``(field, '')``:
+    a new one; ``(field, path)``: the one at ``path`` (``field`` names the
+    spec's entry).  A hook that configures ``/proc/PID/ns/net`` (docker's
+    ``libnetwork-setkey``) then works on the namespace the engine meant, as
+    with runc, never on the host's.
+    """
+    linux = config.get("linux")
+    namespaces = linux.get("namespaces") if isinstance(linux, dict) else None
+    for index, namespace in enumerate(namespaces if isinstance(namespaces, list) else []):
+        if isinstance(namespace, dict) and namespace.get("type") == "network":
+            path = namespace.get("path") or ""
+            field = f"linux.namespaces[{index}]"
+            if path and not (isinstance(path, str) and os.path.isabs(path)):
+                raise CommandError(f"{field}.path: {path!r} is not an absolute path")
+            if path and not os.path.exists(path):
+                raise CommandError(f"{field}.path: {path!r} does not exist")
+            return field, str(path)
+    return None
+
+
+_CLONE_NEWNET = 0x40000000
+
+
+def _network_entry(network: tuple[str, str] | None) -> tuple[Callable[[], None] | None, int]:
+    """What the stand-in's child runs before exec to be in ``network``; the fd to close after."""
+    if network is None:
+        return None, -1
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    field, path = network
+    if not path:
+
+        def unshare() -> None:
+            if libc.unshare(_CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "unshare")
+
+        return unshare, -1
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as err:
+        raise CommandError(f"{field}.path: {path!r}: {err.strerror}") from None
+
+    def join() -> None:
+        if libc.setns(fd, _CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns")
+
+    return join, fd
 
 
 def _controller_env(invocation: Invocation) -> None:
@@ -188,18 +253,39 @@ def _send_console(path: str, master: int) -> None:
         sock.close()
 
 
-def _spawn_standin(config: dict[str, Any], stdio: tuple[int, int, int], keep: list[int]) -> int:
-    """Start a stand-in (its own session, reaped by the engine's subreaper once we exit)."""
+def _spawn_standin(
+    config: dict[str, Any],
+    stdio: tuple[int, int, int],
+    keep: list[int],
+    network: tuple[str, str] | None = None,
+) -> int:
+    """Start a stand-in (its own session, reaped by the engine's subreaper once we exit).
+
+    ``network`` (:func:`_standin_network`): the network namespace it is in
+    before it runs, so a hook handed its pid finds that one.
+    """
     command = [sys.executable, "-m", "hcsoci.runtime_cli.standin", json.dumps(config)]
-    child = subprocess.Popen(
-        command,
-        stdin=stdio[0],
-        stdout=stdio[1],
-        stderr=stdio[2],
-        pass_fds=tuple(keep),
-        start_new_session=True,
-        close_fds=True,
-    )
+    enter, fd = _network_entry(network)
+    try:
+        child = subprocess.Popen(
+            command,
+            stdin=stdio[0],
+            stdout=stdio[1],
+            stderr=stdio[2],
+            pass_fds=tuple(keep),
+            start_new_session=True,
+            close_fds=True,
+            preexec_fn=enter,
+        )
+    except subprocess.SubprocessError:
+        assert network is not None  # only the namespace step raises that
+        field, path = network
+        if path:
+            raise CommandError(f"{field}.path: {path!r} is not a network namespace") from None
+        raise CommandError(f"{field}: cannot make a network namespace for the stand-in") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
     child.returncode = 0  # never waited for here: the engine's shim reaps it
     return child.pid
 
@@ -240,7 +326,9 @@ def _create(invocation: Invocation, line: CommandLine, wanted: str, bundle: str)
         raise CommandError(f"bundle {bundle!r}: config.json is not a JSON object")
     pod = pods.pod_of(wanted, config.get("annotations"))
     joined = pods.joined_namespaces(config) if pod is not None else []  # before paths go
+    network = _standin_network(config)
     spec = guest_spec(bundle, config)
+    host_hooks = hooks.host_hooks(config.get("hooks"))  # validated with the spec
     tty = bool(spec.process is not None and spec.process.terminal)
     if tty and not console:
         raise CommandError("cannot allocate tty if runc will detach without setting console socket")
@@ -255,7 +343,10 @@ def _create(invocation: Invocation, line: CommandLine, wanted: str, bundle: str)
     if not markers.make(invocation.root, wanted):
         raise CommandError(f"container with id exists: {wanted}")
     directory = _directory(invocation.root, wanted)
+    annotations = config.get("annotations") or {}
     client = None
+    started = 0  # the controller this create started (its VM ends with the create's failure)
+    created = False
     standin = 0
     fds: list[int] = []
     try:
@@ -268,9 +359,10 @@ def _create(invocation: Invocation, line: CommandLine, wanted: str, bundle: str)
             request = {"role": "container", "sandbox": pod.sandbox, "join": joined}
         else:
             client = start_controller(UVMOptions())
-            controller = int(client.call("hello")["pid"])
+            controller = started = int(client.call("hello")["pid"])
             request = {"role": "sandbox"} if pod is not None else None
         client.create(wanted, spec, owner=OWNER, pod=request)
+        created = True
         listener = bind_socket(directory / START_SOCKET, backlog=4)
         fds.append(listener.detach())
         standin = _spawn_standin(
@@ -285,7 +377,11 @@ def _create(invocation: Invocation, line: CommandLine, wanted: str, bundle: str)
             },
             stdio,
             [fds[-1]],
+            network,
         )
+        state = hooks.hook_state(wanted, "creating", standin, bundle, annotations)
+        for kind in hooks.CREATE_HOOKS:
+            hooks.run_hooks(kind, host_hooks, state)
         record = {
             "vm": client.vm_id,
             "socket": str(client.socket_path),
@@ -294,8 +390,9 @@ def _create(invocation: Invocation, line: CommandLine, wanted: str, bundle: str)
             "start": process_start_time(standin) or 0,
             "bundle": bundle,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime()),
-            "annotations": config.get("annotations") or {},
+            "annotations": annotations,
             "pod": pod.describe() if pod is not None else None,
+            "hooks": host_hooks,
         }
         _write_private(directory / RECORD, json.dumps(record).encode())
         _write_pid_file(pid_file, standin)
@@ -303,17 +400,41 @@ def _create(invocation: Invocation, line: CommandLine, wanted: str, bundle: str)
         if standin:
             with contextlib.suppress(OSError):
                 os.kill(standin, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(standin, 0)  # ours: its pid never reached the engine
         if client is not None:
             with contextlib.suppress(Exception):
                 client.call("delete", id=wanted, force=True)
+        if started:
+            _wait_for_controller_end(started)
         shutil.rmtree(directory, ignore_errors=True)
         markers.remove(invocation.root, wanted)
+        if created:  # as runc: a container made and then failed is deleted, poststop run
+            with contextlib.suppress(Exception):  # the create's own error is the one to say
+                _poststop(invocation, wanted, bundle, annotations, host_hooks)
         raise
     finally:
         for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
     return 0
+
+
+def _warn_hooks(
+    invocation: Invocation, kind: str, record_hooks: object, state: dict[str, Any]
+) -> None:
+    """Run the ``kind`` hooks; each failure is a warning (the spec's rule for these)."""
+    if not isinstance(record_hooks, dict) or not record_hooks.get(kind):
+        return
+    for failure in hooks.run_hooks(kind, record_hooks, state, all=True):
+        report_warning(failure, invocation.log)
+
+
+def _poststop(
+    invocation: Invocation, wanted: str, bundle: str, annotations: object, record_hooks: object
+) -> None:
+    state = hooks.hook_state(wanted, "stopped", 0, bundle, annotations)
+    _warn_hooks(invocation, "poststop", record_hooks, state)
 
 
 def _sandbox_controller(root: str, pod: pods.Pod) -> tuple[Any, int]:
@@ -399,6 +520,9 @@ def _start(invocation: Invocation, line: CommandLine) -> int:
     text = answer.decode(errors="replace").strip()
     if text != "ok":
         raise CommandError(text.removeprefix("error ") or f"container {wanted}: start failed")
+    pid, bundle = int(record.get("pid", 0)), str(record.get("bundle", ""))
+    state = hooks.hook_state(wanted, "running", pid, bundle, record.get("annotations"))
+    _warn_hooks(invocation, "poststart", record.get("hooks"), state)
     return 0
 
 
@@ -491,6 +615,9 @@ def _delete(invocation: Invocation, line: CommandLine) -> int:
         _wait_for_controller_end(int(record.get("controller", 0)))
     shutil.rmtree(directory, ignore_errors=True)
     markers.remove(invocation.root, wanted)
+    if record:
+        bundle = str(record.get("bundle", ""))
+        _poststop(invocation, wanted, bundle, record.get("annotations"), record.get("hooks"))
     return 0
 
 

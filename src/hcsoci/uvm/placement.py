@@ -12,16 +12,18 @@ here.  The container's root in the guest is ``/run/gcs/c/<id>``:
   agent combines them into an overlay at ``<root>/rootfs``;
 * ``spec.root.path`` (without layers): a Plan9 share of that host directory
   mounted at ``<root>/rootfs`` (read-only when ``root.readonly``);
-* ``bind`` mounts: Plan9 shares (a single file through a ``restrict``-ed share
-  of its directory); ``virtual-disk`` mounts: SCSI disks; ``sandbox://``
+* ``bind`` mounts: Plan9 shares; the single files bound from one host
+  directory go through one ``restrict``-ed share of it naming just them
+  (one Plan9 slot per directory, not per file); ``virtual-disk`` mounts: SCSI disks; ``sandbox://``
   sources name guest paths under ``/run/gcs/sandbox``;
 * ``spec.windows.network.endpoint_list``: an hns namespace on the host
   (``Resources.net_ns``), a guest namespace of the same id with a NIC per
   endpoint (``add_net_ns`` / ``add_endpoints_to_ns``), joined by the guest
   container (``/run/netns/<id>``).
 
-The spec sent to the guest drops hooks, ``cgroupsPath`` and the ``windows``
-section and points ``root.path`` at the guest rootfs.  The guest agent runs
+The spec sent to the guest drops its hooks but ``startContainer`` (those run
+in the container: the guest's runc runs them), ``cgroupsPath`` and the
+``windows`` section, and points ``root.path`` at the guest rootfs.  The guest agent runs
 the container with the guest root's ``runc`` (the host's, copied into the
 boot assets), state under ``/run/gcs/runc``, through the bridge's container
 requests (:meth:`~hcsoci.gcs.connection.GuestConnection.create_container`,
@@ -307,19 +309,15 @@ def _allocate(
         )
     else:
         assert spec.root is not None
-        share = VMPlan9Share(vm_id=vm_id)
-        resources.add(share)
-        added = vm.add_plan9(ctx, spec.root.path, rootfs, readonly, False, [])
-        share.name = added.name
-        resources.update(share)
-    spec.mounts = [
-        _guest_mount(ctx, vm, resources, root, index, mount)
-        for index, mount in enumerate(spec.mounts or [])
-    ]
+        _add_share(ctx, vm, resources, spec.root.path, rootfs, readonly)
+    spec.mounts = _guest_mounts(ctx, vm, resources, root, spec.mounts or [])
     given_root = spec.root.path if spec.root is not None and not layers else None
     files = _add_guest_etc_files(ctx, vm, spec, resources.owner_id, root, given_root)
     spec.root = oci.Root(path=rootfs, readonly=readonly)
-    spec.hooks = None
+    # startContainer hooks run in the container, so the guest's runc runs them; the
+    # others run in the runtime's namespaces, which are not the guest's.
+    kept = spec.hooks.start_container if spec.hooks is not None else None
+    spec.hooks = oci.Hooks(start_container=kept) if kept else None
     spec.windows = None
     if spec.linux is not None:
         spec.linux.cgroups_path = ""
@@ -350,9 +348,90 @@ def _attach_layer(
     vm.add_scsi(ctx, image, uvm_path, True)
 
 
+def _is_bind(mount: oci.Mount) -> bool:
+    options = mount.options or []
+    return mount.type in ("bind", "rbind") or "bind" in options or "rbind" in options
+
+
+def _single_file(mount: oci.Mount) -> Path | None:
+    """The host file a bind mount of one file (not a directory) shares, else ``None``."""
+    if mount.source.startswith("sandbox://") or not _is_bind(mount):
+        return None
+    host = Path(mount.source)
+    return None if host.is_dir() else host
+
+
+def _file_group(host: Path, mount: oci.Mount) -> tuple[str, bool]:
+    """The share a single-file bind goes through: its (resolved) directory, read-only or not."""
+    return str(host.parent.resolve()), "ro" in (mount.options or [])
+
+
+def _add_share(
+    ctx: Context,
+    vm: UtilityVM,
+    resources: Resources,
+    host_path: str,
+    target: str,
+    read_only: bool,
+    allowed_names: list[str] | None = None,
+) -> None:
+    """A Plan9 share at ``target``, recorded before it is added (``allowed_names``: restricted)."""
+    share = VMPlan9Share(vm_id=vm.id())
+    resources.add(share)
+    names = allowed_names or []
+    added = vm.add_plan9(ctx, host_path, target, read_only, bool(names), names)
+    share.name = added.name
+    resources.update(share)
+
+
+def _guest_mounts(
+    ctx: Context, vm: UtilityVM, resources: Resources, root: str, mounts: list[oci.Mount]
+) -> list[oci.Mount]:
+    """The spec's mounts as guest mounts, in order, each share added as the first use needs it.
+
+    The single-file binds of one host directory (an engine's ``hosts``,
+    ``hostname``, ``resolv.conf``... all in the container's own directory)
+    go through one restricted share of that directory naming just those
+    files, not a share (and a Plan9 slot) each: the guest sees the named
+    files and nothing else of the directory.
+    """
+    groups: dict[tuple[str, bool], list[str]] = {}
+    for mount in mounts:
+        host = _single_file(mount)
+        if host is not None:
+            names = groups.setdefault(_file_group(host, mount), [])
+            if host.name not in names:
+                names.append(host.name)
+    shared: dict[tuple[str, bool], str] = {}
+    guest = []
+    for index, mount in enumerate(mounts):
+        host = _single_file(mount)
+        if host is None:
+            guest.append(_guest_mount(ctx, vm, resources, root, index, mount))
+            continue
+        group = _file_group(host, mount)
+        target = shared.get(group)
+        if target is None:
+            target = shared[group] = f"{root}/files/{len(shared)}"
+            _add_share(ctx, vm, resources, group[0], target, group[1], groups[group])
+        options = list(mount.options or [])
+        if "bind" not in options and "rbind" not in options:
+            options.append("rbind")
+        guest.append(
+            oci.Mount(
+                destination=mount.destination,
+                type="bind",
+                source=f"{target}/{host.name}",
+                options=options,
+            )
+        )
+    return guest
+
+
 def _guest_mount(
     ctx: Context, vm: UtilityVM, resources: Resources, root: str, index: int, mount: oci.Mount
 ) -> oci.Mount:
+    """A mount that is not a single-file bind (those are :func:`_guest_mounts`')."""
     options = list(mount.options or [])
     read_only = "ro" in options
     if mount.source.startswith("sandbox://"):
@@ -369,22 +448,10 @@ def _guest_mount(
         return oci.Mount(
             destination=mount.destination, type="bind", source=target, options=["rbind", *kept]
         )
-    if mount.type in ("bind", "rbind") or "bind" in options or "rbind" in options:
-        host = Path(mount.source)
+    if _is_bind(mount):
         target = f"{root}/mounts/{index}"
-        share = VMPlan9Share(vm_id=vm.id())
-        resources.add(share)
-        if host.is_dir():
-            added = vm.add_plan9(ctx, str(host), target, read_only, False, [])
-            guest_source = target
-        else:
-            added = vm.add_plan9(ctx, str(host.parent), target, read_only, True, [host.name])
-            guest_source = f"{target}/{host.name}"
-        share.name = added.name
-        resources.update(share)
+        _add_share(ctx, vm, resources, mount.source, target, read_only)
         if "bind" not in options and "rbind" not in options:
             options.append("rbind")
-        return oci.Mount(
-            destination=mount.destination, type="bind", source=guest_source, options=options
-        )
+        return oci.Mount(destination=mount.destination, type="bind", source=target, options=options)
     return mount
