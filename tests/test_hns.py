@@ -111,8 +111,9 @@ def test_overlapping_subnets_and_taken_names_are_refused(lab: HnsLab) -> None:
     assert wider in str(caught.value) and network.bridge in str(caught.value)
     with pytest.raises(InvalidArgumentError, match="overlaps"):
         hns.create_network(f"t{lab.token}-other", "127.0.0.0/24")  # lo's subnet
+    # A subnet free of every network (a fixed one was the lab's own 1 run in 256).
     with pytest.raises(AlreadyExistsError, match=network.id):
-        hns.create_network(network.name, "10.201.255.0/30")
+        hns.create_network(network.name, free_subnet(30))
     assert len(hns.list_networks()) == before
 
 
