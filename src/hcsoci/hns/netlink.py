@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
 import ipaddress
 import logging
 import os
@@ -27,6 +26,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from hcsoci.errors import HcsociError, NotFoundError
+from hcsoci.netns_calls import enter_netns, libc_error, open_netns, unshare_netns
 
 __all__ = [
     "LOOPBACK_INDEX",
@@ -55,16 +55,12 @@ NETNS_RUN_DIR = "/var/run/netns"
 LOOPBACK_INDEX = 1
 """``lo``'s interface index, the same in every network namespace (``LOOPBACK_IFINDEX``)."""
 
-_CLONE_NEWNET = 0x40000000
 _MS_BIND = 4096
 _MS_REC = 16384
 _MS_SHARED = 1 << 20
 _MNT_DETACH = 2
-_NS_GET_NSTYPE = 0xB703  # ioctl on an nsfs file: which kind of namespace it is
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
-_libc.unshare.argtypes = [ctypes.c_int]
 _libc.mount.argtypes = [
     ctypes.c_char_p,
     ctypes.c_char_p,
@@ -77,16 +73,6 @@ _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
 class PlumbingError(HcsociError):
     """A netlink or namespace operation failed; the message names the object and the step."""
-
-
-def _oserror(what: str) -> OSError:
-    code = ctypes.get_errno()
-    return OSError(code, f"{what}: {os.strerror(code)}")
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, _CLONE_NEWNET) != 0:
-        raise _oserror("setns")
 
 
 # ---------------------------------------------------------------------------
@@ -112,42 +98,29 @@ def netns_route(path: str) -> Iterator[Any]:
 
 
 def _socket_in_netns(path: str) -> socket.socket:
-    target = _open_netns(path)
+    target = open_netns(path)
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        _setns(target)
+        enter_netns(target)
         try:
             return socket.socket(
                 socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, 0
             )  # NETLINK_ROUTE
         finally:
             # Failing to return would leave this thread in the wrong namespace: fatal.
-            if _libc.setns(own, _CLONE_NEWNET) != 0:
+            try:
+                enter_netns(own)
+            except OSError:
                 os.abort()
     finally:
         os.close(own)
         os.close(target)
 
 
-def _open_netns(path: str) -> int:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise NotFoundError(f"network namespace {path} does not exist") from None
-    try:
-        kind = fcntl.ioctl(fd, _NS_GET_NSTYPE)
-    except OSError:
-        kind = -1
-    if kind != _CLONE_NEWNET:
-        os.close(fd)
-        raise NotFoundError(f"{path} is not a network namespace (nothing is mounted on it)")
-    return fd
-
-
 def is_netns(path: str) -> bool:
     """True when ``path`` is a live network namespace file (a mounted nsfs)."""
     try:
-        os.close(_open_netns(path))
+        os.close(open_netns(path))
     except NotFoundError:
         return False
     return True
@@ -170,11 +143,10 @@ def create_netns(path: str) -> None:
         # This thread's network namespace becomes the new one; it dies with the
         # thread, so the rest of the process never sees it.
         try:
-            if _libc.unshare(_CLONE_NEWNET) != 0:
-                raise _oserror(f"unshare a network namespace for {path}")
+            unshare_netns(f"unshare a network namespace for {path}")
             source = f"/proc/self/task/{threading.get_native_id()}/ns/net".encode()
             if _libc.mount(source, path.encode(), b"none", _MS_BIND, None) != 0:
-                raise _oserror(f"bind the new network namespace on {path}")
+                raise libc_error(f"bind the new network namespace on {path}")
             with IPRoute() as ipr:
                 ipr.link("set", index=LOOPBACK_INDEX, state="up")
         except BaseException as err:
@@ -195,9 +167,9 @@ def _prepare_run_dir(run_dir: str) -> None:
     if _libc.mount(b"", encoded, b"none", _MS_SHARED | _MS_REC, None) == 0:
         return
     if _libc.mount(encoded, encoded, b"none", _MS_BIND | _MS_REC, None) != 0:
-        raise _oserror(f"bind {run_dir} on itself")
+        raise libc_error(f"bind {run_dir} on itself")
     if _libc.mount(b"", encoded, b"none", _MS_SHARED | _MS_REC, None) != 0:
-        raise _oserror(f"make {run_dir} a shared mount")
+        raise libc_error(f"make {run_dir} a shared mount")
 
 
 def remove_netns(path: str) -> None:
@@ -209,7 +181,7 @@ def remove_netns(path: str) -> None:
         errno.EINVAL,  # not a mount point: a half-created or already unmounted file
         errno.ENOENT,
     ):
-        raise _oserror(f"unmount network namespace {path}")
+        raise libc_error(f"unmount network namespace {path}")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
 
@@ -355,7 +327,7 @@ def attach_interface(
     failure the endpoint is left as it was: a moved interface is brought back
     out under its own name, a pair born here is deleted.
     """
-    netns_fd = _open_netns(netns_path)
+    netns_fd = open_netns(netns_path)
     try:
         with host_route() as ipr:
             index = _index(ipr, interface)

@@ -37,6 +37,7 @@ runs ``startContainer`` in the container.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -163,53 +164,33 @@ def _standin_network(config: dict[str, Any]) -> tuple[str, str] | None:
     """The network namespace the spec gives the container, for its stand-in.
 
     ``None``: none (the host's, as runc's init would have); ``(field, '')``:
-    a new one; ``(field, path)``: the one at ``path`` (``field`` names the
-    spec's entry).  A hook that configures ``/proc/PID/ns/net`` (docker's
-    ``libnetwork-setkey``) then works on the namespace the engine meant, as
-    with runc, never on the host's.
+    a new one; ``(field, path)``: the one at ``path``, checked here to be a
+    network namespace before anything is made (``field`` names the spec's
+    entry).  A hook that configures ``/proc/PID/ns/net``
+    (docker's ``libnetwork-setkey``) then works on the namespace the engine
+    meant, as with runc, never on the host's.
     """
+    from hcsoci.errors import NotFoundError
+    from hcsoci.netns_calls import open_netns
+
     linux = config.get("linux")
     namespaces = linux.get("namespaces") if isinstance(linux, dict) else None
     for index, namespace in enumerate(namespaces if isinstance(namespaces, list) else []):
         if isinstance(namespace, dict) and namespace.get("type") == "network":
             path = namespace.get("path") or ""
             field = f"linux.namespaces[{index}]"
-            if path and not (isinstance(path, str) and os.path.isabs(path)):
+            if not path:
+                return field, ""
+            if not (isinstance(path, str) and os.path.isabs(path)):
                 raise CommandError(f"{field}.path: {path!r} is not an absolute path")
-            if path and not os.path.exists(path):
-                raise CommandError(f"{field}.path: {path!r} does not exist")
-            return field, str(path)
+            try:
+                os.close(open_netns(path))
+                return field, path
+            except NotFoundError:
+                exists = os.path.exists(path)
+                what = "is not a network namespace" if exists else "does not exist"
+                raise CommandError(f"{field}.path: {path!r} {what}") from None
     return None
-
-
-_CLONE_NEWNET = 0x40000000
-
-
-def _network_entry(network: tuple[str, str] | None) -> tuple[Callable[[], None] | None, int]:
-    """What the stand-in's child runs before exec to be in ``network``; the fd to close after."""
-    if network is None:
-        return None, -1
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    field, path = network
-    if not path:
-
-        def unshare() -> None:
-            if libc.unshare(_CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "unshare")
-
-        return unshare, -1
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as err:
-        raise CommandError(f"{field}.path: {path!r}: {err.strerror}") from None
-
-    def join() -> None:
-        if libc.setns(fd, _CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns")
-
-    return join, fd
 
 
 def _controller_env(invocation: Invocation) -> None:
@@ -264,8 +245,19 @@ def _spawn_standin(
     ``network`` (:func:`_standin_network`): the network namespace it is in
     before it runs, so a hook handed its pid finds that one.
     """
+    from hcsoci.netns_calls import enter_netns, unshare_netns
+
     command = [sys.executable, "-m", "hcsoci.runtime_cli.standin", json.dumps(config)]
-    enter, fd = _network_entry(network)
+    enter: Callable[[], None] | None = None
+    fd = -1
+    if network is not None and not network[1]:
+        enter = unshare_netns
+    elif network is not None:
+        try:
+            fd = os.open(network[1], os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as err:
+            raise CommandError(f"{network[0]}.path: {network[1]!r}: {err.strerror}") from None
+        enter = functools.partial(enter_netns, fd)
     try:
         child = subprocess.Popen(
             command,
@@ -279,10 +271,7 @@ def _spawn_standin(
         )
     except subprocess.SubprocessError:
         assert network is not None  # only the namespace step raises that
-        field, path = network
-        if path:
-            raise CommandError(f"{field}.path: {path!r} is not a network namespace") from None
-        raise CommandError(f"{field}: cannot make a network namespace for the stand-in") from None
+        raise CommandError(f"{network[0]}: cannot enter the stand-in's network namespace") from None
     finally:
         if fd >= 0:
             os.close(fd)
