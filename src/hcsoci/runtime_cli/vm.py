@@ -127,11 +127,10 @@ def guest_spec(bundle: str, config: dict[str, Any]) -> Any:
     """The engine's spec as it can apply in the guest (an ``oci.Spec``), validated whole.
 
     Dropped: host namespace paths (the guest has its own namespaces), the
-    AppArmor profile and SELinux labels (the guest kernel has neither), the
-    hooks but ``startContainer`` (the host runs the others:
-    :mod:`~hcsoci.runtime_cli.hooks`) and ``cgroupsPath`` (dropped by the
-    VM's placement anyway).  ``root.path`` becomes absolute (a Plan9 share of
-    that host directory).
+    AppArmor profile and SELinux labels (the guest kernel has neither).  The
+    VM's placement drops the hooks but ``startContainer`` (the host runs the
+    others: :mod:`~hcsoci.runtime_cli.hooks`) and ``cgroupsPath``.
+    ``root.path`` becomes absolute (a Plan9 share of that host directory).
     """
     from hcsoci import oci
 
@@ -152,12 +151,9 @@ def guest_spec(bundle: str, config: dict[str, Any]) -> Any:
             if isinstance(namespace, dict):
                 namespace.pop("path", None)
     try:
-        spec = oci.decode_spec(config)
+        return oci.decode_spec(config)
     except Exception as err:
         raise CommandError(f"bundle {bundle!r}: config.json: {err}") from None
-    in_guest = spec.hooks.start_container if spec.hooks is not None else None
-    spec.hooks = oci.Hooks(start_container=in_guest) if in_guest else None
-    return spec
 
 
 def _standin_network(config: dict[str, Any]) -> tuple[str, str] | None:
@@ -413,10 +409,9 @@ def _warn_hooks(
     invocation: Invocation, kind: str, record_hooks: object, state: dict[str, Any]
 ) -> None:
     """Run the ``kind`` hooks; each failure is a warning (the spec's rule for these)."""
-    if not isinstance(record_hooks, dict) or not record_hooks.get(kind):
-        return
-    for failure in hooks.run_hooks(kind, record_hooks, state, all=True):
-        report_warning(failure, invocation.log)
+    if isinstance(record_hooks, dict):
+        for failure in hooks.run_hooks(kind, record_hooks, state, all=True):
+            report_warning(failure, invocation.log)
 
 
 def _poststop(
