@@ -395,21 +395,23 @@ def _guest_mounts(
     files, not a share (and a Plan9 slot) each: the guest sees the named
     files and nothing else of the directory.
     """
-    groups: dict[tuple[str, bool], list[str]] = {}
-    for mount in mounts:
+    singles: dict[int, tuple[Path, tuple[str, bool]]] = {}  # index: file, its share
+    for index, mount in enumerate(mounts):
         host = _single_file(mount)
         if host is not None:
-            names = groups.setdefault(_file_group(host, mount), [])
-            if host.name not in names:
-                names.append(host.name)
+            singles[index] = (host, _file_group(host, mount))
+    groups: dict[tuple[str, bool], list[str]] = {}
+    for host, group in singles.values():
+        names = groups.setdefault(group, [])
+        if host.name not in names:
+            names.append(host.name)
     shared: dict[tuple[str, bool], str] = {}
     guest = []
     for index, mount in enumerate(mounts):
-        host = _single_file(mount)
-        if host is None:
+        if index not in singles:
             guest.append(_guest_mount(ctx, vm, resources, root, index, mount))
             continue
-        group = _file_group(host, mount)
+        host, group = singles[index]
         target = shared.get(group)
         if target is None:
             target = shared[group] = f"{root}/files/{len(shared)}"
