@@ -755,6 +755,18 @@ def recording_hook(directory: Path, kind: str, **fields: object) -> dict[str, ob
     return {**hook, **fields}
 
 
+def creating_state(container_id: str, pid: int, bundle: Path) -> dict[str, object]:
+    """The state a create hook of a ``hooked_bundle`` container gets on its stdin."""
+    return {
+        "ociVersion": "1.0.2-dev",
+        "id": container_id,
+        "status": "creating",
+        "pid": pid,
+        "bundle": str(bundle),
+        "annotations": {"io.hcsoci.test": "hooks"},
+    }
+
+
 def hooked_bundle(
     directory: Path, rootfs: Path, args: list[str], hooks: Mapping[str, object]
 ) -> Path:
@@ -797,14 +809,7 @@ def test_vm_hooks_run_on_the_host_with_the_stand_ins_state(
     created = create_vm(root, bundle, "h1", pid_file, out, "--isolation", "vm")
     assert created.returncode == 0, created.stderr
     pid = int(pid_file.read_text())
-    expected = {
-        "ociVersion": "1.0.2-dev",
-        "id": "h1",
-        "status": "creating",
-        "pid": pid,
-        "bundle": str(bundle),
-        "annotations": {"io.hcsoci.test": "hooks"},
-    }
+    expected = creating_state("h1", pid, bundle)
     for kind in ("prestart", "createRuntime", "createContainer"):
         assert hook_state(seen, kind) == expected, kind
         argv = (seen / f"{kind}.argv").read_text()  # args as given, args[0] the argv[0]
@@ -923,14 +928,7 @@ def test_process_hooks_get_the_same_state_from_runc(
     created = runtime(root, "create", "--bundle", str(bundle), "--pid-file", str(pid_file), "p1")
     assert created.returncode == 0, created.stderr
     pid = int(pid_file.read_text())
-    expected = {
-        "ociVersion": "1.0.2-dev",
-        "id": "p1",
-        "status": "creating",
-        "pid": pid,
-        "bundle": str(bundle),
-        "annotations": {"io.hcsoci.test": "hooks"},
-    }
+    expected = creating_state("p1", pid, bundle)
     assert hook_state(seen, "prestart") == hook_state(seen, "createRuntime") == expected
     assert runtime(root, "delete", "--force", "p1").returncode == 0
     stopped = {key: value for key, value in expected.items() if key != "pid"}
