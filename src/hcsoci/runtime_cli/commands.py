@@ -15,6 +15,7 @@ import sys
 
 from hcsoci.ids import check_id
 from hcsoci.runtime_cli import markers
+from hcsoci.runtime_cli.annotations import may_name_isolation, may_name_pod_role
 from hcsoci.runtime_cli.argv import CommandLine, UsageError
 from hcsoci.runtime_cli.report import LogTarget
 from hcsoci.runtime_cli.runc import RuncCommand
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COMMANDS",
-    "ISOLATION_ANNOTATION",
     "CommandError",
     "Invocation",
     "check_parent",
@@ -35,9 +35,6 @@ __all__ = [
     "is_vm_container",
     "run_command",
 ]
-
-ISOLATION_ANNOTATION = "io.hcsoci.isolation"
-"""The bundle annotation that chooses the isolation (``process`` or ``vm``)."""
 
 
 class CommandError(Exception):
@@ -148,11 +145,11 @@ def _create(command: str) -> Handler:
         bundle = os.path.abspath(line.value("bundle") or os.getcwd())
         config = _read_config(bundle)
         isolation = invocation.isolation
-        if not isolation and ISOLATION_ANNOTATION.encode() in config:
+        if not isolation and may_name_isolation(config):
             from hcsoci.runtime_cli import containers
 
             isolation = containers.check_isolation_annotation(bundle, config)
-        if isolation != "vm" and b"io.kubernetes." in config:
+        if isolation != "vm" and may_name_pod_role(config):
             from hcsoci.runtime_cli import pods  # a pod's container follows its sandbox
 
             isolation = pods.isolation_for_pod(invocation.root, wanted, bundle, config, isolation)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hcsoci.ids import check_id
+from hcsoci.runtime_cli.annotations import POD_SCHEMES
 from hcsoci.runtime_cli.commands import VM_DIRECTORY, CommandError
 
 __all__ = [
@@ -38,11 +39,6 @@ __all__ = [
     "pod_of",
 ]
 
-_SCHEMES = (
-    ("io.kubernetes.cri.container-type", "io.kubernetes.cri.sandbox-id"),
-    ("io.kubernetes.cri-o.ContainerType", "io.kubernetes.cri-o.SandboxID"),
-    ("io.kubernetes.docker.type", "io.kubernetes.sandbox.id"),
-)
 _ROLES = {"sandbox": "sandbox", "podsandbox": "sandbox", "container": "container"}
 
 SHARED_NAMESPACES = ("network", "ipc", "uts", "pid")
@@ -71,7 +67,7 @@ def pod_of(container_id: str, annotations: object) -> Pod | None:
     """
     if not isinstance(annotations, dict):
         return None
-    for type_key, id_key in _SCHEMES:
+    for type_key, id_key in POD_SCHEMES:
         kind = annotations.get(type_key)
         if kind is None or kind == "":
             continue
