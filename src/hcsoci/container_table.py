@@ -12,19 +12,36 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from pathlib import Path
-from typing import NamedTuple
 
 from hcsoci.controller import controller_identity
 from hcsoci.errors import AlreadyExistsError
 from hcsoci.store import Store
 
+TYPE_CHECKING = (
+    False  # the hcsoci-runc runtime writes rows: typing and pathlib cost it milliseconds
+)
+if TYPE_CHECKING:
+    from pathlib import Path
+
 __all__ = ["ContainerRow", "delete", "get", "hand_over", "insert", "list_rows", "set_state"]
 
 
-class ContainerRow(NamedTuple):
-    """One row of the ``containers`` table (a tuple: dataclasses would cost the
-    ``hcsoci-runc`` runtime ~10 ms of imports per call)."""
+class ContainerRow:
+    """One row of the ``containers`` table, read-only (a plain class: a ``NamedTuple`` or a
+    dataclass would cost the ``hcsoci-runc`` runtime milliseconds of imports per call)."""
+
+    __slots__ = (
+        "bundle",
+        "controller_pid",
+        "controller_start",
+        "created_at",
+        "host",
+        "id",
+        "init_pid",
+        "owner",
+        "runtime",
+        "state",
+    )  # fmt: skip
 
     id: str
     owner: str
@@ -38,20 +55,25 @@ class ContainerRow(NamedTuple):
     runtime: str
     init_pid: int
 
+    def __init__(self, row: sqlite3.Row) -> None:
+        for name in self.__slots__:
+            object.__setattr__(self, name, row[name])
 
-def _row(row: sqlite3.Row) -> ContainerRow:
-    return ContainerRow(
-        id=row["id"],
-        owner=row["owner"],
-        host=row["host"],
-        bundle=row["bundle"],
-        state=row["state"],
-        controller_pid=row["controller_pid"],
-        controller_start=row["controller_start"],
-        created_at=row["created_at"],
-        runtime=row["runtime"],
-        init_pid=row["init_pid"],
-    )
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"ContainerRow is read-only: {name}")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ContainerRow) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"ContainerRow({fields})"
+
+    def _fields(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
 
 
 def insert(
@@ -59,7 +81,7 @@ def insert(
     container_id: str,
     owner: str,
     host: str,
-    bundle: Path,
+    bundle: Path | str,
     runtime: str,
     controller: tuple[int, int] | None = None,
 ) -> None:
@@ -84,7 +106,7 @@ def insert(
 def get(store: Store, container_id: str) -> ContainerRow | None:
     """The row of ``container_id``, or None."""
     rows = store.query("SELECT * FROM containers WHERE id = ?", (container_id,))
-    return _row(rows[0]) if rows else None
+    return ContainerRow(rows[0]) if rows else None
 
 
 def list_rows(store: Store, host: str | None = None) -> list[ContainerRow]:
@@ -93,7 +115,7 @@ def list_rows(store: Store, host: str | None = None) -> list[ContainerRow]:
         rows = store.query("SELECT * FROM containers ORDER BY created_at")
     else:
         rows = store.query("SELECT * FROM containers WHERE host = ? ORDER BY created_at", (host,))
-    return [_row(row) for row in rows]
+    return [ContainerRow(row) for row in rows]
 
 
 def set_state(store: Store, container_id: str, state: str, init_pid: int | None = None) -> None:

@@ -43,3 +43,8 @@ class AlreadyExistsError(HcsociError, FileExistsError):
 
 class StateError(HcsociError):
     """The operation is not valid in the object's current state."""
+
+
+class UnsafePathError(HcsociError):
+    """A path would leave its parent, or a removal would cross a symlink or a mount
+    (re-exported by :mod:`hcsoci.paths`)."""

@@ -10,10 +10,11 @@ only way such a path is made or removed:
   ``/`` and never starts with ``-`` (a flag to runc);
 * :func:`child` joins a checked id onto its parent and proves the result stays
   inside it, even when something on the way is a symlink;
-* :func:`make_private_dir` creates a directory, and every parent it has to
-  create on the way, readable and traversable by root alone (0700);
-* :func:`write_private_file` writes a file only root can read (a spec holds
-  the process's environment, secrets included);
+* :func:`make_private_dir` (defined in the leaf :mod:`hcsoci.private`)
+  creates a directory, and every parent it has to create on the way,
+  readable and traversable by root alone (0700);
+* :func:`write_private_file` (from :mod:`hcsoci.private` too) writes a file
+  only root can read (a spec holds the process's environment, secrets included);
 * :func:`remove_tree` removes a tree without recursion in Python (a 10,000-deep
   tree is fine), follows no symlink, and refuses to cross into another mount.
 """
@@ -27,8 +28,9 @@ import re
 import stat
 from pathlib import Path
 
-from hcsoci.errors import HcsociError
+from hcsoci.errors import UnsafePathError
 from hcsoci.ids import check_id
+from hcsoci.private import DATA_DIRECTORY, make_private_dir, write_private_file
 
 __all__ = [
     "DATA_ROOT",
@@ -45,10 +47,6 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 """The id rule of runc and the OCI tools, matched whole."""
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-class UnsafePathError(HcsociError):
-    """A path would leave its parent, or a removal would cross a symlink or a mount."""
 
 
 def child(parent: Path | str, name: str, field: str) -> Path:
@@ -69,67 +67,8 @@ def child(parent: Path | str, name: str, field: str) -> Path:
     return path
 
 
-DATA_ROOT = Path("/var/lib/hcsoci")
+DATA_ROOT = Path(DATA_DIRECTORY)
 """Where hcsoci keeps what outlives a boot by default: images, VM boot assets, layer images."""
-
-
-def make_private_dir(path: Path | str, *, exist_ok: bool = True) -> Path:
-    """Create ``path`` with mode 0700, and each missing parent too; returns it.
-
-    The parents created on the way are 0700 as well (``mkdir -p`` would leave
-    them 0755).  An existing ``path`` that others may read or traverse (made
-    by an older version) is tightened to 0700; one that others may *write* is
-    refused with :class:`UnsafePathError`: it is not a place for private state.
-    When ``path`` lies inside :data:`DATA_ROOT`, that directory is kept 0700 too.
-    """
-    path = Path(path)
-    missing: list[Path] = []
-    current = path
-    while not current.exists():
-        missing.append(current)
-        if current.parent == current:
-            break
-        current = current.parent
-    for directory in reversed(missing):
-        try:
-            os.mkdir(directory, 0o700)
-        except FileExistsError:
-            if directory == path and not exist_ok:
-                raise
-            continue
-        os.chmod(directory, 0o700)  # the umask may have taken bits off; never added any
-    if not missing and not exist_ok:
-        raise FileExistsError(errno.EEXIST, "already exists", str(path))
-    _keep_private(path)
-    if path != DATA_ROOT and path.is_relative_to(DATA_ROOT):
-        _keep_private(DATA_ROOT)
-    return path
-
-
-def _keep_private(path: Path) -> None:
-    mode = os.stat(path).st_mode
-    if not stat.S_ISDIR(mode):
-        raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(path))
-    if mode & 0o022:
-        raise UnsafePathError(
-            f"{str(path)!r} is writable by other users (mode {stat.S_IMODE(mode):o}): "
-            "hcsoci keeps its state only in a private directory"
-        )
-    if mode & 0o077:
-        os.chmod(path, 0o700)
-
-
-def write_private_file(path: Path | str, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` (created or truncated), readable by root alone (0600).
-
-    A symlink at ``path`` is refused rather than written through.  ``mode`` is
-    for a file that a container's own user must read through a bind mount; its
-    directory still keeps everyone else out.
-    """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "wb") as file:
-        os.fchmod(fd, mode)
-        file.write(data)
 
 
 def remove_tree(path: Path | str) -> None:

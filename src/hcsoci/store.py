@@ -16,15 +16,18 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from pathlib import Path
 
-from hcsoci.errors import HcsociError
-from hcsoci.paths import UnsafePathError, make_private_dir
+from hcsoci.errors import HcsociError, UnsafePathError
+from hcsoci.private import make_private_dir
 
-TYPE_CHECKING = False  # typing itself is imported only by type checkers: it costs milliseconds
+# typing, collections.abc and pathlib are imported by type checkers only: the
+# hcsoci-runc runtime opens the store on every create and delete, and each costs it
+# milliseconds (state_root() imports pathlib when called).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
     from typing import Any
 
 __all__ = ["DEFAULT_ROOT", "Store", "StoreError", "open_store", "state_root"]
@@ -123,7 +126,13 @@ CREATE INDEX IF NOT EXISTS hns_endpoints_namespace ON hns_endpoints(namespace_id
 
 def state_root() -> Path:
     """The state root: ``$HCSOCI_ROOT``, or ``/run/hcsoci``."""
-    return Path(os.environ.get("HCSOCI_ROOT") or DEFAULT_ROOT)
+    from pathlib import Path
+
+    return Path(_state_root())
+
+
+def _state_root() -> str:
+    return os.environ.get("HCSOCI_ROOT") or DEFAULT_ROOT
 
 
 class StoreError(HcsociError):
@@ -146,14 +155,16 @@ class Store:
     """
 
     def __init__(self, root: Path | str | None = None) -> None:
-        self.root = Path(root) if root is not None else state_root()
-        self.path = self.root / "state.db"
+        self.root = os.fspath(root) if root is not None else _state_root()
+        """The state root (a string)."""
+        self.path = os.path.join(self.root, "state.db")
+        """The database file (a string)."""
         try:
             make_private_dir(self.root)  # a root made by an older version was 0711
         except UnsafePathError as err:
             raise StoreError(f"state root: {err}") from err
         except OSError as err:
-            raise StoreError(f"state root {str(self.root)!r}: {err.strerror or err}") from err
+            raise StoreError(f"state root {self.root!r}: {err.strerror or err}") from err
         if not self._check_file():
             self._initialise()
         self._lock = threading.RLock()
@@ -164,7 +175,7 @@ class Store:
 
     def _check_file(self) -> bool:
         """Whether state.db exists and looks like ours; raise when it is damaged or lost."""
-        where = str(self.path)
+        where = self.path
         try:
             with open(self.path, "rb") as file:
                 header = file.read(len(_SQLITE_MAGIC))
@@ -197,15 +208,15 @@ class Store:
     def _held_without_store(self) -> list[str]:
         held = []
         for name in _LIVE_DIRS:
-            directory = self.root / name
+            directory = os.path.join(self.root, name)
             with suppress(OSError):
-                if directory.is_dir() and any(directory.iterdir()):
-                    held.append(str(directory))
+                if os.path.isdir(directory) and os.listdir(directory):
+                    held.append(directory)
         return held
 
     def _initialise(self) -> None:
         """Make a new database beside the final name, then rename it in: never half-made."""
-        staging = self.root / f"state.db.new-{os.getpid()}"
+        staging = os.path.join(self.root, f"state.db.new-{os.getpid()}")
         for suffix in ("", "-wal", "-shm"):
             with suppress(FileNotFoundError):
                 os.unlink(f"{staging}{suffix}")
@@ -219,7 +230,7 @@ class Store:
         finally:
             os.unlink(staging)
 
-    def _connect(self, path: Path) -> sqlite3.Connection:
+    def _connect(self, path: str) -> sqlite3.Connection:
         try:
             conn = sqlite3.connect(
                 path, timeout=60.0, isolation_level=None, check_same_thread=False
@@ -244,7 +255,7 @@ class Store:
         return conn
 
     def _error(self, err: sqlite3.Error) -> HcsociError:
-        return StoreError(f"state store {str(self.path)!r}: {err}")
+        return StoreError(f"state store {self.path!r}: {err}")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -318,7 +329,7 @@ _stores_lock = threading.Lock()
 
 def open_store(root: Path | str | None = None) -> Store:
     """The process-wide store for ``root`` (default: :func:`state_root`)."""
-    path = str(Path(root) if root is not None else state_root())
+    path = os.path.normpath(os.fspath(root) if root is not None else _state_root())
     key = (path, os.getpid())  # a forked child must not reuse its parent's connection
     with _stores_lock:
         store = _stores.get(key)

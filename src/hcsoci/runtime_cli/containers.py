@@ -1,9 +1,9 @@
 """What ``create``, ``run`` and ``delete`` do once runc is running: record, release, undo.
 
 :mod:`hcsoci.runtime_cli.commands` checks the call, makes the container's
-marker and starts runc; this module (the store, ``json``, ``pathlib``: ~25 ms
-of imports) is imported only then, so its imports and the store's writes
-happen while runc works.  ``create`` records the container (see
+marker and starts runc; this module (the store: ``sqlite3``'s milliseconds of
+imports) is imported only then, so its imports and the store's writes happen
+while runc works.  ``create`` records the container (see
 :mod:`hcsoci.runtime_cli.records`) and, when anything fails -- runc refusing
 the spec, a console socket nobody listens on, a signal -- deletes runc's
 half-made container and drops the records, so nothing is left behind.
@@ -12,15 +12,14 @@ half-made container and drops the records, so nothing is left behind.
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
 from hcsoci.errors import AlreadyExistsError
-from hcsoci.paths import make_private_dir
+from hcsoci.private import make_private_dir
 from hcsoci.runtime_cli import markers, records
+from hcsoci.runtime_cli.annotations import ISOLATION
 from hcsoci.runtime_cli.argv import CommandLine
-from hcsoci.runtime_cli.commands import ISOLATION_ANNOTATION, CommandError, Invocation
+from hcsoci.runtime_cli.commands import CommandError, Invocation
 from hcsoci.store import Store, open_store
 
 __all__ = [
@@ -34,15 +33,17 @@ __all__ = [
 
 def check_isolation_annotation(bundle: str, data: bytes) -> str:
     """The spec's ``io.hcsoci.isolation`` annotation: ``process``, ``vm`` or '' (none)."""
+    import json
+
     try:
         config = json.loads(data)
     except ValueError as err:
         raise CommandError(f"bundle {bundle!r}: config.json is not valid JSON: {err}") from None
     annotations = config.get("annotations") if isinstance(config, dict) else None
-    chosen = str(annotations.get(ISOLATION_ANNOTATION, "")) if isinstance(annotations, dict) else ""
+    chosen = str(annotations.get(ISOLATION, "")) if isinstance(annotations, dict) else ""
     if chosen and chosen not in ("process", "vm"):
         raise CommandError(
-            f"annotation {ISOLATION_ANNOTATION}: {chosen!r} is not an isolation (use process or vm)"
+            f"annotation {ISOLATION}: {chosen!r} is not an isolation (use process or vm)"
         )
     return chosen
 
@@ -66,7 +67,7 @@ def finish_create(
     failure: BaseException | None = None
     try:
         store = open_root_store(invocation)
-        records.record(store, wanted, Path(bundle), Path(invocation.runc_root))
+        records.record(store, wanted, bundle, invocation.runc_root)
     except BaseException as err:
         failure = err
     code = invocation.runc.wait(pid)
@@ -127,7 +128,7 @@ def _undo(invocation: Invocation, store: Store | None, wanted: str, recorded: bo
             os.close(saved)
             os.close(quiet)
     if store is not None and recorded:
-        records.forget(store, Path(invocation.root), wanted)
+        records.forget(store, invocation.root, wanted)
     else:
         markers.remove(invocation.root, wanted)
 
@@ -138,5 +139,5 @@ def finish_delete(invocation: Invocation, wanted: str, pid: int) -> int:
     code = invocation.runc.wait(pid) if pid else 0
     if code != 0:
         return code  # runc said why (a running container without --force)
-    records.forget(store, Path(invocation.root), wanted)
+    records.forget(store, invocation.root, wanted)
     return 0

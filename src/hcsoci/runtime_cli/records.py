@@ -24,9 +24,7 @@ every engine sends after a failed create) acts on.
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
 from hcsoci import container_table
 from hcsoci.controller import process_start_time
@@ -40,6 +38,7 @@ __all__ = [
     "caller_identity",
     "forget",
     "is_recorded",
+    "json_object",
     "record",
     "set_created",
 ]
@@ -57,7 +56,7 @@ def caller_identity() -> tuple[int, int]:
     return parent, process_start_time(parent) or 0
 
 
-def record(store: Store, container_id: str, bundle: Path, runc_root: Path) -> None:
+def record(store: Store, container_id: str, bundle: str, runc_root: str) -> None:
     """Record the container: its row (the caller as controller), then its journal.
 
     Raises :class:`~hcsoci.errors.AlreadyExistsError` when the id has a row
@@ -71,16 +70,13 @@ def record(store: Store, container_id: str, bundle: Path, runc_root: Path) -> No
         raise AlreadyExistsError(f"container with id exists: {container_id}") from None
     journal = [
         (_CONTAINER_RECORD, {"container_id": container_id}),
-        (
-            _RUNTIME_CONTAINER,
-            {"container_id": container_id, "runtime": RUNTIME, "root": str(runc_root)},
-        ),
+        (_RUNTIME_CONTAINER, {"container_id": container_id, "runtime": RUNTIME, "root": runc_root}),
     ]
     with store.transaction() as conn:
         for kind, data in journal:
             conn.execute(
                 "INSERT INTO resources (owner_id, kind, data) VALUES (?, ?, ?)",
-                (container_id, kind, json.dumps(data).encode()),
+                (container_id, kind, json_object(data).encode()),
             )
 
 
@@ -94,7 +90,7 @@ def set_created(store: Store, container_id: str, init_pid: int, state: str = "cr
     container_table.set_state(store, container_id, state, init_pid)
 
 
-def forget(store: Store, root: Path, container_id: str) -> None:
+def forget(store: Store, root: str, container_id: str) -> None:
     """Drop the records of a container runc no longer holds.
 
     A container hcsoci itself created (its journal holds mounts, a bundle...)
@@ -113,4 +109,39 @@ def forget(store: Store, root: Path, container_id: str) -> None:
         from hcsoci.gc import release_container
 
         release_container(background(), container_id, store)
-    markers.remove(str(root), container_id)
+    markers.remove(root, container_id)
+
+
+def json_object(fields: dict[str, str]) -> str:
+    """``fields`` as a JSON object, as ``json.dumps`` writes it (``json`` would cost the
+    call its ``re``): every character outside printable ASCII is a ``\\u`` escape."""
+    pairs = (f"{_json_string(key)}: {_json_string(value)}" for key, value in fields.items())
+    return "{" + ", ".join(pairs) + "}"
+
+
+_SHORT_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "\b": "\\b",
+    "\f": "\\f",
+}
+
+
+def _json_string(text: str) -> str:
+    out = ['"']
+    for char in text:
+        code = ord(char)
+        if char in _SHORT_ESCAPES:
+            out.append(_SHORT_ESCAPES[char])
+        elif 0x20 <= code < 0x7F:
+            out.append(char)
+        elif code > 0xFFFF:  # a surrogate pair, as JSON spells it
+            code -= 0x10000
+            out.append(f"\\u{0xD800 | code >> 10:04x}\\u{0xDC00 | code & 0x3FF:04x}")
+        else:
+            out.append(f"\\u{code:04x}")
+    out.append('"')
+    return "".join(out)
