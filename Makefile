@@ -44,9 +44,12 @@ venv: $(VENV)/.installed
 
 # hcsoci-runc on PATH for the engines, and the package byte-compiled: an engine starts the
 # runtime 3-4 times per container, and each start would otherwise compile every module it
-# imports when PYTHONDONTWRITEBYTECODE is set (or the tree is not writable).
+# imports when PYTHONDONTWRITEBYTECODE is set (or the tree is not writable).  The scripts are
+# `python -IS` launchers (hcsoci.runtime_cli.launcher): no site processing, and nothing of
+# the engine's PYTHON* environment.
 runtime: venv
 	$(PY) -m compileall -q src > /dev/null
+	$(PY) -m hcsoci.runtime_cli.launcher $(VENV)/bin/hcsoci-runc $(VENV)/bin/hcsoci-runc-vm
 	ln -sfn $(abspath $(VENV))/bin/hcsoci-runc $(RUNTIME_LINK)
 	ln -sfn $(abspath $(VENV))/bin/hcsoci-runc-vm $(RUNTIME_LINK)-vm
 
