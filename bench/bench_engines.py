@@ -11,11 +11,15 @@ For each engine, interleaved in one run, medians:
 * ``podman --runtime hcsoci-runc run --rm --network none busybox true`` against
   ``podman --runtime /usr/sbin/runc run ...``;
 * ``hcsoci-runc state ID`` of a running container, against ``runc state ID``;
-* in each of those runs, the floor of a Python runtime: ``python-exec-runc``,
-  a ``python -IS`` script that only execs runc (:func:`floor_runtime`),
-  installed as hcsoci-runc is (``--runc-binary``, ``--add-runtime``,
-  podman's ``--runtime`` wrapper): the interpreter's start, 3-4 times per
-  container, that any runtime written in Python pays before its first line;
+* in each of those runs, two floors, installed as hcsoci-runc is
+  (``--runc-binary``, ``--add-runtime``, podman's ``--runtime`` wrapper):
+  ``python-exec-runc``, a ``python -IS`` script that only execs runc
+  (:func:`floor_runtime`): the interpreter's start, 3-4 times per container,
+  that any runtime written in Python pays before its first line; and
+  ``python-sqlite-runc`` (:func:`journal_floor_runtime`), which also records
+  each ``create`` and ``delete`` in an SQLite database while runc works, as
+  hcsoci-runc journals them in its store: the floor of a Python runtime that
+  keeps a durable record of what it made;
 * VM isolation (``--only vm``, fewer rounds: each container is a utility VM,
   restored from the template): ``docker run --rm --network none --runtime
   hcsoci-vm busybox true`` and ``hcsoci run --isolation vm --rm -- true``
@@ -57,6 +61,9 @@ from hcsoci.images.default import build_layer, write_archive
 FLOOR = "python-exec-runc"
 """The floor's name, as a runtime of each engine."""
 
+JOURNAL_FLOOR = "python-sqlite-runc"
+"""The name of the floor that journals, as a runtime of each engine."""
+
 
 def floor_runtime(directory: Path) -> str:
     """Install the floor into ``directory``: this interpreter, isolated (``-IS``: no site, no
@@ -67,6 +74,37 @@ def floor_runtime(directory: Path) -> str:
     path = directory / FLOOR
     path.write_text(
         f"#!{sys.executable} -IS\nimport os, sys\nos.execv({runc!r}, [{runc!r}, *sys.argv[1:]])\n"
+    )
+    path.chmod(0o755)
+    return str(path)
+
+
+def journal_floor_runtime(directory: Path) -> str:
+    """Install the journalling floor into ``directory``: as :func:`floor_runtime`, but a
+    ``create`` or ``delete`` spawns runc, writes one row to ``directory/journal.db`` (WAL,
+    one ``BEGIN IMMEDIATE`` transaction, as hcsoci's store) while runc works, and exits
+    with runc's status; its path."""
+    runc = shutil.which("runc")
+    if runc is None:
+        raise RuntimeError("runc is not on PATH")
+    journal = directory / "journal.db"
+    path = directory / JOURNAL_FLOOR
+    path.write_text(
+        f"#!{sys.executable} -IS\n"
+        "import os, sys\n"
+        f"argv = [{runc!r}, *sys.argv[1:]]\n"
+        'command = next((a for a in sys.argv[1:] if a in ("create", "delete")), "")\n'
+        f"if not command:\n    os.execv({runc!r}, argv)\n"
+        f"pid = os.posix_spawn({runc!r}, argv, os.environ)\n"
+        "import sqlite3\n"
+        f"db = sqlite3.connect({str(journal)!r}, timeout=60, isolation_level=None)\n"
+        'db.execute("PRAGMA journal_mode=WAL")\n'
+        'db.execute("PRAGMA synchronous=NORMAL")\n'
+        'db.execute("BEGIN IMMEDIATE")\n'
+        'db.execute("CREATE TABLE IF NOT EXISTS calls (command TEXT, argv TEXT)")\n'
+        'db.execute("INSERT INTO calls VALUES (?, ?)", (command, " ".join(argv)))\n'
+        'db.execute("COMMIT")\n'
+        "sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))\n"
     )
     path.chmod(0o755)
     return str(path)
@@ -84,7 +122,9 @@ def checked(argv: list[str]) -> Callable[[], None]:
     return run
 
 
-def bench_ctr(stack: contextlib.ExitStack, archive: Path, floor: str, rounds: int) -> None:
+def bench_ctr(
+    stack: contextlib.ExitStack, archive: Path, floors: dict[str, str], rounds: int
+) -> None:
     socket, _ = stack.enter_context(containerd_daemon("bench-containerd"))
     ctr = ["ctr", "--address", str(socket), "--namespace", f"bench-{uuid.uuid4().hex[:6]}"]
     subprocess.run([*ctr, "images", "import", str(archive)], capture_output=True, check=True)
@@ -99,17 +139,22 @@ def bench_ctr(stack: contextlib.ExitStack, archive: Path, floor: str, rounds: in
             "ctr run --rm (hcsoci-runc)": checked(
                 [*run, "--runc-binary", RUNTIME, "--runc-root", f"{roots}/hcsoci", *image]
             ),
-            f"ctr run --rm ({FLOOR})": checked(
-                [*run, "--runc-binary", floor, "--runc-root", f"{roots}/floor", *image]
-            ),
+            **{
+                f"ctr run --rm ({name})": checked(
+                    [*run, "--runc-binary", floor, "--runc-root", f"{roots}/{name}", *image]
+                )
+                for name, floor in floors.items()
+            },
         },
     )
     report("ctr run --rm busybox true", samples, "ctr run --rm (runc)")
 
 
-def bench_docker(stack: contextlib.ExitStack, archive: Path, floor: str, rounds: int) -> None:
+def bench_docker(
+    stack: contextlib.ExitStack, archive: Path, floors: dict[str, str], rounds: int
+) -> None:
     socket, _ = stack.enter_context(containerd_daemon("bench-containerd-docker"))
-    docker = stack.enter_context(docker_daemon(socket, "bench-dockerd", {FLOOR: floor}))
+    docker = stack.enter_context(docker_daemon(socket, "bench-dockerd", floors))
     docker.check("load", "--input", str(archive))
     run = [*docker.client, "run", "--rm", "--network", "none"]
     samples = interleaved(
@@ -119,32 +164,43 @@ def bench_docker(stack: contextlib.ExitStack, archive: Path, floor: str, rounds:
             "docker run --rm (hcsoci-runc)": checked(
                 [*run, "--runtime", "hcsoci", "busybox", "true"]
             ),
-            f"docker run --rm ({FLOOR})": checked([*run, "--runtime", FLOOR, "busybox", "true"]),
+            **{
+                f"docker run --rm ({name})": checked([*run, "--runtime", name, "busybox", "true"])
+                for name in floors
+            },
         },
     )
     report("docker run --rm --network none busybox true", samples, "docker run --rm (runc)")
 
 
-def bench_podman(stack: contextlib.ExitStack, archive: Path, floor: str, rounds: int) -> None:
+def bench_podman(
+    stack: contextlib.ExitStack, archive: Path, floors: dict[str, str], rounds: int
+) -> None:
     root = Path(
         stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-hcsoci-", dir="/run"))
     )
     podman = stack.enter_context(podman_engine("bench-podman", root))
     podman.check("load", "--input", str(archive))
     # The engine's client names the runtime through the tests' wrapper (--root ROOT);
-    # the baseline replaces it with runc itself, the floor with a wrapper of the floor.
+    # the baseline replaces it with runc itself, each floor with a wrapper of that floor.
     client = podman.client
     base = client[: client.index("--runtime")]
-    wrapper = Path(floor).with_name(f"podman-{FLOOR}")
-    wrapper.write_text(f'#!/bin/sh\nexec {floor} --root {root}/floor "$@"\n')
-    wrapper.chmod(0o700)
+    wrappers = {}
+    for name, floor in floors.items():
+        wrapper = Path(floor).with_name(f"podman-{name}")
+        wrapper.write_text(f'#!/bin/sh\nexec {floor} --root {root}/{name} "$@"\n')
+        wrapper.chmod(0o700)
+        wrappers[name] = wrapper
     args = ["run", "--rm", "--network", "none", "busybox", "true"]
     samples = interleaved(
         rounds,
         {
             "podman run --rm (runc)": checked([*base, "--runtime", "/usr/sbin/runc", *args]),
             "podman run --rm (hcsoci-runc)": checked([*client, *args]),
-            f"podman run --rm ({FLOOR})": checked([*base, "--runtime", str(wrapper), *args]),
+            **{
+                f"podman run --rm ({name})": checked([*base, "--runtime", str(wrapper), *args])
+                for name, wrapper in wrappers.items()
+            },
         },
     )
     report("podman run --rm --network none busybox true", samples, "podman run --rm (runc)")
@@ -216,16 +272,17 @@ def main() -> None:
         archive = Path(directory) / "busybox.tar"
         write_archive(archive)
         floor = floor_runtime(Path(directory))
+        floors = {FLOOR: floor, JOURNAL_FLOOR: journal_floor_runtime(Path(directory))}
         for part in ("ctr", "docker", "podman", "state", "vm"):
             if options.only not in (None, part):
                 continue
             with contextlib.ExitStack() as stack:
                 if part == "ctr":
-                    bench_ctr(stack, archive, floor, options.rounds)
+                    bench_ctr(stack, archive, floors, options.rounds)
                 elif part == "docker":
-                    bench_docker(stack, archive, floor, options.rounds)
+                    bench_docker(stack, archive, floors, options.rounds)
                 elif part == "podman":
-                    bench_podman(stack, archive, floor, options.rounds)
+                    bench_podman(stack, archive, floors, options.rounds)
                 elif part == "vm":
                     bench_vm(stack, archive, options.rounds)
                 else:

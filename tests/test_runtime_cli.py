@@ -29,13 +29,20 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fixtures_engines import RUNTIME, release_runtime_leftovers, runtime_leftovers
+from fixtures_engines import RUNTIME, RUNTIME_VM, release_runtime_leftovers, runtime_leftovers
 from hcsoci import container_table, context
 from hcsoci.errors import InvalidArgumentError
 from hcsoci.gc import collect
 from hcsoci.ids import check_id, is_valid_id
 from hcsoci.images.default import build_layer
 from hcsoci.paths import ID_PATTERN
+from hcsoci.runtime_cli import records
+from hcsoci.runtime_cli.annotations import (
+    ISOLATION,
+    POD_SCHEMES,
+    may_name_isolation,
+    may_name_pod_role,
+)
 from hcsoci.store import Store
 
 pytestmark = pytest.mark.timeout(120)
@@ -170,6 +177,32 @@ def test_version() -> None:
     assert lines[0].startswith("hcsoci-runc version ")
     assert lines[1].startswith("commit: ")
     assert lines[2].startswith("spec: 1.0")
+
+
+@pytest.mark.parametrize("program", [RUNTIME, RUNTIME_VM])
+def test_the_engines_python_environment_reaches_nothing(tmp_path: Path, program: str) -> None:
+    """The installed runtime is ``python -IS``: an engine's PYTHONPATH, PYTHONSTARTUP or
+    PYTHONINSPECT chooses nothing a root process imports or runs."""
+    planted = tmp_path / "planted"
+    (planted / "hcsoci").mkdir(parents=True)
+    canary = tmp_path / "canary"
+    code = f"open({str(canary)!r}, 'w').close()\n"
+    (planted / "hcsoci" / "__init__.py").write_text(code)
+    (planted / "sitecustomize.py").write_text(code)
+    (planted / "usercustomize.py").write_text(code)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(planted),
+        "PYTHONSTARTUP": str(planted / "sitecustomize.py"),
+        "PYTHONINSPECT": "1",
+        "PYTHONUSERBASE": str(planted),
+    }
+    result = subprocess.run(
+        [program, "--version"], env=env, stdin=subprocess.DEVNULL, capture_output=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(b"hcsoci-runc version "), result.stdout
+    assert not canary.exists()
 
 
 def test_lifecycle(root: Path, rootfs: Path, tmp_path: Path) -> None:
@@ -309,11 +342,13 @@ def test_console_socket_gets_the_pty(root: Path, rootfs: Path, tmp_path: Path) -
         ("console socket refuses", ["nobody-listens.sock", "connect"]),
         ("pid file in a missing directory", ["pid file", "does not exist"]),
         ("bad isolation annotation", ["io.hcsoci.isolation", "'both'"]),
+        ("bad isolation annotation, escaped", ["io.hcsoci.isolation", "'both'"]),
         ("vm console socket refuses", ["nobody-listens.sock", "console socket"]),
         ("vm annotation, no root.path", ["root.path"]),
         ("bad id", ["container id", "is not a valid id"]),
         ("unknown sandbox", ["io.kubernetes.cri.sandbox-id", "'nosuch'", "no such sandbox"]),
         ("hostile sandbox id", ["io.kubernetes.cri-o.SandboxID", "is not a valid id"]),
+        ("hostile sandbox id, escaped", ["io.kubernetes.cri-o.SandboxID", "is not a valid id"]),
         ("bad pod role", ["io.kubernetes.cri.container-type", "'pause'", "not a pod role"]),
         ("sandbox of another id", ["io.kubernetes.cri.sandbox-id", "own id"]),
         ("pod container, no sandbox", ["io.kubernetes.cri.sandbox-id", "missing"]),
@@ -347,14 +382,14 @@ def test_bad_create_leaves_nothing(
     elif case == "vm annotation, no root.path":
         config["annotations"] = {"io.hcsoci.isolation": "vm"}
         del config["root"]
-    elif case == "bad isolation annotation":
+    elif case.startswith("bad isolation annotation"):
         config["annotations"] = {"io.hcsoci.isolation": "both"}
     elif case == "bad id":
         container_id = "../escape"
     elif case == "unknown sandbox":
         global_flags = ["--isolation", "vm"]
         config["annotations"] = {POD_TYPE: "container", POD_SANDBOX: "nosuch"}
-    elif case == "hostile sandbox id":  # any isolation: checked before it names a path
+    elif case.startswith("hostile sandbox id"):  # any isolation: checked before it names a path
         config["annotations"] = {
             "io.kubernetes.cri-o.ContainerType": "container",
             "io.kubernetes.cri-o.SandboxID": "../../etc",
@@ -369,7 +404,12 @@ def test_bad_create_leaves_nothing(
         global_flags = ["--isolation", "vm"]
         config["annotations"] = {POD_TYPE: "container"}
     if case not in ("no config.json", "not JSON", "not an object"):
-        (bundle / "config.json").write_text(json.dumps(config))
+        text = json.dumps(config)
+        if case.endswith(", escaped"):  # the keys spelled with JSON escapes are the same keys
+            text = text.replace(".isolation", "\\u002eisolation").replace(
+                "ContainerType", "Container\\u0054ype"
+            )
+        (bundle / "config.json").write_text(text)
     log = tmp_path / "log.json"
     result = runtime(
         root,
@@ -1106,6 +1146,35 @@ def test_vm_pod_sandbox_whose_controller_died(
     assert vm_rows(root) == []
     assert runtime(root, "delete", "--force", "pod2").returncode == 0  # the engine's cleanup
     assert reap(int((tmp_path / "pod2.pid").read_text())) == 128 + signal.SIGKILL
+
+
+@given(st.dictionaries(st.text(), st.text(), max_size=4))
+def test_journal_records_are_the_json_that_json_dumps_writes(fields: dict[str, str]) -> None:
+    """The runtime writes its records without ``json`` (for start-up): the same bytes."""
+    assert records.json_object(fields) == json.dumps(fields)
+
+
+PODMAN_ANNOTATIONS = {  # what podman 4.3 writes on every container: no pod among them
+    "io.container.manager": "libpod",
+    "io.kubernetes.cri-o.Created": "2026-12-02T21:43:21.94571565Z",
+    "io.kubernetes.cri-o.TTY": "false",
+    "io.podman.annotations.autoremove": "TRUE",
+}
+
+
+def test_only_a_spec_that_may_name_a_pod_or_an_isolation_is_parsed() -> None:
+    plain = json.dumps({"annotations": PODMAN_ANNOTATIONS}).encode()
+    assert not may_name_pod_role(plain)
+    assert not may_name_isolation(plain)
+    for role, sandbox in POD_SCHEMES:
+        named = json.dumps({"annotations": {**PODMAN_ANNOTATIONS, role: "container"}})
+        assert may_name_pod_role(named.encode())
+        assert not may_name_pod_role(json.dumps({sandbox: "s1"}).encode())
+    isolation = json.dumps({"annotations": {ISOLATION: "vm"}}).encode()
+    assert may_name_isolation(isolation) and not may_name_pod_role(isolation)
+    escaped = b'{"annotations": {"io.kubernetes.cri\\u002econtainer-type": "container"}}'
+    assert json.loads(escaped)["annotations"] == {"io.kubernetes.cri.container-type": "container"}
+    assert may_name_pod_role(escaped) and may_name_isolation(escaped)
 
 
 def test_process_pod_shares_the_sandbox_namespaces(
