@@ -27,8 +27,8 @@ __all__ = ["ContainerRow", "delete", "get", "hand_over", "insert", "list_rows", 
 
 
 class ContainerRow:
-    """One row of the ``containers`` table, read-only (a plain class: a ``NamedTuple`` or a
-    dataclass would cost the ``hcsoci-runc`` runtime milliseconds of imports per call)."""
+    """One row of the ``containers`` table (a plain class: a ``NamedTuple`` or a dataclass
+    would cost the ``hcsoci-runc`` runtime milliseconds of imports per call)."""
 
     __slots__ = (
         "bundle",
@@ -57,23 +57,11 @@ class ContainerRow:
 
     def __init__(self, row: sqlite3.Row) -> None:
         for name in self.__slots__:
-            object.__setattr__(self, name, row[name])
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"ContainerRow is read-only: {name}")
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, ContainerRow) and self._fields() == other._fields()
-
-    def __hash__(self) -> int:
-        return hash(self._fields())
+            setattr(self, name, row[name])
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
         return f"ContainerRow({fields})"
-
-    def _fields(self) -> tuple[object, ...]:
-        return tuple(getattr(self, name) for name in self.__slots__)
 
 
 def insert(

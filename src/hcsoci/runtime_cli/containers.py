@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 
 from hcsoci.errors import AlreadyExistsError
-from hcsoci.private import make_private_dir
 from hcsoci.runtime_cli import markers, records
 from hcsoci.runtime_cli.annotations import ISOLATION
 from hcsoci.runtime_cli.argv import CommandLine
@@ -92,8 +91,8 @@ def finish_create(
 
 
 def open_root_store(invocation: Invocation) -> Store:
-    """The store under the invocation's root (made private first), opened once per process."""
-    make_private_dir(invocation.root)
+    """The store under the invocation's root (which the store makes private), opened once
+    per process."""
     return open_store(invocation.root)
 
 
