@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from hypothesis import given
@@ -89,7 +90,11 @@ def make_bundle(directory: Path, rootfs: Path, args: list[str], **process: objec
 
 
 def runtime(
-    root: Path, *args: str, input: bytes | None = None, program: str = RUNTIME
+    root: Path,
+    *args: str,
+    input: bytes | None = None,
+    program: str = RUNTIME,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run hcsoci-runc with ``--root root``.
 
@@ -106,6 +111,7 @@ def runtime(
             stderr=stderr,
             timeout=60,
             check=False,
+            env=env,
         )
         stdout.seek(0)
         stderr.seek(0)
@@ -179,30 +185,49 @@ def test_version() -> None:
     assert lines[2].startswith("spec: 1.0")
 
 
-@pytest.mark.parametrize("program", [RUNTIME, RUNTIME_VM])
-def test_the_engines_python_environment_reaches_nothing(tmp_path: Path, program: str) -> None:
-    """The installed runtime is ``python -IS``: an engine's PYTHONPATH, PYTHONSTARTUP or
-    PYTHONINSPECT chooses nothing a root process imports or runs."""
-    planted = tmp_path / "planted"
-    (planted / "hcsoci").mkdir(parents=True)
+class PlantedEnvironment(NamedTuple):
+    """An engine environment whose PYTHON* variables point at code that leaves a canary."""
+
+    env: dict[str, str]
+    canary: Path
+
+
+@pytest.fixture
+def planted(tmp_path: Path) -> PlantedEnvironment:
+    directory = tmp_path / "planted"
+    (directory / "hcsoci").mkdir(parents=True)
     canary = tmp_path / "canary"
     code = f"open({str(canary)!r}, 'w').close()\n"
-    (planted / "hcsoci" / "__init__.py").write_text(code)
-    (planted / "sitecustomize.py").write_text(code)
-    (planted / "usercustomize.py").write_text(code)
+    (directory / "hcsoci" / "__init__.py").write_text(code)
+    (directory / "sitecustomize.py").write_text(code)
+    (directory / "usercustomize.py").write_text(code)
     env = {
         **os.environ,
-        "PYTHONPATH": str(planted),
-        "PYTHONSTARTUP": str(planted / "sitecustomize.py"),
+        "PYTHONPATH": str(directory),
+        "PYTHONSTARTUP": str(directory / "sitecustomize.py"),
         "PYTHONINSPECT": "1",
-        "PYTHONUSERBASE": str(planted),
+        "PYTHONUSERBASE": str(directory),
     }
+    return PlantedEnvironment(env, canary)
+
+
+@pytest.mark.parametrize("program", [RUNTIME, RUNTIME_VM])
+def test_the_engines_python_environment_reaches_nothing(
+    planted: PlantedEnvironment, program: str
+) -> None:
+    """The installed runtime is ``python -IS``: an engine's PYTHONPATH, PYTHONSTARTUP or
+    PYTHONINSPECT chooses nothing a root process imports or runs (the VM controller and
+    stand-ins it starts: see test_vm_lifecycle)."""
     result = subprocess.run(
-        [program, "--version"], env=env, stdin=subprocess.DEVNULL, capture_output=True, check=False
+        [program, "--version"],
+        env=planted.env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(b"hcsoci-runc version "), result.stdout
-    assert not canary.exists()
+    assert not planted.canary.exists()
 
 
 def test_lifecycle(root: Path, rootfs: Path, tmp_path: Path) -> None:
@@ -629,8 +654,14 @@ def wait_until(condition: object, timeout: float = 30) -> None:
 
 
 @pytest.mark.timeout(240)
-def test_vm_lifecycle(root: Path, rootfs: Path, tmp_path: Path, subreaper: None) -> None:
-    """create/start/state/ps/list/exec/kill/delete of a VM container over runc-style calls."""
+def test_vm_lifecycle(
+    root: Path, rootfs: Path, tmp_path: Path, subreaper: None, planted: PlantedEnvironment
+) -> None:
+    """create/start/state/ps/list/exec/kill/delete of a VM container over runc-style calls.
+
+    The engine's environment plants Python code: the VM controller and the stand-ins
+    (root processes the runtime starts) must import none of it.
+    """
     bundle = make_bundle(
         tmp_path / "bundle", rootfs, ["sh", "-c", "read x; echo got $x; exec sleep 300"]
     )
@@ -642,6 +673,7 @@ def test_vm_lifecycle(root: Path, rootfs: Path, tmp_path: Path, subreaper: None)
             [RUNTIME, "--root", str(root), "--isolation", "vm", "create",
              "--bundle", str(bundle), "--pid-file", str(pid_file), "v1"],
             stdin=stdin_r, stdout=stdout, stderr=stderr, timeout=120, check=False,
+            env=planted.env,
         )  # fmt: skip
         stderr.seek(0)
         assert created.returncode == 0, stderr.read()
@@ -665,7 +697,13 @@ def test_vm_lifecycle(root: Path, rootfs: Path, tmp_path: Path, subreaper: None)
     assert [(entry["id"], entry["status"]) for entry in listed] == [("v1", "running")]
 
     foreground = runtime(
-        root, "exec", "v1", "sh", "-c", "echo from exec; cat /proc/1/cmdline; exit 5"
+        root,
+        "exec",
+        "v1",
+        "sh",
+        "-c",
+        "echo from exec; cat /proc/1/cmdline; exit 5",
+        env=planted.env,
     )
     assert (foreground.returncode, foreground.stdout) == (5, b"from exec\nsleep\x00300\x00"), (
         foreground
@@ -675,7 +713,15 @@ def test_vm_lifecycle(root: Path, rootfs: Path, tmp_path: Path, subreaper: None)
     process.write_text(json.dumps({"args": ["sleep", "222"], "cwd": "/", "env": ["PATH=/bin"]}))
     exec_pid_file = tmp_path / "exec.pid"
     detached = runtime(
-        root, "exec", "--process", str(process), "--detach", "--pid-file", str(exec_pid_file), "v1"
+        root,
+        "exec",
+        "--process",
+        str(process),
+        "--detach",
+        "--pid-file",
+        str(exec_pid_file),
+        "v1",
+        env=planted.env,
     )
     assert detached.returncode == 0, detached.stderr
     exec_pid = int(exec_pid_file.read_text())
@@ -695,6 +741,7 @@ def test_vm_lifecycle(root: Path, rootfs: Path, tmp_path: Path, subreaper: None)
     assert vm_rows(root) == []  # the VM ended with its last container
     assert runtime(root, "delete", "--force", "v1").returncode == 0
     assert_one_line_error(runtime(root, "state", "v1"), "container does not exist")
+    assert not planted.canary.exists()
 
 
 @pytest.mark.timeout(240)

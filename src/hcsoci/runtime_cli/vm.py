@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from hcsoci.controller import process_alive, process_start_time
+from hcsoci.interpreter import module_command
 from hcsoci.paths import make_private_dir
 from hcsoci.runtime_cli import hooks, markers, pods
 from hcsoci.runtime_cli.argv import CommandLine
@@ -243,7 +244,7 @@ def _spawn_standin(
     """
     from hcsoci.netns_calls import enter_netns, unshare_netns
 
-    command = [sys.executable, "-m", "hcsoci.runtime_cli.standin", json.dumps(config)]
+    command = module_command("hcsoci.runtime_cli.standin", json.dumps(config))
     enter: Callable[[], None] | None = None
     fd = -1
     if network is not None and not network[1]:
@@ -709,9 +710,8 @@ def _exec(invocation: Invocation, line: CommandLine) -> int:
         # In the foreground, this process becomes the stand-in: our stdio, our exit status.
         _write_pid_file(line.value("pid-file"), os.getpid())
         sys.stdout.flush()
-        os.execv(
-            sys.executable, [sys.executable, "-m", "hcsoci.runtime_cli.standin", json.dumps(config)]
-        )
+        command = module_command("hcsoci.runtime_cli.standin", json.dumps(config))
+        os.execv(command[0], command)
     fds: list[int] = []
     try:
         stdio = _console_stdio(tty, console, fds)

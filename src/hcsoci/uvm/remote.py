@@ -25,7 +25,6 @@ import select
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from hcsoci.context import Context
 from hcsoci.controller import controller_alive
 from hcsoci.cow import Stdio
 from hcsoci.errors import HcsociError, NotFoundError, StateError
+from hcsoci.interpreter import module_command
 from hcsoci.lifecycle import split_process_config
 from hcsoci.paths import check_id
 from hcsoci.pipes import PipeEnd
@@ -201,7 +201,7 @@ def start_controller(
     wait = timeout if timeout is not None else wait
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     try:
-        command = [sys.executable, "-m", "hcsoci.uvm.service", "--ready-fd", str(write_end), *what]
+        command = module_command("hcsoci.uvm.service", "--ready-fd", str(write_end), *what)
         first = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
