@@ -11,6 +11,7 @@ containers.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -18,7 +19,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 import time
@@ -35,6 +35,7 @@ from hcsoci import container_table, context
 from hcsoci.errors import InvalidArgumentError
 from hcsoci.gc import collect
 from hcsoci.ids import check_id, is_valid_id
+from hcsoci.images.archive import extract_layer
 from hcsoci.images.default import build_layer
 from hcsoci.paths import ID_PATTERN
 from hcsoci.runtime_cli import records
@@ -58,10 +59,7 @@ def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The busybox root file system, extracted once for the module."""
     directory = tmp_path_factory.mktemp("busybox") / "rootfs"
     directory.mkdir()
-    layer = tmp_path_factory.getbasetemp() / "busybox-layer.tar"
-    layer.write_bytes(build_layer())
-    with tarfile.open(layer) as tar:
-        tar.extractall(directory, filter="tar")
+    extract_layer(io.BytesIO(build_layer()), directory, layer="busybox")
     return directory
 
 

@@ -13,6 +13,7 @@ project keeps.  Each table belongs to one concept module: ``containers`` to
 
 from __future__ import annotations
 
+import atexit
 import os
 import sqlite3
 import threading
@@ -34,7 +35,10 @@ __all__ = ["DEFAULT_ROOT", "Store", "StoreError", "open_store", "state_root"]
 
 DEFAULT_ROOT = "/run/hcsoci"
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""The schema's version (SQLite's ``user_version``): a database at it is opened without
+running the schema, so every change to ``_SCHEMA`` or ``_ADDED_COLUMNS`` bumps it
+(``tests/test_store.py`` holds the schema's digest to remind)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS containers (
@@ -240,16 +244,8 @@ class Store:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=60000")
             conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in _split_statements(_SCHEMA):
-                    conn.execute(statement)
-                _add_missing_columns(conn)
-                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+            if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                _upgrade(conn)
         except sqlite3.DatabaseError as err:
             raise self._error(err) from err
         return conn
@@ -307,6 +303,21 @@ _ADDED_COLUMNS: list[tuple[str, str, str]] = [
 ]
 
 
+def _upgrade(conn: sqlite3.Connection) -> None:
+    """Bring a new or older database to :data:`SCHEMA_VERSION`, in one write transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:  # not raced
+            for statement in _split_statements(_SCHEMA):
+                conn.execute(statement)
+            _add_missing_columns(conn)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
     for table, column, declaration in _ADDED_COLUMNS:
         present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
@@ -325,6 +336,18 @@ def _split_statements(script: str) -> Iterator[str]:
 
 _stores: dict[tuple[str, int], Store] = {}
 _stores_lock = threading.Lock()
+
+
+def _close_stores() -> None:
+    """At exit: close this process's stores (the last connection checkpoints the WAL)."""
+    with _stores_lock:
+        for key, store in list(_stores.items()):
+            if key[1] == os.getpid():
+                store.close()
+            del _stores[key]
+
+
+atexit.register(_close_stores)
 
 
 def open_store(root: Path | str | None = None) -> Store:

@@ -38,8 +38,8 @@ def launcher_text() -> str:
         "# hcsoci-runc, written by `make runtime` (hcsoci.runtime_cli.launcher).\n"
         "import sys\n"
         f"sys.path.extend({paths!r})\n"
-        "from hcsoci.runtime_cli.main import main\n"
-        "sys.exit(main())\n"
+        "from hcsoci.runtime_cli.main import exit_at_once, main\n"
+        "exit_at_once(main())\n"
     )
 
 
