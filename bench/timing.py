@@ -10,12 +10,17 @@ __all__ = ["interleaved", "report"]
 
 
 def interleaved(rounds: int, contenders: dict[str, Callable[[], None]]) -> dict[str, list[float]]:
-    """Each contender once to warm up, then ``rounds`` rounds of each in turn (seconds)."""
+    """Each contender once to warm up, then ``rounds`` rounds of each in turn (seconds),
+    each round in the order of the one before, rotated by one."""
     samples: dict[str, list[float]] = {name: [] for name in contenders}
     for run in contenders.values():
         run()
-    for _ in range(rounds):
-        for name, run in contenders.items():
+    order = list(contenders.items())
+    for round_number in range(rounds):
+        # Each round starts with the next contender: none always follows the same one (an
+        # engine's asynchronous cleanup of one run slows the run after it).
+        shift = round_number % len(order)
+        for name, run in order[shift:] + order[:shift]:
             started = time.perf_counter()
             run()
             samples[name].append(time.perf_counter() - started)
