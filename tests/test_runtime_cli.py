@@ -359,7 +359,7 @@ def test_console_socket_gets_the_pty(root: Path, rootfs: Path, tmp_path: Path) -
     ("case", "words"),
     [
         ("no config.json", ["config.json does not exist"]),
-        ("not JSON", ["invalid character"]),  # runc's own message
+        ("not JSON", ["config.json is not valid JSON", "line 1 column 2"]),
         ("not an object", ["config.json is not a JSON object"]),
         ("runc refuses the spec", ["/no/such/program", "no such file or directory"]),
         ("console socket refuses", ["nobody-listens.sock", "connect"]),
@@ -439,10 +439,16 @@ def test_bad_create_leaves_nothing(
         "--log", str(log), "--log-format", "json", *global_flags,
         "create", "--bundle", str(bundle), *extra, container_id,
     )  # fmt: skip
-    if case in ("runc refuses the spec", "not JSON"):
+    if case == "runc refuses the spec":
         # runc ran the create: its own one-line message, on stderr and in the log
         assert result.returncode == 1, result
         assert b"Traceback" not in result.stderr
+    elif case == "not JSON":
+        # runc's line ("invalid character"), then the one naming the file, last: engines
+        # show the last error of --log
+        assert result.returncode == 1, result
+        lines = result.stderr.decode().splitlines()
+        assert "invalid character" in lines[0] and all(w in lines[-1] for w in words), lines
     else:
         assert_one_line_error(result, *words)
     records = [json.loads(line) for line in log.read_text().splitlines()]

@@ -122,8 +122,8 @@ def _read_config(bundle: str) -> bytes:
     """The bundle's config.json, as bytes; it must at least look like a JSON object.
 
     Parsing it (``json`` costs the call ~10 ms of imports) waits until runc
-    runs, unless it names the isolation annotation; runc itself reports a
-    spec it cannot parse.
+    runs, unless it names the isolation annotation; a spec runc cannot parse is
+    named after runc refused it (:mod:`hcsoci.runtime_cli.containers`).
     """
     try:
         with open(os.path.join(bundle, "config.json"), "rb") as file:

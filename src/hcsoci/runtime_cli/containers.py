@@ -32,12 +32,7 @@ __all__ = [
 
 def check_isolation_annotation(bundle: str, data: bytes) -> str:
     """The spec's ``io.hcsoci.isolation`` annotation: ``process``, ``vm`` or '' (none)."""
-    import json
-
-    try:
-        config = json.loads(data)
-    except ValueError as err:
-        raise CommandError(f"bundle {bundle!r}: config.json is not valid JSON: {err}") from None
+    config = _parse_config(bundle, data)
     annotations = config.get("annotations") if isinstance(config, dict) else None
     chosen = str(annotations.get(ISOLATION, "")) if isinstance(annotations, dict) else ""
     if chosen and chosen not in ("process", "vm"):
@@ -45,6 +40,30 @@ def check_isolation_annotation(bundle: str, data: bytes) -> str:
             f"annotation {ISOLATION}: {chosen!r} is not an isolation (use process or vm)"
         )
     return chosen
+
+
+def _parse_config(bundle: str, data: bytes) -> object:
+    import json
+
+    try:
+        return json.loads(data)
+    except ValueError as err:
+        raise CommandError(f"bundle {bundle!r}: config.json is not valid JSON: {err}") from None
+
+
+def _explain_refusal(bundle: str) -> None:
+    """After runc refused to create: name config.json when it is not JSON at all.
+
+    runc says only ``unexpected EOF`` or ``invalid character``; engines show the
+    last error in ``--log``, so this line, written after runc's, is the one a
+    user reads.  Parsed only on this failure path (``json`` costs milliseconds).
+    """
+    try:
+        with open(os.path.join(bundle, "config.json"), "rb") as file:
+            data = file.read()
+    except OSError:
+        return
+    _parse_config(bundle, data)
 
 
 def _read_pid(path: str) -> int:
@@ -77,6 +96,8 @@ def finish_create(
                 raise CommandError(str(failure))
             raise failure
         assert store is not None
+        if code != 0 and not foreground:
+            _explain_refusal(bundle)
         if code == 0 and not foreground:
             init_pid = _read_pid(pid_file) if pid_file else 0
             state = "running" if command == "run" else "created"
