@@ -19,7 +19,7 @@ DEB_PACKAGES := runc crun busybox-static iproute2 nftables kmod cpio e2fsprogs \
 # Where engines find the runtime by name (docker --add-runtime, podman --runtime, ctr --runc-binary).
 RUNTIME_LINK ?= /usr/local/bin/hcsoci-runc
 
-.PHONY: all install system-packages venv runtime uvm-assets demo test lint typecheck pytest bench clean
+.PHONY: FORCE all install system-packages venv runtime uvm-assets demo test lint typecheck pytest bench clean
 
 all: demo
 
@@ -37,7 +37,16 @@ system-packages:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-$(VENV)/.installed: pyproject.toml | system-packages
+# The interpreter the environment was made with: another one (VENV_PYTHON changed, or an
+# environment from before) makes it anew, so its scripts never keep the old interpreter.
+$(VENV)/.interpreter: FORCE | system-packages
+	@wanted=$$(readlink -f $(VENV_PYTHON)); made=$$(readlink -f $(VENV)/bin/python); \
+	if [ -e $(VENV)/bin/python ] && [ "$$made" != "$$wanted" ]; then \
+		echo "$(VENV) was made with $$made, not $$wanted: making it anew"; rm -rf $(VENV); \
+	fi; \
+	if [ ! -e $@ ]; then mkdir -p $(VENV) && echo "$$wanted" > $@; fi
+
+$(VENV)/.installed: pyproject.toml $(VENV)/.interpreter | system-packages
 	$(VENV_PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
@@ -82,3 +91,5 @@ bench: install
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info
+
+FORCE:
