@@ -301,6 +301,11 @@ def test_run_foreground_exit_status(root: Path, rootfs: Path, tmp_path: Path) ->
     bundle = make_bundle(tmp_path / "bundle", rootfs, ["sh", "-c", "echo hello; exit 3"])
     result = runtime(root, "run", "--bundle", str(bundle), "r1")
     assert (result.returncode, result.stdout) == (3, b"hello\n")
+    assert result.stderr == b""  # the container's own failure: nothing of ours added
+    (bundle / "config.json").write_text("{not json")
+    result = runtime(root, "run", "--bundle", str(bundle), "r2")
+    assert result.returncode == 1, result
+    assert b"config.json is not valid JSON" in result.stderr.splitlines()[-1], result
 
 
 _AS_FD_3 = "import os, sys; os.dup2(int(sys.argv[1]), 3); os.execv(sys.argv[2], sys.argv[2:])"

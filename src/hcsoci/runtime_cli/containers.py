@@ -96,7 +96,7 @@ def finish_create(
                 raise CommandError(str(failure))
             raise failure
         assert store is not None
-        if code != 0 and not foreground:
+        if code != 0:  # a spec runc could not parse never ran: a foreground run too
             _explain_refusal(bundle)
         if code == 0 and not foreground:
             init_pid = _read_pid(pid_file) if pid_file else 0

@@ -12,10 +12,12 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
-from qemu.qmp import QMPClient, QMPError
+from qemu.qmp import ConnectError, QMPClient, QMPError
+from qemu.qmp.qmp_client import GreetingError
 
 from hcsoci.errors import HcsociError
 
@@ -54,11 +56,24 @@ class QMPSession:
             raise
 
     def connect(self, path: str, timeout: float = 10.0) -> None:
-        """Connect to the monitor's unix socket and start delivering events."""
-        try:
-            self._call(self._client.connect(path), timeout)
-        except (QMPError, OSError, concurrent.futures.TimeoutError) as err:
-            raise QMPCommandError(f"QMP {self.name}: cannot connect to {path}: {err}") from err
+        """Connect to the monitor's unix socket and start delivering events.
+
+        QEMU can send an event before its greeting (a ``MIGRATION`` event while
+        it loads a template's state races a client's connect), which fails
+        ``qemu.qmp``'s handshake; the connection is then made anew, until
+        ``timeout``: a new connection starts with the greeting.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._call(self._client.connect(path), max(0.1, deadline - time.monotonic()))
+                break
+            except (QMPError, OSError, concurrent.futures.TimeoutError) as err:
+                raced = isinstance(err, ConnectError) and isinstance(err.exc, GreetingError)
+                if raced and time.monotonic() < deadline:
+                    log.debug("QMP %s: an event before the greeting; connecting anew", self.name)
+                    continue
+                raise QMPCommandError(f"QMP {self.name}: cannot connect to {path}: {err}") from err
         self._pump = asyncio.run_coroutine_threadsafe(self._pump_events(), self._loop)
 
     def on_event(self, handler: EventHandler) -> None:
