@@ -37,14 +37,14 @@ system-packages:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-# The interpreter the environment was made with: another one (VENV_PYTHON changed, or an
-# environment from before) makes it anew, so its scripts never keep the old interpreter.
+# An environment made with another interpreter than VENV_PYTHON (changed, or from before) is
+# made anew, so its scripts never keep the old one; the stamp makes .installed follow.
 $(VENV)/.interpreter: FORCE | system-packages
 	@wanted=$$(readlink -f $(VENV_PYTHON)); made=$$(readlink -f $(VENV)/bin/python); \
 	if [ -e $(VENV)/bin/python ] && [ "$$made" != "$$wanted" ]; then \
 		echo "$(VENV) was made with $$made, not $$wanted: making it anew"; rm -rf $(VENV); \
 	fi; \
-	if [ ! -e $@ ]; then mkdir -p $(VENV) && echo "$$wanted" > $@; fi
+	if [ ! -e $@ ]; then mkdir -p $(VENV) && touch $@; fi
 
 $(VENV)/.installed: pyproject.toml $(VENV)/.interpreter | system-packages
 	$(VENV_PYTHON) -m venv $(VENV)

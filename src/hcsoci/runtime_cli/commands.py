@@ -183,7 +183,7 @@ def _create(command: str) -> Handler:
             raise
         from hcsoci.runtime_cli import containers
 
-        return containers.finish_create(invocation, command, line, wanted, bundle, pid)
+        return containers.finish_create(invocation, command, line, wanted, bundle, config, pid)
 
     return handle
 

@@ -51,21 +51,6 @@ def _parse_config(bundle: str, data: bytes) -> object:
         raise CommandError(f"bundle {bundle!r}: config.json is not valid JSON: {err}") from None
 
 
-def _explain_refusal(bundle: str) -> None:
-    """After runc refused to create: name config.json when it is not JSON at all.
-
-    runc says only ``unexpected EOF`` or ``invalid character``; engines show the
-    last error in ``--log``, so this line, written after runc's, is the one a
-    user reads.  Parsed only on this failure path (``json`` costs milliseconds).
-    """
-    try:
-        with open(os.path.join(bundle, "config.json"), "rb") as file:
-            data = file.read()
-    except OSError:
-        return
-    _parse_config(bundle, data)
-
-
 def _read_pid(path: str) -> int:
     try:
         with open(path, "rb") as file:
@@ -75,9 +60,21 @@ def _read_pid(path: str) -> int:
 
 
 def finish_create(
-    invocation: Invocation, command: str, line: CommandLine, wanted: str, bundle: str, pid: int
+    invocation: Invocation,
+    command: str,
+    line: CommandLine,
+    wanted: str,
+    bundle: str,
+    config: bytes,
+    pid: int,
 ) -> int:
-    """Record the container while runc (``pid``) creates it; undo everything on failure."""
+    """Record the container while runc (``pid``) creates it; undo everything on failure.
+
+    ``config`` is the bundle's config.json as runc read it.  When runc fails, a
+    config.json that is not JSON at all gets a line of its own, after runc's
+    (``unexpected EOF``, ``invalid character``): engines show the last error in
+    ``--log``.  ``json`` is imported only then.
+    """
     foreground = command == "run" and not line.is_set("detach")
     pid_file = line.value("pid-file")
     # The store is opened and written while runc creates: the engine waits for neither.
@@ -97,7 +94,7 @@ def finish_create(
             raise failure
         assert store is not None
         if code != 0:  # a spec runc could not parse never ran: a foreground run too
-            _explain_refusal(bundle)
+            _parse_config(bundle, config)
         if code == 0 and not foreground:
             init_pid = _read_pid(pid_file) if pid_file else 0
             state = "running" if command == "run" else "created"

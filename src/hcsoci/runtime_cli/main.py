@@ -97,6 +97,8 @@ def exit_at_once(code: int) -> None:
     """
     import atexit
 
+    # No public call runs the handlers; ordering a handler of our own to run last instead
+    # would silently skip any handler registered before it (a module imported earlier).
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:  # noqa: SIM105 (contextlib would cost every call its import)
